@@ -1,0 +1,173 @@
+"""The ``rqf`` command line. Errors print one line and exit non-zero; ``--debug`` shows more."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from rqf.errors import RqfError
+
+EXIT_USER_ERROR = 2
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="rqf")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def cli(debug: bool) -> None:
+    """Train residual-quantized autoencoders on HDF5 embeddings and export discrete codes."""
+
+
+def _echo_err(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@cli.command()
+@click.argument("pipeline", type=click.Path(path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+              help="Override a value of the pipeline (repeatable).")
+@click.option("--force", is_flag=True, help="Replace a finished run in output_dir.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def run(pipeline: Path, overrides: tuple[str, ...], force: bool, resume: bool, debug: bool) -> None:
+    """Run PIPELINE: split, train, evaluate and export into its output_dir."""
+    from rqf.pipeline import run as run_pipeline
+
+    result = run_pipeline(pipeline, overrides, force=force, resume=resume, echo=_echo_err)
+    if result.summary:
+        click.echo(result.summary)
+    if result.metrics:
+        click.echo(f"run directory: {result.run_dir}")
+        for name, path in result.artifacts.items():
+            click.echo(f"  {name}: {path}")
+
+
+@cli.command()
+@click.argument("pipeline", type=click.Path(path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def validate(pipeline: Path, overrides: tuple[str, ...], debug: bool) -> None:
+    """Check PIPELINE without training: components resolve, files open, shapes agree."""
+    from rqf.pipeline import validate as validate_pipeline
+
+    result = validate_pipeline(pipeline, overrides)
+    cfg = result["config"]
+    click.echo(f"{pipeline}: ok")
+    click.echo(f"  storage {cfg['storage']['type']}, dataset {cfg['dataset']['type']}, "
+               f"splitter {cfg['splitter']['type']}, model {cfg['model']['type']}")
+    click.echo(f"  data: {json.dumps(result['data'], default=str)}")
+    click.echo(f"  split: {json.dumps(result['split'].get('counts', {}))}")
+
+
+@cli.command()
+@click.option("--verbose", "-v", is_flag=True, help="Also list every parameter with its help.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def plugins(verbose: bool, debug: bool) -> None:
+    """List installed plugins, their components and parameters."""
+    from rqf.plugins import get_plugins
+
+    pm = get_plugins()
+    for name, info in pm.info.items():
+        click.echo(f"{name} ({info.distribution} {info.version})")
+        for entry in pm.registry.entries():
+            if entry.plugin != name:
+                continue
+            click.echo(f"  {entry.kind:<8} {entry.name:<16} {entry.cls.summary()}")
+            if verbose:
+                for p in entry.cls.params:
+                    click.echo(f"      {p.describe()}")
+                for p in getattr(entry.cls, "export_params", ()):
+                    click.echo(f"      export.{p.describe()}")
+    if verbose:
+        from rqf.training import TRAIN_PARAMS
+
+        click.echo("train (core training loop)")
+        for p in TRAIN_PARAMS:
+            click.echo(f"      {p.describe()}")
+    problems = [f"plugin {f.name!r} ({f.distribution} {f.version}) failed to load: {f.error}"
+                for f in pm.failures] + pm.conflicts
+    for problem in problems:
+        _echo_err(f"error: {problem}")
+    if problems:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def inspect(path: Path, debug: bool) -> None:
+    """Describe a data file or directory and list every problem found (exit 1 if any)."""
+    from rqf.plugins import get_plugins
+
+    if not path.exists():
+        raise RqfError(f"{path}: no such file or directory")
+    registry = get_plugins().registry
+    for entry in registry.entries("storage"):
+        if entry.cls.recognizes(path):
+            report = entry.cls.inspect(path)
+            click.echo(report.render())
+            if report.problems:
+                sys.exit(1)
+            return
+    names = ", ".join(registry.names("storage")) or "none installed"
+    raise RqfError(f"{path}: no installed storage recognises this file (storages: {names})")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("other", required=False, type=click.Path(path_type=Path))
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def report(run_dir: Path, other: Path | None, debug: bool) -> None:
+    """Regenerate RUN_DIR/report.md, or compare RUN_DIR with OTHER side by side."""
+    from rqf.report import compare_runs, write_report
+
+    if other is not None:
+        click.echo(compare_runs(run_dir, other))
+        return
+    click.echo(f"wrote {write_report(run_dir)}")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        from rqf.plugins import get_plugins
+
+        get_plugins().add_commands(cli)
+        cli.main(args=args, prog_name="rqf", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        _echo_err("aborted")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        _echo_err("interrupted")
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except RqfError as exc:
+        if debug:
+            raise
+        _echo_err(f"error: {_one_line(exc)}")
+        sys.exit(EXIT_USER_ERROR)
+    except (OSError, ValueError) as exc:
+        if debug:
+            raise
+        _echo_err(f"error: {_one_line(exc)}")
+        sys.exit(EXIT_USER_ERROR)
+    except Exception as exc:
+        if debug:
+            raise
+        _echo_err(f"error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for the "
+                  "traceback)")
+        sys.exit(1)

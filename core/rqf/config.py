@@ -1,0 +1,149 @@
+"""Pipeline files: strict YAML loading, ``--set`` overrides and validation against components."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from rqf.errors import ConfigError
+from rqf.params import Param, closest, validate_params
+from rqf.registry import Registry
+
+TOP_LEVEL = ("name", "output_dir", "seed", "storage", "dataset", "splitter", "model", "train",
+             "export")
+COMPONENT_SECTIONS = ("storage", "dataset", "splitter", "model")
+PIPELINE_PARAMS = (
+    Param("name", str, "run", "name of the run, shown in reports"),
+    Param("output_dir", "path", "runs/run", "run directory, relative to the pipeline file"),
+    Param("seed", int, 0, "seed for splits, initialisation and batch order"),
+)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A safe loader that refuses duplicate keys instead of keeping the last one."""
+
+
+def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r}")
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                              _mapping_without_duplicates)
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: pipeline file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read pipeline file ({exc})") from None
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    if not isinstance(data, dict):
+        kind = "empty" if data is None else f"a {type(data).__name__}"
+        raise ConfigError(f"{path}: a pipeline must be a mapping of sections, but the file is {kind}")
+    return data
+
+
+def apply_overrides(config: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides; values are typed by YAML rules."""
+    config = copy.deepcopy(config)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key.path=value")
+        key_path, raw = item.split("=", 1)
+        keys = [k for k in key_path.strip().split(".")]
+        if not all(keys):
+            raise ConfigError(f"--set {item!r}: empty key in {key_path!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = config
+        for depth, key in enumerate(keys[:-1]):
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {'.'.join(keys[:depth + 1])} is not a section")
+            node = child
+        node[keys[-1]] = value
+    return config
+
+
+@dataclass
+class PipelineConfig:
+    """A validated pipeline: every section resolved with defaults, paths made absolute."""
+
+    data: dict[str, Any]
+    source: Path | None
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def section(self, name: str) -> dict[str, Any]:
+        return dict(self.data.get(name) or {})
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.data, sort_keys=False, default_flow_style=None)
+
+
+def validate_config(raw: Mapping[str, Any], registry: Registry, base_dir: Path,
+                    train_params: Iterable[Param], source: Path | None = None) -> PipelineConfig:
+    for key in raw:
+        if key not in TOP_LEVEL:
+            hint = closest(str(key), TOP_LEVEL)
+            raise ConfigError(f"{key}: unknown top-level key"
+                              + (f"; did you mean {hint!r}?" if hint else
+                                 f" (accepted: {', '.join(TOP_LEVEL)})"))
+    top = validate_params(PIPELINE_PARAMS, {k: raw[k] for k in ("name", "output_dir", "seed")
+                                            if k in raw}, "", base_dir)
+    resolved: dict[str, Any] = dict(top)
+    classes = {}
+    for kind in COMPONENT_SECTIONS:
+        section = raw.get(kind)
+        if section is None:
+            raise ConfigError(f"{kind}: missing section (it needs at least 'type')")
+        if isinstance(section, str):
+            section = {"type": section}
+        if not isinstance(section, Mapping):
+            raise ConfigError(f"{kind}: expected a mapping with 'type', got {section!r}")
+        if "type" not in section:
+            raise ConfigError(f"{kind}.type: missing (available: {', '.join(registry.names(kind))})")
+        cls = registry.get(kind, str(section["type"]), f"{kind}.type")
+        classes[kind] = cls
+        values = validate_params(cls.params, section, kind, base_dir, ignore=("type",))
+        resolved[kind] = {"type": cls.name, **values}
+    resolved["train"] = validate_params(tuple(train_params), _section(raw, "train"), "train",
+                                        base_dir)
+    resolved["export"] = validate_params(classes["model"].export_params, _section(raw, "export"),
+                                         "export", base_dir)
+    return PipelineConfig(resolved, source)
+
+
+def _section(raw: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    value = raw.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{name}: expected a mapping, got {value!r}")
+    return value

@@ -1,0 +1,31 @@
+"""Extension points. A plugin implements any of these with ``@rqf.hookimpl``."""
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("rqf")
+hookimpl = pluggy.HookimplMarker("rqf")
+
+
+@hookspec
+def register_storages(register):
+    """Register Storage subclasses: ``register(MyStorage)``."""
+
+
+@hookspec
+def register_datasets(register):
+    """Register Dataset subclasses."""
+
+
+@hookspec
+def register_splitters(register):
+    """Register Splitter subclasses."""
+
+
+@hookspec
+def register_models(register):
+    """Register Model subclasses."""
+
+
+@hookspec
+def register_commands(cli):
+    """Add click commands or groups to the ``rqf`` command line."""

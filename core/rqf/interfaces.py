@@ -1,0 +1,208 @@
+"""The four interfaces every component implements: Storage, Dataset, Splitter and Model.
+
+The core knows no data format. Plugins subclass these and register the subclasses; the
+pipeline builds them from the YAML sections by their registered ``name``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from rqf.params import Param
+
+if TYPE_CHECKING:
+    from rqf.training import TrainConfig
+
+
+class Component:
+    """Base of every registered component: a ``name`` users type and the ``params`` it takes."""
+
+    name: ClassVar[str] = ""
+    params: ClassVar[Sequence[Param]] = ()
+
+    @classmethod
+    def summary(cls) -> str:
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+
+class Storage(Component, ABC):
+    """Where arrays live. Opens lazily, validates its format, and is safe in worker processes.
+
+    Implementations open file handles per process (never inherited across fork) and close
+    what they opened in ``close``.
+    """
+
+    def __init__(self, **params: Any) -> None:
+        self.config = params
+
+    @abstractmethod
+    def open(self) -> "Storage":
+        """Open and validate; raise ``DataError`` naming file, field and expectation."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close every handle this process opened."""
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+    def __enter__(self) -> "Storage":
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @classmethod
+    def recognizes(cls, path: Path) -> bool:
+        """Whether ``rqf inspect PATH`` should be handed to this storage."""
+        return False
+
+    @classmethod
+    def inspect(cls, path: Path) -> "InspectReport":
+        raise NotImplementedError(f"storage {cls.name!r} cannot inspect files")
+
+
+@dataclass
+class InspectReport:
+    """What ``rqf inspect`` prints: lines of description and the problems found."""
+
+    title: str
+    lines: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def render(self) -> str:
+        out = [self.title, *self.lines]
+        if self.problems:
+            out.append(f"problems ({len(self.problems)}):")
+            out += [f"  - {p}" for p in self.problems]
+        else:
+            out.append("problems: none")
+        return "\n".join(out)
+
+
+@dataclass
+class ItemVectors:
+    """Export source for item-like data: one vector per id, read in slices."""
+
+    ids: np.ndarray
+    read: Callable[[int, int], np.ndarray]  # rows [start, stop) as float32 (n, d)
+
+
+@dataclass
+class SequenceVectors:
+    """Export source for utterance-like data: a matrix of frame vectors per key.
+
+    ``open_writer(out_dir)`` returns a context manager whose ``write(key, codes)`` stores a
+    (T, levels) integer code matrix for that key in the data's own format.
+    """
+
+    keys: Sequence[str]
+    read: Callable[[str], np.ndarray]
+    open_writer: Callable[[Path, dict[str, Any]], Any]
+
+
+class Dataset(Component, ABC):
+    """A map-style view over a Storage that yields samples (dicts of arrays)."""
+
+    def __init__(self, storage: Storage, **params: Any) -> None:
+        self.storage = storage
+        self.config = params
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """Metadata a model configures itself from; ``input_dim`` at least."""
+
+    def subset(self, indices: np.ndarray, role: str = "train") -> "Dataset":
+        """A view of the samples at ``indices``; ``role`` is train, valid or test."""
+        raise NotImplementedError(f"dataset {self.name!r} cannot be split by position")
+
+    def vectors(self) -> np.ndarray:
+        """The (n, input_dim) float32 vectors a quantizer learns from in this view."""
+        raise NotImplementedError(f"dataset {self.name!r} yields no training vectors")
+
+    def export_source(self) -> ItemVectors | SequenceVectors:
+        """What a model encodes on export: every unit of the underlying data, all splits."""
+        raise NotImplementedError(f"dataset {self.name!r} has nothing to export")
+
+    def key_ids(self) -> np.ndarray:
+        """Identifiers of this view's samples, for the leakage checks of splitters."""
+        return np.arange(len(self))
+
+
+class Splitter(Component, ABC):
+    """Splits a dataset into train/valid/test views; pure and deterministic for a seed."""
+
+    def __init__(self, seed: int = 0, **params: Any) -> None:
+        self.seed = seed
+        self.config = params
+        self.report: dict[str, Any] = {}
+
+    @abstractmethod
+    def split(self, dataset: Dataset) -> dict[str, Dataset]:
+        """Return {"train": ..., "valid": ..., "test": ...}; empty splits may be omitted.
+
+        Sets ``self.report`` to what it did (counts, dropped samples and why, checks run).
+        """
+
+
+@dataclass
+class RunContext:
+    """What a model needs from the run: where to write and how to train."""
+
+    run_dir: Path
+    train: "TrainConfig"
+    export: dict[str, Any]
+    seed: int = 0
+    resume: bool = False
+    is_main: bool = True
+    echo: Callable[[str], None] = print
+
+
+class Model(Component, ABC):
+    """A model fit on the train split, evaluated per split and exported over all data."""
+
+    export_params: ClassVar[Sequence[Param]] = ()
+
+    def __init__(self, data_info: Mapping[str, Any], **params: Any) -> None:
+        self.data_info = dict(data_info)
+        self.config = params
+
+    @abstractmethod
+    def fit(self, train: Dataset, valid: Dataset | None, ctx: RunContext) -> dict[str, Any]:
+        """Train; return a summary (steps, time, final losses)."""
+
+    @abstractmethod
+    def evaluate(self, data: Dataset) -> dict[str, Any]:
+        """Metrics on one split."""
+
+    @abstractmethod
+    def export(self, dataset: Dataset, ctx: RunContext) -> dict[str, str]:
+        """Write artifacts for every unit of ``dataset`` into ``ctx.run_dir``; name -> path."""
+
+    @abstractmethod
+    def save(self, path: Path) -> None: ...
+
+    @classmethod
+    @abstractmethod
+    def load(cls, path: Path) -> "Model": ...
+
+    def summarize(self, metrics: Mapping[str, Any]) -> str:
+        """A short human-readable summary of ``metrics`` for the end of a run."""
+        return ""
+
+
+def iter_batches(n: int, batch_size: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, n, batch_size):
+        yield start, min(start + batch_size, n)

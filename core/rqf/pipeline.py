@@ -1,0 +1,190 @@
+"""Builds the components a pipeline names and runs them: split, fit, evaluate, export."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import yaml
+
+from rqf.config import PipelineConfig, apply_overrides, load_yaml, validate_config
+from rqf.errors import ConfigError, RqfError
+from rqf.interfaces import Dataset, Model, RunContext, Splitter, Storage
+from rqf.io import write_json_atomic, write_text_atomic
+from rqf.plugins import Plugins, get_plugins
+from rqf.training import TRAIN_PARAMS, TrainConfig, init_distributed, seed_everything
+
+FINISHED_MARKER = "metrics.json"
+
+
+def resolve_config(config: str | Path | Mapping[str, Any], overrides: Iterable[str] = (),
+                   plugins: Plugins | None = None) -> PipelineConfig:
+    """Load (when a path), override and validate a pipeline."""
+    plugins = plugins or get_plugins()
+    plugins.check_conflicts()
+    if isinstance(config, Mapping):
+        raw, source, base_dir = dict(config), None, Path.cwd()
+    else:
+        source = Path(config)
+        raw, base_dir = load_yaml(source), source.resolve().parent
+    raw = apply_overrides(raw, overrides)
+    try:
+        return validate_config(raw, plugins.registry, base_dir, TRAIN_PARAMS, source)
+    except ConfigError as exc:
+        prefix = f"{source}: " if source else ""
+        raise ConfigError(prefix + _with_failures(str(exc), plugins)) from None
+
+
+def _with_failures(message: str, plugins: Plugins) -> str:
+    if "unknown" in message and plugins.failures:
+        names = ", ".join(f"{f.name} ({f.error})" for f in plugins.failures)
+        message += f"; plugins that failed to load: {names}"
+    return message
+
+
+@dataclass
+class Components:
+    storage: Storage
+    dataset: Dataset
+    splitter: Splitter
+    splits: dict[str, Dataset]
+    model: Model
+
+
+def build(cfg: PipelineConfig, plugins: Plugins | None = None) -> Components:
+    """Open the storage, build the dataset, split it and construct the model."""
+    registry = (plugins or get_plugins()).registry
+
+    def params(kind: str) -> dict[str, Any]:
+        return {k: v for k, v in cfg[kind].items() if k != "type"}
+
+    storage = registry.get("storage", cfg["storage"]["type"])(**params("storage")).open()
+    try:
+        dataset = registry.get("dataset", cfg["dataset"]["type"])(storage, **params("dataset"))
+        splitter = registry.get("splitter", cfg["splitter"]["type"])(seed=cfg["seed"],
+                                                                   **params("splitter"))
+        splits = splitter.split(dataset)
+        if not splits.get("train") or len(splits["train"]) == 0:
+            raise RqfError(f"splitter {splitter.name!r} left no training samples")
+        model = registry.get("model", cfg["model"]["type"])(dataset.describe(), **params("model"))
+    except BaseException:
+        storage.close()
+        raise
+    return Components(storage, dataset, splitter, splits, model)
+
+
+def validate(config: str | Path | Mapping[str, Any], overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """Everything short of training: components resolve, files open, shapes agree."""
+    cfg = resolve_config(config, overrides)
+    parts = build(cfg)
+    try:
+        return {"config": cfg.data, "data": parts.dataset.describe(),
+                "split": parts.splitter.report}
+    finally:
+        parts.storage.close()
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+    artifacts: dict[str, str] = field(default_factory=dict)
+    summary: str = ""
+
+
+def _check_output_dir(out: Path, force: bool, resume: bool, cfg: PipelineConfig) -> None:
+    if not out.exists():
+        if resume:
+            raise RqfError(f"--resume: {out} does not exist, there is nothing to resume")
+        return
+    if not out.is_dir():
+        raise RqfError(f"output_dir: {out} exists and is not a directory")
+    entries = [p for p in out.iterdir() if not p.name.startswith(".")]
+    if not entries:
+        return
+    if not (out / "config.yaml").exists():
+        raise RqfError(f"output_dir: {out} is not empty and is not an rqf run directory; "
+                       "refusing to write into it")
+    finished = (out / FINISHED_MARKER).exists()
+    if resume:
+        if finished:
+            raise RqfError(f"--resume: the run in {out} already finished; use --force to redo it")
+        saved = yaml.safe_load((out / "config.yaml").read_text()) or {}
+        for key in ("seed", "storage", "dataset", "splitter", "model"):
+            if saved.get(key) != cfg[key]:
+                raise RqfError(f"--resume: {key} differs from the run in {out}/config.yaml; "
+                               "resume needs the same pipeline")
+        return
+    if force:
+        return
+    if finished:
+        raise RqfError(f"output_dir: {out} holds a finished run; pass --force to replace it "
+                       "or choose another output_dir")
+    raise RqfError(f"output_dir: {out} holds an unfinished run; pass --resume to continue it "
+                   "or --force to start over")
+
+
+def _clear_run_dir(out: Path) -> None:
+    trash = out.with_name(f".{out.name}.replaced-{int(time.time() * 1000)}")
+    out.rename(trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def run(config: str | Path | Mapping[str, Any], overrides: Iterable[str] = (),
+        force: bool = False, resume: bool = False,
+        echo: Callable[[str], None] | None = None) -> RunResult:
+    """Run a pipeline end to end; the Python twin of ``rqf run``."""
+    echo = echo or (lambda msg: print(msg, file=sys.stderr))
+    cfg = resolve_config(config, overrides)
+    train_cfg = TrainConfig(**cfg["train"])
+    info = init_distributed(train_cfg.device)
+    out = Path(cfg["output_dir"])
+    _check_output_dir(out, force, resume, cfg)
+    seed_everything(cfg["seed"])
+    parts = build(cfg)
+    started = time.perf_counter()
+    try:
+        if info.is_main:
+            if force and not resume and out.exists() and any(out.iterdir()):
+                _clear_run_dir(out)  # only once the new pipeline proved to build
+            out.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(out / "config.yaml", cfg.to_yaml())
+        _barrier(info)
+        ctx = RunContext(run_dir=out, train=train_cfg, export=cfg["export"], seed=cfg["seed"],
+                         resume=resume, is_main=info.is_main,
+                         echo=echo if info.is_main else (lambda _msg: None))
+        counts = {role: len(view) for role, view in parts.splits.items()}
+        ctx.echo(f"{cfg['name']}: {parts.dataset.name} over {parts.storage.name}, split by "
+                 f"{parts.splitter.name} {counts}, model {parts.model.name}")
+        fit = parts.model.fit(parts.splits["train"], parts.splits.get("valid"), ctx)
+        metrics: dict[str, Any] = {"name": cfg["name"], "split": parts.splitter.report,
+                                   "fit": fit}
+        artifacts: dict[str, str] = {}
+        summary = ""
+        if info.is_main:
+            for role in ("train", "valid", "test"):
+                if role in parts.splits and len(parts.splits[role]):
+                    metrics[role] = parts.model.evaluate(parts.splits[role])
+            artifacts = parts.model.export(parts.dataset, ctx)
+            metrics["artifacts"] = artifacts
+            metrics["wall_seconds"] = round(time.perf_counter() - started, 3)
+            write_json_atomic(out / FINISHED_MARKER, metrics)
+            from rqf.report import write_report
+
+            artifacts["report"] = str(write_report(out))
+            summary = parts.model.summarize(metrics)
+        _barrier(info)
+        return RunResult(out, metrics, artifacts, summary)
+    finally:
+        parts.storage.close()
+
+
+def _barrier(info) -> None:
+    if info.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()

@@ -1,0 +1,141 @@
+"""The plugin manager: loads ``rqf`` entry points one by one and fills the registry.
+
+A plugin that fails to import, or whose hooks raise, is recorded in ``failures`` and the
+others keep working. ``RQF_LOAD_PLUGINS`` (comma-separated entry-point names, empty for none)
+limits which installed plugins load; the core's own components always do.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import pluggy
+
+from rqf import hookspecs
+from rqf.errors import PluginError
+from rqf.registry import Registry
+
+ENTRY_POINT_GROUP = "rqf"
+_HOOKS = {
+    "storage": "register_storages",
+    "dataset": "register_datasets",
+    "splitter": "register_splitters",
+    "model": "register_models",
+}
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    distribution: str
+    version: str
+    error: str | None = None
+
+
+class Plugins:
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager("rqf")
+        self.pm.add_hookspecs(hookspecs)
+        self.registry = Registry()
+        self.info: dict[str, PluginInfo] = {}
+        self.failures: list[PluginInfo] = []
+        self.conflicts: list[str] = []
+
+    def load(self, entry_points: bool = True) -> "Plugins":
+        from rqf import builtin
+
+        self.add(builtin, "builtin", "rqf", _version("rqf"))
+        if entry_points:
+            for ep in _selected_entry_points():
+                dist = ep.dist.name if ep.dist else "?"
+                version = ep.dist.version if ep.dist else "?"
+                if ep.name in self.info:
+                    self._fail(PluginInfo(ep.name, dist, version),
+                               f"entry point name {ep.name!r} is already taken by "
+                               f"{self.info[ep.name].distribution!r}")
+                    continue
+                try:
+                    module = ep.load()
+                except Exception as exc:  # a broken plugin must not break the others
+                    self._fail(PluginInfo(ep.name, dist, version),
+                               f"import of {ep.value!r} failed: {type(exc).__name__}: {exc}")
+                    continue
+                self.add(module, ep.name, dist, version)
+        return self
+
+    def add(self, module: Any, name: str, distribution: str = "?", version: str = "?") -> None:
+        """Register a plugin module exactly as an entry point named ``name`` would be."""
+        info = PluginInfo(name, distribution, version)
+        try:
+            self.pm.register(module, name=name)
+            self.pm.check_pending()
+        except Exception as exc:
+            if self.pm.is_registered(module):
+                self.pm.unregister(module)
+            self._fail(info, f"{type(exc).__name__}: {exc}")
+            return
+        for kind, hook_name in _HOOKS.items():
+            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+                if impl.plugin_name != name:
+                    continue
+                try:
+                    impl.function(register=partial(self.registry.add, kind, plugin=name))
+                except PluginError as exc:
+                    self.conflicts.append(str(exc))
+                except Exception as exc:
+                    self._fail(info, f"{hook_name} raised {type(exc).__name__}: {exc}")
+                    return
+        self.info[name] = info
+
+    def _fail(self, info: PluginInfo, error: str) -> None:
+        info.error = error
+        self.failures.append(info)
+
+    def add_commands(self, cli: Any) -> None:
+        for impl in self.pm.hook.register_commands.get_hookimpls():
+            try:
+                impl.function(cli=cli)
+            except Exception as exc:
+                self.failures.append(PluginInfo(impl.plugin_name, "?", "?",
+                                                f"register_commands raised {exc}"))
+
+    def check_conflicts(self) -> None:
+        if self.conflicts:
+            raise PluginError(self.conflicts[0])
+
+
+def _selected_entry_points() -> list[md.EntryPoint]:
+    eps = sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
+    wanted = os.environ.get("RQF_LOAD_PLUGINS")
+    if wanted is None:
+        return list(eps)
+    names = {n.strip() for n in wanted.split(",") if n.strip()}
+    return [ep for ep in eps if ep.name in names]
+
+
+def _version(dist: str) -> str:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return "?"
+
+
+_plugins: Plugins | None = None
+
+
+def get_plugins() -> Plugins:
+    """The process-wide plugin manager, loaded on first use."""
+    global _plugins
+    if _plugins is None:
+        _plugins = Plugins().load()
+    return _plugins
+
+
+def reset_plugins(plugins: Plugins | None = None) -> None:
+    """Replace the process-wide plugin manager (tests, or after installing a plugin)."""
+    global _plugins
+    _plugins = plugins

@@ -1,0 +1,467 @@
+"""The training loop shared by torch models.
+
+Device and precision selection, seeded batch order, gradient clipping, a progress bar with
+live loss, periodic validation, atomic checkpoints with resume, and DistributedDataParallel
+when started under ``torchrun``. Models supply a module, a batch source and a loss function.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from rqf.errors import RqfError
+from rqf.io import atomic_path
+from rqf.params import Param, validate_params
+
+TRAIN_PARAMS = (
+    Param("epochs", int, 10, "passes over the training data", min=0),
+    Param("max_steps", int, None, "stop after this many steps (null: epochs decide)",
+          nullable=True, min=1),
+    Param("batch_size", int, 1024, "samples per step and process", min=1),
+    Param("lr", float, 1e-3, "peak learning rate", min=0),
+    Param("weight_decay", float, 0.0, "AdamW weight decay", min=0),
+    Param("optimizer", str, "adamw", "optimizer", choices=("adamw", "adam", "sgd")),
+    Param("scheduler", str, "cosine", "learning-rate schedule after warm-up",
+          choices=("cosine", "constant")),
+    Param("warmup_steps", int, 0, "linear warm-up steps", min=0),
+    Param("device", str, "auto", "auto picks CUDA when available", choices=("auto", "cpu", "cuda")),
+    Param("precision", str, "fp32", "autocast precision; fp16 adds gradient scaling",
+          choices=("fp32", "bf16", "fp16")),
+    Param("grad_clip", float, 1.0, "clip the gradient norm to this (null: no clipping)",
+          nullable=True, min=0),
+    Param("checkpoint_every", int, 1000, "save a checkpoint every N steps (0: only at the end)",
+          min=0),
+    Param("keep_checkpoints", int, 2, "how many step checkpoints to keep", min=1),
+    Param("eval_every", int, 0, "validate every N steps (0: at the end of each epoch)", min=0),
+    Param("log_every", int, 50, "steps between loss read-outs (each one syncs the device)", min=1),
+    Param("num_workers", int, 0, "DataLoader worker processes for streamed data", min=0),
+    Param("progress", bool, True, "show a progress bar with the live loss"),
+    Param("compile", bool, None, "torch.compile the model (null: only on CUDA)", nullable=True),
+)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    max_steps: int | None = None
+    batch_size: int = 1024
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: str = "adamw"
+    scheduler: str = "cosine"
+    warmup_steps: int = 0
+    device: str = "auto"
+    precision: str = "fp32"
+    grad_clip: float | None = 1.0
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    eval_every: int = 0
+    log_every: int = 50
+    num_workers: int = 0
+    progress: bool = True
+    compile: bool | None = None
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | None) -> "TrainConfig":
+        return cls(**validate_params(TRAIN_PARAMS, values, "train"))
+
+
+# --- distributed -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Join the process group when started by ``torchrun``; a no-op otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        use_cuda = resolve_device(device).type == "cuda"
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return DistInfo(rank, world, local_rank)
+
+
+def dist_info() -> DistInfo:
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(),
+                        int(os.environ.get("LOCAL_RANK", "0")))
+    return DistInfo()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RqfError("train.device: 'cuda' was asked for, but no CUDA device is available")
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# --- batch sources ---------------------------------------------------------------------------
+
+
+class TensorBatches:
+    """Batches drawn from one tensor by a seeded permutation per epoch.
+
+    On CUDA with the tensor already on the device, indexing happens there and no host
+    synchronisation is needed. A CPU tensor feeding a CUDA device is gathered into pinned
+    memory and copied asynchronously one batch ahead. Under DDP each rank takes an equal,
+    disjoint share of every epoch's permutation.
+    """
+
+    def __init__(self, data: torch.Tensor, batch_size: int, seed: int = 0, shuffle: bool = True,
+                 device: torch.device | None = None, drop_last: bool = True,
+                 info: DistInfo | None = None) -> None:
+        self.data = data
+        self.device = device or data.device
+        self.seed = seed
+        self.shuffle = shuffle
+        self.info = info or dist_info()
+        self.per_rank = len(data) // self.info.world_size
+        if self.per_rank == 0:
+            raise RqfError(f"{len(data)} training samples cannot be shared by "
+                           f"{self.info.world_size} processes")
+        self.batch_size = min(batch_size, self.per_rank)
+        self.drop_last = drop_last
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.per_rank // self.batch_size
+        return math.ceil(self.per_rank / self.batch_size)
+
+    def _order(self, epoch: int) -> torch.Tensor:
+        n = len(self.data)
+        on = self.data.device
+        if not self.shuffle:
+            order = torch.arange(n, device=on)
+        else:
+            g = torch.Generator(device=on)
+            g.manual_seed(self.seed * 100_003 + epoch)
+            order = torch.randperm(n, generator=g, device=on)
+        start = self.info.rank * self.per_rank
+        return order[start:start + self.per_rank]
+
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[torch.Tensor]:
+        order = self._order(epoch)
+        bounds = [(i * self.batch_size, min((i + 1) * self.batch_size, self.per_rank))
+                  for i in range(skip, len(self))]
+        if self.data.device == self.device:
+            for a, b in bounds:
+                yield self.data[order[a:b]]
+            return
+        pin = self.device.type == "cuda"
+        pending = None
+        for a, b in bounds:
+            batch = self.data[order[a:b]]
+            if pin:
+                batch = batch.pin_memory()
+            nxt = batch.to(self.device, non_blocking=pin)
+            if pending is not None:
+                yield pending
+            pending = nxt
+        if pending is not None:
+            yield pending
+
+
+# --- checkpoints -----------------------------------------------------------------------------
+
+CHECKPOINT_FORMAT = "rqf-checkpoint-1"
+_STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
+
+
+def _rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached"]))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, payload: Mapping[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(dict(payload), tmp)
+
+
+def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by rqf; a clear error for anything else."""
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise RqfError(f"{path}: checkpoint not found") from None
+    except Exception as exc:
+        raise RqfError(f"{path}: not a readable rqf checkpoint ({type(exc).__name__}: "
+                       f"{str(exc).splitlines()[0] if str(exc) else 'corrupted'})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise RqfError(f"{path}: not an rqf checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    return payload
+
+
+def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
+    if not directory.is_dir():
+        return []
+    found = []
+    for p in directory.iterdir():
+        m = _STEP_FILE.match(p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+# --- the loop --------------------------------------------------------------------------------
+
+LossFn = Callable[[torch.nn.Module, Any], "tuple[torch.Tensor, dict[str, torch.Tensor]]"]
+
+
+@dataclass
+class FitResult:
+    steps: int
+    epochs_completed: int
+    seconds: float
+    samples: int
+    resumed_from: int | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples / self.seconds if self.seconds > 0 else float("nan")
+
+
+class Trainer:
+    """Runs the optimisation of one module; rank 0 alone writes checkpoints."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path | None, seed: int = 0,
+                 resume: bool = False, echo: Callable[[str], None] = print,
+                 checkpoint_extra: Mapping[str, Any] | None = None) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.seed = seed
+        self.resume = resume
+        self.echo = echo
+        self.info = dist_info()
+        self.device = resolve_device(cfg.device)
+        self.checkpoint_extra = dict(checkpoint_extra or {})
+        if cfg.precision == "bf16" and self.device.type == "cuda" \
+                and not torch.cuda.is_bf16_supported():
+            raise RqfError("train.precision: this GPU does not support bf16; use fp16 or fp32")
+
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        return self.run_dir / "checkpoints" if self.run_dir else None
+
+    def _optimizer(self, module: torch.nn.Module) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        params = [p for p in module.parameters() if p.requires_grad]
+        fused = {"fused": True} if self.device.type == "cuda" else {}
+        if cfg.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+        if cfg.optimizer == "adam":
+            return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+
+    def _scheduler(self, optimizer: torch.optim.Optimizer, total: int):
+        warmup, kind = self.cfg.warmup_steps, self.cfg.scheduler
+
+        def factor(step: int) -> float:
+            if warmup and step < warmup:
+                return (step + 1) / warmup
+            if kind == "constant" or total <= warmup:
+                return 1.0
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+    def total_steps(self, batches_per_epoch: int) -> int:
+        total = self.cfg.epochs * batches_per_epoch
+        return min(total, self.cfg.max_steps) if self.cfg.max_steps else total
+
+    def fit(self, module: torch.nn.Module, batches: Any, loss_fn: LossFn,
+            valid_fn: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+            after_step: Callable[[int], None] | None = None) -> FitResult:
+        cfg, device = self.cfg, self.device
+        module.to(device)
+        optimizer = self._optimizer(module)
+        per_epoch = len(batches)
+        total = self.total_steps(per_epoch)
+        scheduler = self._scheduler(optimizer, total)
+        scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+        step, resumed_from, history = 0, None, []
+
+        if self.resume:
+            latest = self._latest_checkpoint()
+            if latest is not None:
+                payload = load_checkpoint(latest, map_location=device)
+                self._check_extra(payload, latest)
+                try:
+                    module.load_state_dict(payload["model"])
+                except RuntimeError as exc:
+                    raise RqfError(f"{latest}: checkpoint does not fit this model "
+                                   f"({str(exc).splitlines()[0]})") from None
+                optimizer.load_state_dict(payload["optimizer"])
+                scheduler.load_state_dict(payload["scheduler"])
+                scaler.load_state_dict(payload["scaler"])
+                _set_rng_state(payload["rng"])
+                step = resumed_from = int(payload["step"])
+                history = list(json.loads(payload.get("history", "[]")))
+                self.echo(f"resuming from {latest.name} (step {step} of {total})")
+
+        train_module: torch.nn.Module = module
+        if self.info.enabled:
+            train_module = torch.nn.parallel.DistributedDataParallel(
+                module, device_ids=[device.index] if device.type == "cuda" else None)
+        if cfg.compile if cfg.compile is not None else device.type == "cuda":
+            train_module = torch.compile(train_module)
+
+        bar = _progress(total, step, enabled=cfg.progress and self.info.is_main)
+        running = torch.zeros((), device=device)
+        running_n, samples, start = 0, 0, time.perf_counter()
+        last_logs: dict[str, float] = {}
+        module.train()
+        try:
+            while step < total:
+                epoch, skip = divmod(step, per_epoch)
+                for batch in batches.epoch(epoch, skip=skip):
+                    with autocast(device, cfg.precision):
+                        loss, logs = loss_fn(train_module, batch)
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    if cfg.grad_clip:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    scheduler.step()
+                    step += 1
+                    samples += _batch_len(batch)
+                    running += loss.detach().float()
+                    running_n += 1
+                    if after_step is not None:
+                        after_step(step)
+                    if step % cfg.log_every == 0 or step == total:
+                        mean = (running / running_n).item()  # the one sync per log interval
+                        if not math.isfinite(mean):
+                            raise RqfError(f"training diverged: loss is {mean} at step {step} "
+                                           "(try train.precision=fp32 or a lower train.lr)")
+                        last_logs = {"loss": mean, **{k: float(v) for k, v in logs.items()}}
+                        bar.set_postfix({k: f"{v:.4g}" for k, v in last_logs.items()}, refresh=False)
+                        running.zero_()
+                        running_n = 0
+                    bar.update(1)
+                    end_of_epoch = step % per_epoch == 0
+                    if valid_fn is not None and (
+                            (cfg.eval_every and step % cfg.eval_every == 0)
+                            or (not cfg.eval_every and end_of_epoch) or step == total):
+                        module.eval()
+                        with torch.no_grad():
+                            record = {"step": step, **valid_fn(module)}
+                        module.train()
+                        history.append(record)
+                    if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == total:
+                        self._save(step, module, optimizer, scheduler, scaler, history)
+                    if step >= total:
+                        break
+        finally:
+            bar.close()
+        seconds = time.perf_counter() - start
+        return FitResult(step, step // per_epoch if per_epoch else 0, seconds, samples,
+                         resumed_from, history)
+
+    def _latest_checkpoint(self) -> Path | None:
+        found = list_checkpoints(self.checkpoint_dir) if self.checkpoint_dir else []
+        return found[-1][1] if found else None
+
+    def _check_extra(self, payload: Mapping[str, Any], path: Path) -> None:
+        saved = payload.get("extra", {})
+        for key, value in self.checkpoint_extra.items():
+            if key in saved and saved[key] != value:
+                raise RqfError(f"{path}: checkpoint was made with {key}={saved[key]!r}, "
+                               f"this run has {key}={value!r}")
+
+    def _save(self, step, module, optimizer, scheduler, scaler, history) -> None:
+        if not self.info.is_main or self.checkpoint_dir is None:
+            return
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(self.checkpoint_dir / f"step_{step:08d}.pt", {
+            "format": CHECKPOINT_FORMAT, "step": step, "model": module.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "rng": _rng_state(), "extra": self.checkpoint_extra,
+            "history": json.dumps(history),
+        })
+        for _, old in list_checkpoints(self.checkpoint_dir)[:-self.cfg.keep_checkpoints]:
+            old.unlink(missing_ok=True)
+
+
+def _batch_len(batch: Any) -> int:
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0]
+    if isinstance(batch, Mapping):
+        return _batch_len(next(iter(batch.values())))
+    if isinstance(batch, (list, tuple)):
+        return _batch_len(batch[0])
+    return 0
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step",
+                dynamic_ncols=True, mininterval=0.5, leave=False)
