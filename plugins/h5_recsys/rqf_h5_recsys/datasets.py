@@ -1,0 +1,175 @@
+"""The ``items`` and ``sequences`` datasets over an ``h5_recsys`` storage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from rqf import Dataset, ItemVectors, Param
+from rqf.errors import ConfigError
+from rqf_h5_recsys.storage import H5RecsysStorage
+
+
+def _require(storage: Any, dataset: str) -> H5RecsysStorage:
+    if not isinstance(storage, H5RecsysStorage):
+        raise ConfigError(f"dataset.type: {dataset!r} reads an h5_recsys storage, "
+                          f"got {getattr(storage, 'name', type(storage).__name__)!r}")
+    return storage
+
+
+def positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenated ranges [starts[i], starts[i] + lengths[i]) without a Python loop."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, np.int64)
+    shift = np.repeat(np.asarray(starts, np.int64) - np.cumsum(lengths) + lengths, lengths)
+    return shift + np.arange(total, dtype=np.int64)
+
+
+class ItemsDataset(Dataset):
+    """One sample per item: its id, embedding and feature tokens."""
+
+    name = "items"
+    params = ()
+
+    def __init__(self, storage: H5RecsysStorage, rows: np.ndarray | None = None) -> None:
+        super().__init__(_require(storage, "items"))
+        self.storage: H5RecsysStorage = storage
+        self.rows = np.arange(len(storage.item_ids)) if rows is None else np.asarray(rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.rows[index]
+        features, lengths = self.storage.read_features(np.array([row]))
+        return {"item_id": int(self.storage.item_ids[row]),
+                "embedding": self.storage.read_embeddings(np.array([row]))[0],
+                "features": features[0], "feature_length": int(lengths[0])}
+
+    def describe(self) -> dict[str, Any]:
+        return {"input_dim": self.storage.embedding_dim, "unit": "item", "n_samples": len(self),
+                **self.storage.describe()}
+
+    def subset(self, indices: np.ndarray, role: str = "train") -> "ItemsDataset":
+        return ItemsDataset(self.storage, self.rows[np.asarray(indices, dtype=np.int64)])
+
+    def vectors(self) -> np.ndarray:
+        return self.storage.read_embeddings(self.rows)
+
+    def key_ids(self) -> np.ndarray:
+        return self.storage.item_ids[self.rows]
+
+    def export_source(self) -> ItemVectors:
+        s = self.storage
+        return ItemVectors(ids=s.item_ids.copy(), read=s.read_embedding_range)
+
+
+@dataclass
+class SequenceRecords:
+    """What each sample of a sequence view is: user row, input positions [start, end), target.
+
+    Positions index into the user's own sequence; ``target`` is a position or -1.
+    """
+
+    user: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+    target: np.ndarray
+
+    @classmethod
+    def build(cls, user, start, end, target) -> "SequenceRecords":
+        return cls(*(np.asarray(a, dtype=np.int64) for a in (user, start, end, target)))
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+
+class SequencesDataset(Dataset):
+    """One sample per user: the most recent max_seq_len items, padded, with their embeddings."""
+
+    name = "sequences"
+    params = (
+        Param("max_seq_len", int, 200, "keep the most recent items of each input", min=1),
+    )
+
+    def __init__(self, storage: H5RecsysStorage, max_seq_len: int = 200,
+                 records: SequenceRecords | None = None, role: str = "all") -> None:
+        super().__init__(_require(storage, "sequences"), max_seq_len=max_seq_len)
+        if storage.table is None:
+            raise ConfigError("dataset.type: 'sequences' needs storage.sequences (a sequence.h5)")
+        self.storage: H5RecsysStorage = storage
+        self.table = storage.table
+        self.max_seq_len = max_seq_len
+        self.role = role
+        n = len(self.table)
+        self.records = records or SequenceRecords.build(np.arange(n), np.zeros(n),
+                                                        self.table.lengths, np.full(n, -1))
+
+    def with_records(self, records: SequenceRecords, role: str) -> "SequencesDataset":
+        return SequencesDataset(self.storage, self.max_seq_len, records, role)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        r = self.records
+        user, end = int(r.user[index]), int(r.end[index])
+        start = max(int(r.start[index]), end - self.max_seq_len)
+        base = int(self.table.offsets[user])
+        n = end - start
+        ids = np.zeros(self.max_seq_len, np.int64)
+        ids[:n] = self.table.item_ids[base + start:base + end]
+        mask = np.zeros(self.max_seq_len, bool)
+        mask[:n] = True
+        x = np.zeros((self.max_seq_len, self.storage.embedding_dim), np.float32)
+        if n:
+            x[:n] = self.storage.read_embeddings(self.storage.sequence_rows[base + start:base + end])
+        target = int(r.target[index])
+        sample = {"user_id": self.table.user_ids[user], "ids": ids, "mask": mask, "x": x,
+                  "length": n,
+                  "target": int(self.table.item_ids[base + target]) if target >= 0 else -1}
+        if self.table.timestamps is not None:
+            ts = np.zeros(self.max_seq_len, np.int64)
+            ts[:n] = self.table.timestamps[base + start:base + end]
+            sample["timestamps"] = ts
+        return sample
+
+    def describe(self) -> dict[str, Any]:
+        lengths = self.records.end - self.records.start
+        return {"input_dim": self.storage.embedding_dim, "unit": "item", "n_samples": len(self),
+                "max_seq_len": self.max_seq_len,
+                "mean_input_length": float(lengths.mean()) if len(lengths) else 0.0,
+                **self.storage.describe()}
+
+    def input_positions(self) -> np.ndarray:
+        """Flat positions (into the storage's sequence arrays) of every input item."""
+        r = self.records
+        return positions(self.table.offsets[r.user] + r.start, r.end - r.start)
+
+    def vectors(self) -> np.ndarray:
+        # every item interacted with in this view's inputs, once: what the split lets a model see
+        rows = np.unique(self.storage.sequence_rows[self.input_positions()])
+        return self.storage.read_embeddings(rows)
+
+    def subset(self, indices: np.ndarray, role: str = "train") -> "SequencesDataset":
+        r = self.records
+        idx = np.asarray(indices, dtype=np.int64)
+        user, start, end = r.user[idx], r.start[idx], r.end[idx]
+        if role == "train":
+            return self.with_records(SequenceRecords.build(user, start, end, r.target[idx]), role)
+        # held-out users are evaluated on their last item from the rest of their sequence
+        has_target = end - start >= 2
+        new_end = np.where(has_target, end - 1, end)
+        target = np.where(has_target, end - 1, -1)
+        return self.with_records(SequenceRecords.build(user, start, new_end, target), role)
+
+    def key_ids(self) -> np.ndarray:
+        return self.records.user
+
+    def export_source(self) -> ItemVectors:
+        s = self.storage
+        return ItemVectors(ids=s.item_ids.copy(), read=s.read_embedding_range)

@@ -1,0 +1,258 @@
+"""Checks of item_data.h5 and sequence.h5 against the format, collecting every problem.
+
+Opening a storage raises the first problem; ``rqf inspect`` lists them all. Each problem names
+the file and the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from rqf.errors import DataError
+
+CHUNK_ROWS = 65536
+
+
+@dataclass
+class Problems:
+    path: Path
+    items: list[str] = field(default_factory=list)
+
+    def add(self, field_name: str, message: str) -> None:
+        self.items.append(f"{self.path}: {field_name}: {message}")
+
+    def raise_first(self) -> None:
+        if self.items:
+            more = f" (and {len(self.items) - 1} more problems; see rqf inspect)" \
+                if len(self.items) > 1 else ""
+            raise DataError(self.items[0] + more)
+
+
+def open_h5(path: Path) -> h5py.File:
+    """Open read-only with errors that say what is wrong with the file."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected an HDF5 file")
+    if not h5py.is_hdf5(path):
+        raise DataError(f"{path}: not an HDF5 file")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be opened as HDF5, the file may be truncated or "
+                        f"corrupted ({str(exc).splitlines()[0]})") from None
+
+
+def _dtype_kind(ds: h5py.Dataset) -> str:
+    base = h5py.check_vlen_dtype(ds.dtype)
+    if base is not None:
+        return "vlen-str" if base in (str, bytes) else f"vlen-{np.dtype(base).kind}"
+    if h5py.check_string_dtype(ds.dtype) is not None:
+        return "str"
+    return ds.dtype.kind
+
+
+def _need(f: h5py.File, name: str, kinds: str, ndim: int, probs: Problems,
+          expected: str) -> h5py.Dataset | None:
+    if name not in f:
+        probs.add(name, f"missing dataset (expected {expected})")
+        return None
+    ds = f[name]
+    if not isinstance(ds, h5py.Dataset):
+        probs.add(name, f"is a group, expected a dataset ({expected})")
+        return None
+    kind = _dtype_kind(ds)
+    if kind not in kinds.split("|"):
+        probs.add(name, f"expected {expected}, found dtype {ds.dtype} with shape {ds.shape}")
+        return None
+    if ds.ndim != ndim:
+        probs.add(name, f"expected {expected}, found {ds.ndim}-d shape {ds.shape}")
+        return None
+    return ds
+
+
+def _attr(f: h5py.File, name: str, probs: Problems) -> Any:
+    if name not in f.attrs:
+        probs.add(f"attrs/{name}", "missing attribute")
+        return None
+    return f.attrs[name]
+
+
+@dataclass
+class ItemMeta:
+    n_items: int
+    embedding_dim: int
+    item_ids: np.ndarray
+    embedding_dtype: np.dtype
+    has_features: bool
+    max_feature_len: int
+
+
+def check_item_file(f: h5py.File, path: Path, check_values: bool = True) -> tuple[ItemMeta | None,
+                                                                                   Problems]:
+    probs = Problems(Path(path))
+    ids_ds = _need(f, "item_ids", "i|u", 1, probs, "(n,) integer item ids")
+    emb = _need(f, "embeddings", "f", 2, probs, "(n, d) float embeddings")
+    feats = feat_len = None
+    if "features" in f or "feature_lengths" in f:
+        feats = _need(f, "features", "i|u", 2, probs, "(n, max_feature_len) integer tokens")
+        feat_len = _need(f, "feature_lengths", "i|u", 1, probs, "(n,) integer lengths")
+    n_attr = _attr(f, "n_items", probs)
+    d_attr = _attr(f, "embedding_dim", probs)
+    if ids_ds is None or emb is None:
+        return None, probs
+    n = ids_ds.shape[0]
+    item_ids = ids_ds[()].astype(np.int64)
+    if emb.shape[0] != n:
+        probs.add("embeddings", f"has {emb.shape[0]} rows but item_ids has {n}")
+    if n_attr is not None and int(n_attr) != n:
+        probs.add("attrs/n_items", f"says {int(n_attr)} but item_ids has {n}")
+    if d_attr is not None and int(d_attr) != emb.shape[1]:
+        probs.add("attrs/embedding_dim", f"says {int(d_attr)} but embeddings are {emb.shape[1]}-d")
+    if n == 0:
+        probs.add("item_ids", "is empty")
+    max_len = 0
+    if feats is not None and feat_len is not None:
+        max_len = feats.shape[1]
+        if "max_feature_len" in f.attrs and int(f.attrs["max_feature_len"]) != max_len:
+            probs.add("attrs/max_feature_len", f"says {int(f.attrs['max_feature_len'])} but "
+                      f"features has {max_len} columns")
+        for ds in (feats, feat_len):
+            if ds.shape[0] != n:
+                probs.add(ds.name.lstrip("/"), f"has {ds.shape[0]} rows but item_ids has {n}")
+        if feat_len.shape[0] == n:
+            lengths = feat_len[()]
+            bad = np.flatnonzero((lengths < 0) | (lengths > max_len))
+            if len(bad):
+                probs.add("feature_lengths", f"{len(bad)} values outside 0..{max_len}, first at "
+                          f"row {bad[0]} ({lengths[bad[0]]})")
+    uniq, counts = np.unique(item_ids, return_counts=True)
+    dup = uniq[counts > 1]
+    if len(dup):
+        probs.add("item_ids", f"{len(dup)} duplicate ids, e.g. {dup[:5].tolist()}")
+    if check_values and emb.shape[0] == n:
+        for start in range(0, n, CHUNK_ROWS):
+            block = emb[start:start + CHUNK_ROWS]
+            finite = np.isfinite(block).all(axis=1)
+            if not finite.all():
+                row = start + int(np.flatnonzero(~finite)[0])
+                bad_total = int((~finite).sum()) + sum(
+                    int((~np.isfinite(emb[s:s + CHUNK_ROWS]).all(axis=1)).sum())
+                    for s in range(start + CHUNK_ROWS, n, CHUNK_ROWS))
+                probs.add("embeddings", f"{bad_total} rows hold NaN or Inf, first at row {row} "
+                          f"(item id {item_ids[row]})")
+                break
+    meta = ItemMeta(n, emb.shape[1], item_ids, emb.dtype, feats is not None, max_len)
+    return meta, probs
+
+
+@dataclass
+class SequenceTable:
+    """All sequences as flat arrays: user i owns positions offsets[i]:offsets[i+1]."""
+
+    user_ids: np.ndarray
+    offsets: np.ndarray
+    item_ids: np.ndarray
+    timestamps: np.ndarray | None
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+
+def _flatten(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.concatenate(rows).astype(np.int64) if len(rows) else np.zeros(0, np.int64)
+    return flat, offsets
+
+
+def read_sequence_file(f: h5py.File, path: Path) -> tuple[SequenceTable | None, Problems]:
+    probs = Problems(Path(path))
+    users = _need(f, "user_ids", "vlen-str|str|i|u", 1, probs, "(m,) user ids (strings)")
+    seqs = _need(f, "sequences", "vlen-i|vlen-u", 1, probs, "(m,) variable-length int64 item ids")
+    lens = _need(f, "sequence_lengths", "i|u", 1, probs, "(m,) integer lengths")
+    ts_ds = None
+    if "timestamps" in f:
+        ts_ds = _need(f, "timestamps", "vlen-i|vlen-u|vlen-f", 1, probs,
+                      "(m,) variable-length int64 timestamps")
+    n_attr = _attr(f, "n_sequences", probs)
+    if users is None or seqs is None or lens is None:
+        return None, probs
+    m = seqs.shape[0]
+    for ds in (users, lens):
+        if ds.shape[0] != m:
+            probs.add(ds.name.lstrip("/"), f"has {ds.shape[0]} rows but sequences has {m}")
+    if n_attr is not None and int(n_attr) != m:
+        probs.add("attrs/n_sequences", f"says {int(n_attr)} but sequences has {m}")
+    raw_users = users[()]
+    user_ids = np.array([u.decode() if isinstance(u, bytes) else str(u) for u in raw_users],
+                        dtype=object)
+    flat, offsets = _flatten(seqs[()])
+    lengths = np.diff(offsets)
+    if lens.shape[0] == m:
+        declared = lens[()].astype(np.int64)
+        bad = np.flatnonzero(declared != lengths)
+        if len(bad):
+            i = bad[0]
+            probs.add("sequence_lengths", f"{len(bad)} rows disagree with their sequence, first "
+                      f"user {user_ids[i]!r} (row {i}): says {declared[i]}, sequence has {lengths[i]}")
+    empty = np.flatnonzero(lengths == 0)
+    if len(empty):
+        probs.add("sequences", f"{len(empty)} empty sequences, first user {user_ids[empty[0]]!r} "
+                  f"(row {empty[0]})")
+    timestamps = None
+    if ts_ds is not None and ts_ds.shape[0] == m:
+        ts_flat, ts_offsets = _flatten(ts_ds[()])
+        ts_len = np.diff(ts_offsets)
+        bad = np.flatnonzero(ts_len != lengths)
+        if len(bad):
+            i = bad[0]
+            probs.add("timestamps", f"{len(bad)} rows differ in length from their sequence, first "
+                      f"user {user_ids[i]!r} (row {i}): {ts_len[i]} timestamps for {lengths[i]} items")
+        else:
+            step_down = np.flatnonzero(np.diff(ts_flat) < 0)
+            # a drop across a boundary between two users is fine
+            inside = step_down[~np.isin(step_down + 1, offsets)]
+            if len(inside):
+                row = int(np.searchsorted(offsets, inside[0], side="right") - 1)
+                probs.add("timestamps", f"decrease within {len(np.unique(np.searchsorted(offsets, inside, side='right')))} "
+                          f"sequences, first user {user_ids[row]!r} (row {row}) at position "
+                          f"{inside[0] - offsets[row] + 1}")
+            timestamps = ts_flat.astype(np.int64)
+    elif ts_ds is not None:
+        probs.add("timestamps", f"has {ts_ds.shape[0]} rows but sequences has {m}")
+    return SequenceTable(user_ids, offsets, flat, timestamps), probs
+
+
+def check_known_items(table: SequenceTable, item_ids: np.ndarray, path: Path,
+                      probs: Problems) -> np.ndarray:
+    """Rows of each sequence position in the item file (-1 where the id is unknown)."""
+    rows = rows_of(item_ids, table.item_ids)
+    unknown = rows < 0
+    if unknown.any():
+        ids = np.unique(table.item_ids[unknown])
+        probs.add("sequences", f"{int(unknown.sum())} interactions with {len(ids)} item ids not in "
+                  f"the item file, e.g. {ids[:5].tolist()}")
+    return rows
+
+
+def rows_of(item_ids: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Map raw item ids to row numbers of ``item_ids``; -1 where an id is unknown."""
+    order = np.argsort(item_ids, kind="stable")
+    sorted_ids = item_ids[order]
+    pos = np.searchsorted(sorted_ids, query)
+    pos_clipped = np.minimum(pos, len(sorted_ids) - 1)
+    found = (len(sorted_ids) > 0) & (sorted_ids[pos_clipped] == query) if len(sorted_ids) else \
+        np.zeros(len(query), bool)
+    return np.where(found, order[pos_clipped], -1).astype(np.int64)

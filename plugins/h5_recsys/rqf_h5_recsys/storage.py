@@ -1,0 +1,189 @@
+"""The ``h5_recsys`` storage: an item file and, optionally, a sequence file."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from rqf import InspectReport, Param, Storage
+from rqf.errors import DataError
+from rqf_h5_recsys.formats import (ItemMeta, SequenceTable, check_item_file, check_known_items,
+                                   open_h5, read_sequence_file, rows_of)
+
+IN_MEMORY_LIMIT = 1 << 30  # embeddings up to 1 GiB are read once; larger ones in slices
+
+
+class H5RecsysStorage(Storage):
+    """Item embeddings (item_data.h5) and user sequences (sequence.h5), validated on open."""
+
+    name = "h5_recsys"
+    params = (
+        Param("items", "path", help="item_data.h5: item_ids, embeddings, features"),
+        Param("sequences", "path", None, "sequence.h5: user_ids, sequences, timestamps",
+              nullable=True),
+        Param("drop_unknown_items", bool, False,
+              "drop interactions whose item is not in the item file (with a warning) instead "
+              "of failing"),
+        Param("in_memory", bool, None,
+              "read all embeddings at open (null: when they take at most 1 GiB)", nullable=True),
+    )
+
+    def __init__(self, items: str, sequences: str | None = None, drop_unknown_items: bool = False,
+                 in_memory: bool | None = None) -> None:
+        super().__init__(items=items, sequences=sequences)
+        self.items_path = Path(items)
+        self.sequences_path = Path(sequences) if sequences else None
+        self.drop_unknown_items = drop_unknown_items
+        self.in_memory = in_memory
+        self.meta: ItemMeta | None = None
+        self.table: SequenceTable | None = None
+        self.sequence_rows: np.ndarray | None = None  # item row of every sequence position
+        self.dropped_interactions = 0
+        self._embeddings: np.ndarray | None = None
+        self._file: h5py.File | None = None
+        self._pid: int | None = None
+
+    # -- opening and handles --------------------------------------------------------------
+    def open(self) -> "H5RecsysStorage":
+        with open_h5(self.items_path) as f:
+            meta, probs = check_item_file(f, self.items_path)
+            probs.raise_first()
+            assert meta is not None
+            self.meta = meta
+            nbytes = meta.n_items * meta.embedding_dim * 4
+            if self.in_memory or (self.in_memory is None and nbytes <= IN_MEMORY_LIMIT):
+                self._embeddings = f["embeddings"][()].astype(np.float32, copy=False)
+        if self.sequences_path is not None:
+            self._open_sequences()
+        return self
+
+    def _open_sequences(self) -> None:
+        assert self.meta is not None and self.sequences_path is not None
+        with open_h5(self.sequences_path) as f:
+            table, probs = read_sequence_file(f, self.sequences_path)
+        if table is not None:
+            rows = check_known_items(table, self.meta.item_ids, self.sequences_path, probs)
+            unknown = rows < 0
+            if unknown.any() and self.drop_unknown_items:
+                probs.items = [p for p in probs.items if "not in the item file" not in p]
+                table, rows = _drop_positions(table, rows, unknown)
+                self.dropped_interactions = int(unknown.sum())
+                warnings.warn(f"{self.sequences_path}: dropped {self.dropped_interactions} "
+                              "interactions with unknown items", stacklevel=2)
+                if (table.lengths == 0).any():
+                    probs.add("sequences", f"{int((table.lengths == 0).sum())} sequences are empty "
+                              "after dropping unknown items")
+            self.sequence_rows = rows
+        probs.raise_first()
+        self.table = table
+
+    def _handle(self) -> h5py.File:
+        # h5py handles must not cross fork: reopen in every process that reads
+        if self._file is None or self._pid != os.getpid():
+            self._file = open_h5(self.items_path)
+            self._pid = os.getpid()
+        return self._file
+
+    def close(self) -> None:
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file = None
+        self._pid = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_file"] = None
+        state["_pid"] = None
+        return state
+
+    # -- reading --------------------------------------------------------------------------
+    @property
+    def item_ids(self) -> np.ndarray:
+        return self._meta().item_ids
+
+    @property
+    def embedding_dim(self) -> int:
+        return self._meta().embedding_dim
+
+    @property
+    def has_timestamps(self) -> bool:
+        return self.table is not None and self.table.timestamps is not None
+
+    def _meta(self) -> ItemMeta:
+        if self.meta is None:
+            raise DataError(f"{self.items_path}: storage used before open()")
+        return self.meta
+
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        return rows_of(self.item_ids, np.asarray(ids, dtype=np.int64))
+
+    def read_embeddings(self, rows: np.ndarray) -> np.ndarray:
+        """Embeddings of ``rows`` (any order, repeats allowed) as float32."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self._embeddings is not None:
+            return self._embeddings[rows]
+        uniq, inverse = np.unique(rows, return_inverse=True)
+        block = self._handle()["embeddings"][uniq]  # h5py wants increasing indices
+        return block.astype(np.float32, copy=False)[inverse]
+
+    def read_embedding_range(self, start: int, stop: int) -> np.ndarray:
+        if self._embeddings is not None:
+            return self._embeddings[start:stop]
+        return self._handle()["embeddings"][start:stop].astype(np.float32, copy=False)
+
+    def read_features(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        meta = self._meta()
+        rows = np.asarray(rows, dtype=np.int64)
+        if not meta.has_features:
+            return np.zeros((len(rows), 0), np.int32), np.zeros(len(rows), np.int32)
+        uniq, inverse = np.unique(rows, return_inverse=True)
+        f = self._handle()
+        return (f["features"][uniq][inverse].astype(np.int32),
+                f["feature_lengths"][uniq][inverse].astype(np.int32))
+
+    def describe(self) -> dict[str, Any]:
+        meta = self._meta()
+        info: dict[str, Any] = {"n_items": meta.n_items, "embedding_dim": meta.embedding_dim,
+                                "items": str(self.items_path)}
+        if self.table is not None:
+            info.update(n_sequences=len(self.table), n_interactions=int(self.table.offsets[-1]),
+                        has_timestamps=self.has_timestamps, sequences=str(self.sequences_path))
+            if self.dropped_interactions:
+                info["dropped_unknown_interactions"] = self.dropped_interactions
+        return info
+
+    # -- inspect --------------------------------------------------------------------------
+    @classmethod
+    def recognizes(cls, path: Path) -> bool:
+        path = Path(path)
+        if not path.is_file():
+            return False
+        if not h5py.is_hdf5(path):
+            return path.suffix.lower() in (".h5", ".hdf5")
+        try:
+            with h5py.File(path, "r") as f:
+                return any(k in f for k in ("item_ids", "embeddings", "sequences", "user_ids"))
+        except OSError:
+            return True
+
+    @classmethod
+    def inspect(cls, path: Path) -> InspectReport:
+        from rqf_h5_recsys.inspection import inspect_file
+
+        return inspect_file(Path(path))
+
+
+def _drop_positions(table: SequenceTable, rows: np.ndarray,
+                    drop: np.ndarray) -> tuple[SequenceTable, np.ndarray]:
+    keep = ~drop
+    owner = np.repeat(np.arange(len(table)), table.lengths)
+    new_lengths = np.bincount(owner[keep], minlength=len(table))
+    offsets = np.zeros(len(table) + 1, np.int64)
+    np.cumsum(new_lengths, out=offsets[1:])
+    ts = table.timestamps[keep] if table.timestamps is not None else None
+    return SequenceTable(table.user_ids, offsets, table.item_ids[keep], ts), rows[keep]
