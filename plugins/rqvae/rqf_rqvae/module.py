@@ -1,0 +1,69 @@
+"""The RQ-VAE network: MLP encoder, residual quantizer, mirrored MLP decoder."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rqf_rqvae.quantizer import ResidualQuantizer
+
+ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU}
+
+
+def mlp(dims: Sequence[int], activation: str, dropout: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(dims) - 2:
+            layers.append(ACTIVATIONS[activation]())
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+class RQVAE(nn.Module):
+    def __init__(self, input_dim: int, hidden_dims: Sequence[int], latent_dim: int, levels: int,
+                 codebook_size: int, distance: str = "l2", forward_mode: str = "ste",
+                 commitment_weight: float = 0.25, gumbel_tau: float = 1.0,
+                 activation: str = "silu", dropout: float = 0.0, normalize: str = "none") -> None:
+        super().__init__()
+        self.normalize = normalize
+        self.encoder = mlp([input_dim, *hidden_dims, latent_dim], activation, dropout)
+        self.decoder = mlp([latent_dim, *reversed(hidden_dims), input_dim], activation, dropout)
+        self.quantizer = ResidualQuantizer(levels, codebook_size, latent_dim, distance,
+                                           forward_mode, commitment_weight, gumbel_tau)
+        self.register_buffer("mean", torch.zeros(input_dim))
+        self.register_buffer("std", torch.ones(input_dim))
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """The input as the network sees it (after the optional normalisation)."""
+        x = x.float()
+        if self.normalize == "standardize":
+            return (x - self.mean) / self.std
+        if self.normalize == "l2":
+            return F.normalize(x, dim=-1)
+        return x
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        target = self.prepare(x)
+        z = self.encoder(target)
+        out = self.quantizer(z)
+        recon = self.decoder(out["quantized"].to(z.dtype))
+        recon_loss = ((recon.float() - target) ** 2).sum(-1).mean()  # summed over dimensions
+        out.update(recon_loss=recon_loss, loss=recon_loss + out["quant_loss"])
+        return out
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.quantizer.encode(self.encoder(self.prepare(x)))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(prepared input, reconstruction, codes)."""
+        target = self.prepare(x)
+        codes = self.quantizer.encode(self.encoder(target))
+        recon = self.decoder(self.quantizer.decode_codes(codes).to(target.dtype))
+        return target, recon.float(), codes

@@ -1,0 +1,16 @@
+"""Hook implementations of the rqvae plugin."""
+
+from rqf import hookimpl
+from rqf_rqvae.model import RQVAEModel
+
+
+@hookimpl
+def register_models(register):
+    register(RQVAEModel)
+
+
+@hookimpl
+def register_commands(cli):
+    from rqf_rqvae.commands import rqvae
+
+    cli.add_command(rqvae)
