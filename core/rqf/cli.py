@@ -129,6 +129,24 @@ def report(run_dir: Path, other: Path | None, debug: bool) -> None:
     click.echo(f"wrote {write_report(run_dir)}")
 
 
+@cli.command()
+@click.argument("directory", required=False, default="demo_data", type=click.Path(path_type=Path))
+@click.option("--seed", default=0, show_default=True, help="Seed of the generators.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def demo(directory: Path, seed: int, debug: bool) -> None:
+    """Write small, realistic demo data (every installed plugin's) into DIRECTORY."""
+    from rqf.plugins import get_plugins
+
+    pm = get_plugins()
+    written = {}
+    for impl in pm.pm.hook.write_demo_data.get_hookimpls():
+        written.update(impl.function(directory=directory, seed=seed) or {})
+    if not written:
+        raise RqfError("no installed plugin writes demo data")
+    for name, path in written.items():
+        click.echo(f"wrote {name}: {path}")
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__

@@ -29,3 +29,8 @@ def register_models(register):
 @hookspec
 def register_commands(cli):
     """Add click commands or groups to the ``rqf`` command line."""
+
+
+@hookspec
+def write_demo_data(directory, seed):
+    """Write this plugin's demo data under ``directory``; return {name: path} of what it wrote."""

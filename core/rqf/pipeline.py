@@ -169,6 +169,7 @@ def run(config: str | Path | Mapping[str, Any], overrides: Iterable[str] = (),
             for role in ("train", "valid", "test"):
                 if role in parts.splits and len(parts.splits[role]):
                     metrics[role] = parts.model.evaluate(parts.splits[role])
+            metrics["all"] = parts.model.evaluate(parts.dataset)
             artifacts = parts.model.export(parts.dataset, ctx)
             metrics["artifacts"] = artifacts
             metrics["wall_seconds"] = round(time.perf_counter() - started, 3)

@@ -10,7 +10,7 @@ from rqf.errors import RqfError
 from rqf.io import write_text_atomic
 
 REPORT_NAME = "report.md"
-SPLITS = ("train", "valid", "test")
+SPLITS = ("train", "valid", "test", "all")
 
 
 def _load_run(run_dir: Path) -> tuple[str, dict[str, Any]]:

@@ -150,10 +150,17 @@ class SequencesDataset(Dataset):
         r = self.records
         return positions(self.table.offsets[r.user] + r.start, r.end - r.start)
 
+    def target_positions(self) -> np.ndarray:
+        """Flat positions of the held-out targets of this view (records with one)."""
+        r = self.records
+        has = r.target >= 0
+        return self.table.offsets[r.user[has]] + r.target[has]
+
     def vectors(self) -> np.ndarray:
-        # every item interacted with in this view's inputs, once: what the split lets a model see
-        rows = np.unique(self.storage.sequence_rows[self.input_positions()])
-        return self.storage.read_embeddings(rows)
+        # Training views: every item in the inputs, once (what the split lets a model see).
+        # Evaluation views: the held-out target items, which training may never have seen.
+        pos = self.input_positions() if self.role in ("train", "all") else self.target_positions()
+        return self.storage.read_embeddings(np.unique(self.storage.sequence_rows[pos]))
 
     def subset(self, indices: np.ndarray, role: str = "train") -> "SequencesDataset":
         r = self.records

@@ -29,3 +29,12 @@ def register_commands(cli):
     from rqf_h5_recsys.commands import recsys
 
     cli.add_command(recsys)
+
+
+@hookimpl
+def write_demo_data(directory, seed):
+    from pathlib import Path
+
+    from rqf_h5_recsys.demo import make_demo
+
+    return make_demo(Path(directory) / "recsys", seed=seed)

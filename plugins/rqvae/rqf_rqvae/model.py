@@ -297,12 +297,12 @@ class RQVAEModel(Model):
 
     # -- reporting ------------------------------------------------------------------------
     def summarize(self, metrics: Mapping[str, Any]) -> str:
-        lines = ["split   recon_mse  rel_err  collisions  max/code  utilization per level     perplexity per level"]
-        for role in ("train", "valid", "test"):
+        lines = ["split   recon_mse  rel_err  collisions  max/code  used codes per level      perplexity per level"]
+        for role in ("train", "valid", "test", "all"):
             m = metrics.get(role)
             if not m:
                 continue
-            util = " ".join(f"{u:5.1%}" for u in m["utilization"])
+            util = " ".join(f"{u:5.1%}" for u in m["utilization_of_reachable"])
             ppl = " ".join(f"{p:6.1f}" for p in m["perplexity"])
             lines.append(f"{role:<7} {m['recon_mse']:9.3g}  {m['recon_rel_error']:7.3f}  "
                          f"{m['collision_rate']:10.2%}  {m['max_items_per_code']:8d}  "

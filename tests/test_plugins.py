@@ -1,0 +1,121 @@
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import rqf
+from rqf.errors import ConfigError
+from rqf.plugins import Plugins, reset_plugins
+from conftest import tiny_pipeline
+
+FIXTURE = Path(__file__).parent / "plugins_fixture"
+
+
+def install_entry_point(tmp_path: Path, monkeypatch, dist: str, name: str, module: str) -> None:
+    """Install a distribution's metadata exactly as pip would lay it out, on sys.path."""
+    info = tmp_path / "site" / f"{dist.replace('-', '_')}-0.0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.0.1\n")
+    (info / "entry_points.txt").write_text(f"[rqf]\n{name} = {module}\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+
+
+def test_core_registers_index_splitter_through_the_hooks():
+    plugins = Plugins().load(entry_points=False)
+    assert plugins.registry.names("splitter") == ["index"]
+    assert next(plugins.registry.entries("splitter")).plugin == "builtin"
+
+
+def test_installed_plugins_are_discovered():
+    plugins = Plugins().load()
+    assert {"h5_recsys", "rqvae"} <= set(plugins.info)
+    assert "leave_last_out" in plugins.registry.names("splitter")
+    assert plugins.registry.names("model") == ["rqvae"]
+
+
+def test_third_party_splitter_selected_from_yaml(tmp_path, monkeypatch, recsys_files):
+    monkeypatch.syspath_prepend(str(FIXTURE))
+    install_entry_point(tmp_path, monkeypatch, "rqf-toy-splitter", "toy", "rqf_toy_splitter")
+    reset_plugins()
+    config = tiny_pipeline(recsys_files, tmp_path / "run", splitter={"type": "every_nth", "n": 4})
+    result = rqf.run(config)
+    assert result.metrics["split"]["counts"] == {"train": 225, "test": 75}
+    assert result.metrics["test"]["n"] == 75
+    assert (tmp_path / "run" / "semantic_ids.h5").exists()
+
+
+def test_plugin_that_fails_to_import_is_reported_and_others_work(tmp_path, monkeypatch):
+    pkg = tmp_path / "src"
+    pkg.mkdir()
+    (pkg / "rqf_broken.py").write_text("raise RuntimeError('boom at import')\n")
+    monkeypatch.syspath_prepend(str(pkg))
+    install_entry_point(tmp_path, monkeypatch, "rqf-broken", "broken", "rqf_broken")
+    plugins = Plugins().load()
+    failure = next(f for f in plugins.failures if f.name == "broken")
+    assert failure.distribution == "rqf-broken"
+    assert "boom at import" in failure.error
+    assert "leave_last_out" in plugins.registry.names("splitter")
+
+
+def test_hook_name_typo_is_reported(tmp_path, monkeypatch):
+    pkg = tmp_path / "src"
+    pkg.mkdir()
+    (pkg / "rqf_typo.py").write_text(textwrap.dedent("""
+        import rqf
+        @rqf.hookimpl
+        def register_spliters(register):
+            pass
+    """))
+    monkeypatch.syspath_prepend(str(pkg))
+    install_entry_point(tmp_path, monkeypatch, "rqf-typo", "typo", "rqf_typo")
+    plugins = Plugins().load()
+    failure = next(f for f in plugins.failures if f.name == "typo")
+    assert "register_spliters" in failure.error
+
+
+def test_two_plugins_registering_one_name_is_an_error_naming_both():
+    class Clash(rqf.Splitter):
+        name = "index"
+
+        def split(self, dataset):
+            return {}
+
+    class Module:
+        @staticmethod
+        @rqf.hookimpl
+        def register_splitters(register):
+            register(Clash)
+
+    plugins = Plugins().load(entry_points=False)
+    plugins.add(Module, "clashing")
+    with pytest.raises(rqf.PluginError, match="splitter 'index' is registered twice: by plugin "
+                                              "'builtin' and by plugin 'clashing'"):
+        plugins.check_conflicts()
+
+
+def test_load_plugins_variable_limits_entry_points(monkeypatch):
+    monkeypatch.setenv("RQF_LOAD_PLUGINS", "rqvae")
+    plugins = Plugins().load()
+    assert set(plugins.info) == {"builtin", "rqvae"}
+    with pytest.raises(ConfigError, match="unknown storage 'h5_recsys'"):
+        plugins.registry.get("storage", "h5_recsys")
+
+
+def test_index_splitter_positions_and_shuffle(recsys_files):
+    from rqf.builtin import IndexSplitter
+    from rqf_h5_recsys.datasets import ItemsDataset
+    from rqf_h5_recsys.storage import H5RecsysStorage
+
+    with H5RecsysStorage(str(recsys_files["items"])) as storage:
+        data = ItemsDataset(storage)
+        plain = IndexSplitter(seed=0, test_ratio=0.2, valid_ratio=0.1).split(data)
+        assert [len(plain[k]) for k in ("train", "valid", "test")] == [210, 30, 60]
+        assert plain["test"].key_ids().tolist() == list(range(341, 401))
+        a = IndexSplitter(seed=3, shuffle=True).split(data)["test"].key_ids()
+        b = IndexSplitter(seed=3, shuffle=True).split(data)["test"].key_ids()
+        c = IndexSplitter(seed=4, shuffle=True).split(data)["test"].key_ids()
+        assert a.tolist() == b.tolist() and a.tolist() != c.tolist()
+        with pytest.raises(ConfigError, match="must be below 1"):
+            IndexSplitter(seed=0, test_ratio=0.6, valid_ratio=0.4).split(data)
