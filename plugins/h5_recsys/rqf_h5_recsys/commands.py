@@ -21,18 +21,20 @@ def recsys() -> None:
 @click.option("--item-ids", type=click.Path(path_type=Path),
               help="(n,) integer .npy: the item id of each embedding row (default: row number).")
 @click.option("--delimiter", default=None, help="Column separator (default: detected).")
-@click.option("--no-timestamps", is_flag=True, help="The file has user and item columns only.")
+@click.option("--time-column", default=2, show_default=True,
+              help="0-based column of the timestamp (user and item are columns 0 and 1).")
+@click.option("--no-timestamps", is_flag=True, help="The file has no timestamp column.")
 @click.option("--drop-unknown-items", is_flag=True,
               help="Drop interactions whose item has no embedding instead of failing.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def from_interactions_cmd(interactions: Path, out_dir: Path, embeddings: Path | None,
-                          item_ids: Path | None, delimiter: str | None, no_timestamps: bool,
+                          item_ids: Path | None, delimiter: str | None, time_column: int, no_timestamps: bool,
                           drop_unknown_items: bool, debug: bool) -> None:
     """Build sequence.h5 (and item_data.h5) from a CSV/TSV of user, item[, timestamp]."""
     from rqf_h5_recsys.writer import from_interactions
 
     written = from_interactions(interactions, out_dir, embeddings, item_ids, delimiter,
-                                time_col=None if no_timestamps else 2,
+                                time_col=None if no_timestamps else time_column,
                                 drop_unknown_items=drop_unknown_items)
     for kind, path in written.items():
         click.echo(f"wrote {kind}: {path}")

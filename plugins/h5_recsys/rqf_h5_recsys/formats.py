@@ -226,9 +226,10 @@ def read_sequence_file(f: h5py.File, path: Path) -> tuple[SequenceTable | None, 
             inside = step_down[~np.isin(step_down + 1, offsets)]
             if len(inside):
                 row = int(np.searchsorted(offsets, inside[0], side="right") - 1)
-                probs.add("timestamps", f"decrease within {len(np.unique(np.searchsorted(offsets, inside, side='right')))} "
-                          f"sequences, first user {user_ids[row]!r} (row {row}) at position "
-                          f"{inside[0] - offsets[row] + 1}")
+                users_affected = len(np.unique(np.searchsorted(offsets, inside, side="right")))
+                probs.add("timestamps", f"decrease within {users_affected} sequences, first user "
+                          f"{user_ids[row]!r} (row {row}): item {inside[0] - offsets[row] + 2} "
+                          "is earlier than the one before")
             timestamps = ts_flat.astype(np.int64)
     elif ts_ds is not None:
         probs.add("timestamps", f"has {ts_ds.shape[0]} rows but sequences has {m}")
