@@ -21,9 +21,28 @@ def nearest(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 65536) -> tor
         torch.zeros(0, dtype=torch.long, device=x.device)
 
 
+def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator | None = None,
+                     max_points: int = 32768) -> torch.Tensor:
+    """k-means++ seeding on a subsample: each pick is one vectorised distance update."""
+    if len(x) > max_points:
+        x = x[torch.randperm(len(x), generator=generator, device="cpu")[:max_points].to(x.device)]
+    # draw all the uniform numbers up front so the device never waits on the host generator
+    u = torch.rand(k, generator=generator, device="cpu").to(x.device, torch.float64)
+    first = int(torch.randint(len(x), (1,), generator=generator, device="cpu"))
+    centroids = torch.empty(k, x.shape[1], device=x.device, dtype=x.dtype)
+    centroids[0] = x[first]
+    closest = squared_distances(x, centroids[:1]).squeeze(1).double()
+    for i in range(1, k):
+        cdf = torch.cumsum(closest, 0)
+        idx = torch.searchsorted(cdf, (u[i] * cdf[-1]).reshape(1)).clamp_max(len(x) - 1)
+        centroids[i] = x[idx[0]]
+        closest = torch.minimum(closest, squared_distances(x, x[idx]).squeeze(1).double())
+    return centroids
+
+
 def kmeans(x: torch.Tensor, k: int, iters: int = 25, generator: torch.Generator | None = None
            ) -> torch.Tensor:
-    """Lloyd's k-means from k distinct random points; empty clusters take the farthest points.
+    """Lloyd's k-means from k-means++ seeds; empty clusters take the farthest points.
 
     With fewer distinct points than ``k``, every distinct point becomes a centroid and the
     rest are jittered copies of random points (a warning says so): no silent duplicates.
@@ -40,8 +59,7 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 25, generator: torch.Generator 
                                   device="cpu").to(x.device)
         noise = torch.randn(k - len(uniq), x.shape[1], generator=generator, device="cpu").to(x.device)
         return torch.cat([uniq, uniq[extra_idx] + noise * scale])
-    pick = torch.randperm(len(uniq), generator=generator, device="cpu")[:k].to(x.device)
-    centroids = uniq[pick].clone()
+    centroids = kmeans_plus_plus(uniq, k, generator)
     ones = torch.ones(n, device=x.device)
     for _ in range(iters):
         dist = squared_distances(x, centroids)

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create .venv with torch (CPU build pinned), the rqf core and every plugin, editable.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+# A pinned torch: on machines that carry a local CPU wheel this takes it; an unpinned
+# "torch" would pull several GB of CUDA packages.
+TORCH_SPEC=${RQF_TORCH_SPEC:-torch==2.13.0}
+.venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
+.venv/bin/python -m pip install --quiet "$TORCH_SPEC"
+.venv/bin/python -m pip install --quiet -e . -e plugins/h5_recsys -e plugins/rqvae \
+  $( [ -d plugins/h5_speech ] && echo "-e plugins/h5_speech" ) pytest
+echo "rqf installed in .venv: $(.venv/bin/rqf --version)"

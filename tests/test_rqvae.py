@@ -1,0 +1,240 @@
+"""rqvae: quantizer modes, k-means, dead-code restart, semantic IDs, training quality, bad input."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import rqf
+from conftest import clustered, tiny_pipeline, write_seed_items, write_seed_sequences, cuda
+from rqf.cli import main
+from rqf.errors import ConfigError, DataError, RqfError
+from rqf_rqvae import RQVAEModel, SemanticIds, code_statistics, unique_codes
+from rqf_rqvae.kmeans import kmeans
+from rqf_rqvae.quantizer import ResidualQuantizer, _rotate_onto
+
+
+@pytest.mark.parametrize("mode", ["ste", "rotation"])
+def test_forward_value_is_the_codeword_sum_and_gradient_reaches_the_encoder(mode):
+    q = ResidualQuantizer(2, 8, 4, forward_mode=mode).train()
+    z = torch.randn(16, 4, requires_grad=True)
+    out = q(z)
+    expected = q.decode_codes(out["codes"])
+    torch.testing.assert_close(out["quantized"], expected, rtol=1e-4, atol=1e-5)
+    out["quantized"].sum().backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
+
+
+def test_rotation_trick_maps_r_onto_e_and_rotates_the_gradient():
+    r = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    e = torch.tensor([[0.0, 2.0]])
+    q = _rotate_onto(r, e)
+    torch.testing.assert_close(q, e)
+    q.backward(torch.tensor([[0.0, 1.0]]))
+    # the gradient along e, rotated back by 90 degrees and scaled by |e|/|r| = 2
+    torch.testing.assert_close(r.grad, torch.tensor([[2.0, 0.0]]))
+
+
+def test_gumbel_mode_trains_codebooks_through_soft_assignment():
+    q = ResidualQuantizer(1, 8, 4, forward_mode="gumbel").train()
+    out = q(torch.randn(32, 4))
+    out["quantized"].pow(2).sum().backward()
+    assert q.codebooks.grad.abs().sum() > 0
+
+
+def test_cosine_distance_assigns_by_angle():
+    q = ResidualQuantizer(1, 2, 2, distance="cosine")
+    q.codebooks.data[0] = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    codes = q.encode(torch.tensor([[10.0, 1.0], [0.1, 3.0]]))
+    assert codes[:, 0].tolist() == [0, 1]
+
+
+def test_kmeans_finds_separated_clusters_without_duplicates():
+    g = torch.Generator().manual_seed(0)
+    centers = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    x = centers.repeat_interleave(50, 0) + 0.1 * torch.randn(200, 2, generator=g)
+    found = kmeans(x, 4, iters=20, generator=g)
+    dist = torch.cdist(centers, found)
+    assert (dist.min(1).values < 0.5).all()
+
+
+def test_kmeans_with_fewer_points_than_codes_warns_and_keeps_points():
+    x = torch.randn(5, 3)
+    with pytest.warns(UserWarning, match="5 distinct vectors for 8 codes"):
+        c = kmeans(x, 8)
+    assert c.shape == (8, 3)
+    assert len(torch.unique(c, dim=0)) == 8
+    assert all(any(torch.allclose(p, ci) for ci in c) for p in x)
+
+
+def test_dead_codes_are_reseeded_from_residuals():
+    q = ResidualQuantizer(1, 4, 2).train()
+    q.codebooks.data[0] = torch.tensor([[0.0, 0.0], [100.0, 100.0], [-100.0, 100.0], [0.1, 0.0]])
+    x = torch.cat([torch.zeros(32, 2), torch.tensor([[0.1, 0.0]]).repeat(32, 1)])
+    out = q(x + 0.001 * torch.randn(64, 2))
+    assert q.usage[0, 1] == 0 and q.usage[0, 2] == 0
+    dead = q.restart_dead_codes(out["residuals"], threshold=1.0)
+    assert dead.tolist() == [2]
+    assert q.codebooks[0, 1].abs().max() < 1 and q.codebooks[0, 2].abs().max() < 1
+    assert (q.usage == 0).all()
+
+
+def test_unique_codes_follow_tigers_rule():
+    codes = np.array([[1, 2], [3, 4], [1, 2], [1, 2], [3, 4], [0, 0]])
+    assert unique_codes(codes)[:, 2].tolist() == [0, 0, 1, 2, 1, 0]
+
+
+def test_code_statistics():
+    codes = np.array([[0, 1], [0, 1], [1, 0], [2, 0]])
+    stats = code_statistics(codes, 4)
+    assert stats["utilization"] == [0.75, 0.5]
+    assert stats["utilization_of_reachable"] == [0.75, 0.5]
+    assert stats["collision_rate"] == 0.5 and stats["max_items_per_code"] == 2
+    assert stats["distinct_prefixes"] == [3, 3]
+    assert stats["perplexity"][1] == pytest.approx(2.0)
+
+
+def test_training_uses_codes_and_reconstructs(tmp_path):
+    emb = clustered(2000, 32, 40, seed=3)
+    items = write_seed_items(tmp_path / "i.h5", np.arange(2000), emb)
+    config = {"output_dir": str(tmp_path / "run"),
+              "storage": {"type": "h5_recsys", "items": str(items)},
+              "dataset": "items", "splitter": {"type": "index", "test_ratio": 0.1},
+              "model": {"type": "rqvae", "levels": 3, "codebook_size": 32, "latent_dim": 8,
+                        "hidden_dims": [64]},
+              "train": {"epochs": 200, "batch_size": 256, "progress": False}}
+    untrained = rqf.run(config, ["train.epochs=0", f"output_dir={tmp_path / 'untrained'}"])
+    m = rqf.run(config).metrics
+    before = untrained.metrics
+    assert min(m["all"]["utilization"]) > 0.9
+    assert m["test"]["recon_rel_error"] < 0.4 * before["test"]["recon_rel_error"]
+    assert m["all"]["collision_rate"] < 0.8 * before["all"]["collision_rate"]
+    assert m["all"]["distinct_codes"] > 1.5 * before["all"]["distinct_codes"]
+    with h5py.File(tmp_path / "run" / "semantic_ids.h5") as f:
+        assert f["codes"].shape == (2000, 3) and f["unique_codes"].shape == (2000, 4)
+        assert f["item_ids"][()].tolist() == list(range(2000))
+        assert len({tuple(r) for r in f["unique_codes"][()]}) == 2000
+        assert f["codebooks"].shape == (3, 32, 8)
+    ids = SemanticIds(tmp_path / "run" / "semantic_ids.h5")
+    assert ids.item_of(ids.of_item(1234)) == 1234
+
+
+def test_items_are_encoded_the_same_after_save_and_load(tmp_path, recsys_files):
+    result = rqf.run(tiny_pipeline(recsys_files, tmp_path / "run"))
+    model = RQVAEModel.load(tmp_path / "run" / "model.pt", device="cpu")
+    with h5py.File(tmp_path / "run" / "semantic_ids.h5") as f:
+        codes = f["codes"][()]
+    with h5py.File(recsys_files["items"]) as f:
+        emb = f["embeddings"][()]
+    np.testing.assert_array_equal(model.encode(emb), codes)
+
+
+def test_encode_command_with_a_trained_run(tmp_path, recsys_files, capsys):
+    rqf.run(tiny_pipeline(recsys_files, tmp_path / "run"))
+    new = write_seed_items(tmp_path / "new_items.h5", np.arange(5000, 5050), clustered(50, 16, 4))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["rqvae", "encode", str(tmp_path / "run"), "--out", str(tmp_path / "new_ids.h5"),
+              "--set", f"storage.items={new}", "--set", "storage.sequences=null"])
+        raise SystemExit(0)
+    assert exit_info.value.code == 0
+    with h5py.File(tmp_path / "new_ids.h5") as f:
+        assert f["item_ids"][()].tolist() == list(range(5000, 5050))
+    with pytest.raises(SystemExit):
+        main(["rqvae", "lookup", str(tmp_path / "new_ids.h5"), "--item", "5003"])
+        raise SystemExit(0)
+    code = capsys.readouterr().out.strip().splitlines()[-1]
+    with pytest.raises(SystemExit):
+        main(["rqvae", "lookup", str(tmp_path / "new_ids.h5"), "--code", code])
+        raise SystemExit(0)
+    assert capsys.readouterr().out.strip() == "5003"
+
+
+@pytest.mark.parametrize("mode", ["rotation", "gumbel"])
+def test_other_quantizer_modes_run_in_a_pipeline(tmp_path, recsys_files, mode):
+    result = rqf.run(tiny_pipeline(recsys_files, tmp_path / "run",
+                                   model={"quantizer": mode, "distance": "cosine"}))
+    assert result.metrics["all"]["n"] == 300
+
+
+def test_bad_model_settings_are_clear(recsys_files, tmp_path):
+    for change, message in [({"latent_dim": 64}, "model.latent_dim: 64 is larger than the input"),
+                            ({"levels": 0}, "model.levels: expected a value >= 1, got 0"),
+                            ({"quantizer": "vq"}, "model.quantizer: expected one of")]:
+        with pytest.raises(ConfigError, match=message):
+            rqf.run(tiny_pipeline(recsys_files, tmp_path / "run", model=change))
+    assert not (tmp_path / "run").exists()
+
+
+def test_nan_training_vectors_are_refused(tmp_path):
+    from rqf.interfaces import RunContext
+    from rqf.training import TrainConfig
+
+    class Vectors:
+        def vectors(self):
+            x = np.ones((10, 8), np.float32)
+            x[4, 2] = np.nan
+            return x
+
+    model = RQVAEModel({"input_dim": 8}, latent_dim=2, hidden_dims=[4], codebook_size=4)
+    ctx = RunContext(tmp_path, TrainConfig(progress=False), {})
+    with pytest.raises(DataError, match="1 rows hold NaN or Inf \\(first at row 4\\)"):
+        model.fit(Vectors(), None, ctx)
+
+
+def test_fewer_items_than_codes_still_trains(tmp_path):
+    items = write_seed_items(tmp_path / "i.h5", np.arange(20), clustered(20, 8, 3))
+    config = {"output_dir": str(tmp_path / "run"),
+              "storage": {"type": "h5_recsys", "items": str(items)},
+              "dataset": "items", "splitter": {"type": "index", "test_ratio": 0.1},
+              "model": {"type": "rqvae", "codebook_size": 64, "latent_dim": 4, "hidden_dims": [16]},
+              "train": {"epochs": 5, "batch_size": 8, "progress": False}}
+    with pytest.warns(UserWarning, match="distinct vectors for 64 codes"):
+        result = rqf.run(config)
+    assert result.metrics["all"]["n"] == 20
+
+
+def test_checkpoint_of_another_architecture_is_refused(tmp_path, recsys_files):
+    config = tiny_pipeline(recsys_files, tmp_path / "run",
+                           train={"epochs": 2, "checkpoint_every": 1})
+    rqf.run(config)
+    (tmp_path / "run" / "metrics.json").unlink()
+    bad = tmp_path / "run" / "model.pt"
+    bad.write_bytes(b"\x00garbage")
+    with pytest.raises(RqfError, match="not a readable rqvae model"):
+        RQVAEModel.load(bad)
+    # same pipeline file, but a checkpoint saved by a different network
+    ckpt = sorted((tmp_path / "run" / "checkpoints").iterdir())[-1]
+    payload = torch.load(ckpt, weights_only=True)
+    payload["extra"]["architecture"] = "something else"
+    torch.save(payload, ckpt)
+    with pytest.raises(RqfError, match="checkpoint was made with architecture="):
+        rqf.run(config, resume=True)
+
+
+def test_real_ml100k_items_reach_full_code_usage(tmp_path):
+    from conftest import real_data
+
+    folder = real_data("ml100k")
+    config = {"output_dir": str(tmp_path / "run"),
+              "storage": {"type": "h5_recsys", "items": str(folder / "item_data.h5")},
+              "dataset": "items", "splitter": {"type": "index", "test_ratio": 0.1, "shuffle": True},
+              "model": {"type": "rqvae"},
+              "train": {"epochs": 60, "batch_size": 512, "progress": False}}
+    m = rqf.run(config).metrics["all"]
+    assert min(m["utilization_of_reachable"]) >= 0.9
+    assert m["collision_rate"] < 0.1
+
+
+@cuda
+def test_cuda_training_and_encoding_match_cpu_codes(tmp_path, recsys_files):
+    result = rqf.run(tiny_pipeline(recsys_files, tmp_path / "run",
+                                   train={"device": "cuda", "precision": "bf16"}))
+    assert result.metrics["fit"]["device"].startswith("cuda")
+    model = RQVAEModel.load(tmp_path / "run" / "model.pt", device="cpu")
+    with h5py.File(recsys_files["items"]) as f:
+        emb = f["embeddings"][()]
+    with h5py.File(tmp_path / "run" / "semantic_ids.h5") as f:
+        agreement = (model.encode(emb) == f["codes"][()]).all(1).mean()
+    assert agreement > 0.95
