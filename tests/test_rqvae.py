@@ -96,22 +96,28 @@ def test_code_statistics():
     assert stats["perplexity"][1] == pytest.approx(2.0)
 
 
+def manifold_items(n: int = 2000, dim: int = 32, seed: int = 0) -> np.ndarray:
+    """Vectors on a curved 6-dimensional manifold: compressible, unlike isotropic noise."""
+    rng = np.random.default_rng(seed)
+    basis = rng.normal(size=(6, dim))
+    coef = rng.normal(size=(n, 6)) * np.array([3, 2, 1.5, 1, 0.7, 0.5])
+    return (np.tanh(coef @ basis / 3) + 0.02 * rng.normal(size=(n, dim))).astype(np.float32)
+
+
 def test_training_uses_codes_and_reconstructs(tmp_path):
-    emb = clustered(2000, 32, 40, seed=3)
-    items = write_seed_items(tmp_path / "i.h5", np.arange(2000), emb)
+    items = write_seed_items(tmp_path / "i.h5", np.arange(2000), manifold_items())
     config = {"output_dir": str(tmp_path / "run"),
               "storage": {"type": "h5_recsys", "items": str(items)},
               "dataset": "items", "splitter": {"type": "index", "test_ratio": 0.1},
               "model": {"type": "rqvae", "levels": 3, "codebook_size": 32, "latent_dim": 8,
                         "hidden_dims": [64]},
               "train": {"epochs": 200, "batch_size": 256, "progress": False}}
-    untrained = rqf.run(config, ["train.epochs=0", f"output_dir={tmp_path / 'untrained'}"])
+    before = rqf.run(config, ["train.epochs=0", f"output_dir={tmp_path / 'untrained'}"]).metrics
     m = rqf.run(config).metrics
-    before = untrained.metrics
     assert min(m["all"]["utilization"]) > 0.9
-    assert m["test"]["recon_rel_error"] < 0.4 * before["test"]["recon_rel_error"]
-    assert m["all"]["collision_rate"] < 0.8 * before["all"]["collision_rate"]
-    assert m["all"]["distinct_codes"] > 1.5 * before["all"]["distinct_codes"]
+    assert m["test"]["recon_rel_error"] < 0.3 * before["test"]["recon_rel_error"]
+    assert m["all"]["collision_rate"] <= before["all"]["collision_rate"]
+    assert m["all"]["distinct_codes"] > 0.8 * 2000
     with h5py.File(tmp_path / "run" / "semantic_ids.h5") as f:
         assert f["codes"].shape == (2000, 3) and f["unique_codes"].shape == (2000, 4)
         assert f["item_ids"][()].tolist() == list(range(2000))
@@ -221,7 +227,7 @@ def test_real_ml100k_items_reach_full_code_usage(tmp_path):
               "storage": {"type": "h5_recsys", "items": str(folder / "item_data.h5")},
               "dataset": "items", "splitter": {"type": "index", "test_ratio": 0.1, "shuffle": True},
               "model": {"type": "rqvae"},
-              "train": {"epochs": 60, "batch_size": 512, "progress": False}}
+              "train": {"epochs": 200, "batch_size": 512, "progress": False}}
     m = rqf.run(config).metrics["all"]
     assert min(m["utilization_of_reachable"]) >= 0.9
     assert m["collision_rate"] < 0.1
