@@ -1,0 +1,193 @@
+"""The sharded cache format: index, shard names, key rules, and per-process shard handles.
+
+``processed_dir/features_00001.h5 ...`` each hold at most ``samples_per_file`` samples, one
+group per sample key (a key with ``/`` is nested groups); ``hdf5_index.json`` maps every key to
+its shard: ``{"sample_index": {key: {"file_idx": i, "group_name": key}}, "current_file_idx",
+"current_file_count", "samples_per_file", "use_float16"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import h5py
+import numpy as np
+
+from rqf.errors import DataError
+
+INDEX_NAME = "hdf5_index.json"
+SHARD_PATTERN = re.compile(r"^features_(\d{5,})\.h5$")
+KEYS_DATASET = "_rqf_sample_keys"  # written by rqf: the keys a shard holds, for recovery
+
+
+def shard_name(file_idx: int) -> str:
+    return f"features_{file_idx:05d}.h5"
+
+
+def check_key(key: str, where: str = "") -> str:
+    """Refuse keys that would escape the group tree or the folder: '..', absolute, empty parts."""
+    prefix = f"{where}: " if where else ""
+    if not isinstance(key, str) or not key:
+        raise DataError(f"{prefix}sample key {key!r}: expected a non-empty string")
+    path = PurePosixPath(key)
+    if key.startswith("/") or path.is_absolute() or re.match(r"^[A-Za-z]:[\\/]", key):
+        raise DataError(f"{prefix}sample key {key!r}: absolute paths are not allowed")
+    parts = key.split("/")
+    if any(p in ("", ".", "..") for p in parts) or "\\" in key:
+        raise DataError(f"{prefix}sample key {key!r}: '..', '.', empty parts and backslashes "
+                        "are not allowed")
+    return key
+
+
+@dataclass
+class CacheIndex:
+    """The parsed ``hdf5_index.json``."""
+
+    directory: Path
+    entries: dict[str, tuple[int, str]]
+    samples_per_file: int
+    use_float16: bool
+    current_file_idx: int = 0
+    current_file_count: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        return self.directory / INDEX_NAME
+
+    @classmethod
+    def empty(cls, directory: Path, samples_per_file: int, use_float16: bool) -> "CacheIndex":
+        return cls(Path(directory), {}, samples_per_file, use_float16)
+
+    @classmethod
+    def load(cls, directory: Path) -> "CacheIndex":
+        directory = Path(directory)
+        path = directory / INDEX_NAME
+        if not directory.is_dir():
+            raise DataError(f"{directory}: cache directory not found")
+        if not path.exists():
+            raise DataError(f"{path}: index not found (a sharded cache needs {INDEX_NAME})")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: malformed JSON at line {exc.lineno}, column {exc.colno}: "
+                            f"{exc.msg}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"{path}: cannot read the index ({exc})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("sample_index"), dict):
+            raise DataError(f"{path}: sample_index: expected a mapping of sample keys")
+        for name, kind in (("samples_per_file", int), ("current_file_idx", int),
+                           ("current_file_count", int)):
+            if name in data and (not isinstance(data[name], kind) or isinstance(data[name], bool)):
+                raise DataError(f"{path}: {name}: expected an integer, got {data[name]!r}")
+        entries: dict[str, tuple[int, str]] = {}
+        for key, entry in data["sample_index"].items():
+            check_key(key, str(path))
+            if isinstance(entry, (list, tuple)) and len(entry) == 2:  # (file_idx, group) pairs
+                entry = {"file_idx": entry[0], "group_name": entry[1]}
+            if not isinstance(entry, dict) or not isinstance(entry.get("file_idx"), int) \
+                    or not isinstance(entry.get("group_name"), str):
+                raise DataError(f"{path}: sample_index[{key!r}]: expected "
+                                f"{{'file_idx': int, 'group_name': str}}, got {entry!r}")
+            check_key(entry["group_name"], str(path))
+            entries[key] = (entry["file_idx"], entry["group_name"])
+        extra = {k: v for k, v in data.items() if k not in
+                 ("sample_index", "samples_per_file", "use_float16", "current_file_idx",
+                  "current_file_count")}
+        return cls(directory, entries, int(data.get("samples_per_file", 20000)),
+                   bool(data.get("use_float16", True)), int(data.get("current_file_idx", 0)),
+                   int(data.get("current_file_count", 0)), extra)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sample_index": {k: {"file_idx": i, "group_name": g}
+                             for k, (i, g) in self.entries.items()},
+            "current_file_idx": self.current_file_idx,
+            "current_file_count": self.current_file_count,
+            "samples_per_file": self.samples_per_file,
+            "use_float16": self.use_float16,
+            **self.extra,
+        }
+
+    def shard_counts(self) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        for file_idx, _ in self.entries.values():
+            counts[file_idx] = counts.get(file_idx, 0) + 1
+        return counts
+
+    def shard_files(self) -> list[Path]:
+        return sorted(p for p in self.directory.iterdir() if SHARD_PATTERN.match(p.name))
+
+
+class ShardHandles:
+    """Open shard files of this process, at most ``max_open`` at once (least recent closed).
+
+    Handles are keyed by process id: a DataLoader worker forked after the parent opened a
+    shard opens its own instead of using the inherited one.
+    """
+
+    def __init__(self, directory: Path, max_open: int = 64) -> None:
+        self.directory = Path(directory)
+        self.max_open = max_open
+        self._pid = os.getpid()
+        self._open: OrderedDict[int, h5py.File] = OrderedDict()
+
+    def get(self, file_idx: int) -> h5py.File:
+        if self._pid != os.getpid():
+            self._open = OrderedDict()  # inherited handles belong to the parent: drop, not close
+            self._pid = os.getpid()
+        f = self._open.get(file_idx)
+        if f is not None:
+            self._open.move_to_end(file_idx)
+            return f
+        path = self.directory / shard_name(file_idx)
+        if not path.exists():
+            raise DataError(f"{path}: shard listed in the index is missing")
+        try:
+            f = h5py.File(path, "r")
+        except OSError as exc:
+            raise DataError(f"{path}: shard cannot be opened, it may be truncated or corrupted "
+                            f"({str(exc).splitlines()[0]})") from None
+        self._open[file_idx] = f
+        while len(self._open) > self.max_open:
+            _, old = self._open.popitem(last=False)
+            old.close()
+        return f
+
+    def close(self) -> None:
+        if self._pid == os.getpid():
+            for f in self._open.values():
+                f.close()
+        self._open = OrderedDict()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"directory": self.directory, "max_open": self.max_open, "_pid": None,
+                "_open": OrderedDict()}
+
+
+def read_group(f: h5py.File, group_name: str, key: str) -> dict[str, np.ndarray]:
+    """Every dataset of one sample group, read in one call each."""
+    try:
+        group = f[group_name]
+    except KeyError:
+        raise DataError(f"{f.filename}: sample {key!r}: group {group_name!r} is missing from "
+                        "the shard") from None
+    if not isinstance(group, h5py.Group):
+        raise DataError(f"{f.filename}: sample {key!r}: {group_name!r} is not a group")
+    out = {}
+    for name, ds in group.items():
+        if isinstance(ds, h5py.Dataset):
+            try:
+                out[name] = ds[()]
+            except OSError as exc:
+                raise DataError(f"{f.filename}: sample {key!r}: {name} cannot be read "
+                                f"({str(exc).splitlines()[0]})") from None
+    if not out:
+        raise DataError(f"{f.filename}: sample {key!r}: group {group_name!r} holds no arrays")
+    return out

@@ -1,0 +1,36 @@
+"""``rqf speech ...``: migrate per-sample .npz caches into sharded HDF5."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from rqf_h5_speech.writer import CODES
+
+
+@click.group("speech")
+def speech() -> None:
+    """Sharded MaskGCT feature caches."""
+
+
+@speech.command("migrate")
+@click.argument("source", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("target", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--samples-per-file", default=20000, show_default=True)
+@click.option("--float32", "keep_float32", is_flag=True, help="Keep float32 (default: float16).")
+@click.option("--compression", type=click.Choice(CODECS), default="none", show_default=True,
+              help="none reads fastest; gzip (level 4) is what the original tools write.")
+@click.option("--level", default=4, show_default=True, help="Compression level for gzip/zstd.")
+@click.option("--workers", default=2, show_default=True, help="Compression worker threads.")
+@click.option("--no-verify", is_flag=True, help="Skip the sample-by-sample check.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def migrate_cmd(source: Path, target: Path, samples_per_file: int, keep_float32: bool,
+                compression: str, level: int, workers: int, no_verify: bool, debug: bool) -> None:
+    """Convert a per-sample SOURCE/<key>.npz cache into a sharded cache in TARGET."""
+    from rqf_h5_speech.migrate import migrate_npz
+
+    report = migrate_npz(source, target, samples_per_file, not keep_float32, compression, level,
+                         workers, verify=not no_verify)
+    click.echo(json.dumps(report))

@@ -1,0 +1,217 @@
+"""Speech datasets over a sharded cache: whole utterances, and frames for a quantizer."""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rqf import Dataset, Param, SequenceVectors
+from rqf.errors import ConfigError, DataError
+from rqf.io import atomic_path
+from rqf_h5_speech.inspection import T_TOLERANCE
+from rqf_h5_speech.storage import H5ShardedStorage
+from rqf_h5_speech.writer import ShardedCacheWriter
+
+COMMON_PARAMS = (
+    Param("feature", str, "hidden_states", "array of each sample to learn from"),
+    Param("normalize", bool, False, "standardise features with per-dimension mean/std"),
+    Param("stats_file", "path", None, "where the mean/std statistics are kept (.npz): read "
+          "when present, computed in one pass and saved when not (null: computed in memory)",
+          nullable=True),
+)
+
+
+class SpeechDataset(Dataset):
+    """Shared parts of the speech datasets: keys, feature reading, normalisation."""
+
+    def __init__(self, storage: H5ShardedStorage, feature: str = "hidden_states",
+                 normalize: bool = False, stats_file: str | None = None,
+                 keys: list[str] | None = None, stats: tuple[np.ndarray, np.ndarray] | None = None,
+                 **params: Any) -> None:
+        if not isinstance(storage, H5ShardedStorage):
+            raise ConfigError(f"dataset.type: {self.name!r} reads an h5_sharded storage, got "
+                              f"{getattr(storage, 'name', type(storage).__name__)!r}")
+        super().__init__(storage, feature=feature, normalize=normalize, stats_file=stats_file,
+                         **params)
+        self.storage: H5ShardedStorage = storage
+        self.feature = feature
+        self.keys = list(storage.keys if keys is None else keys)
+        if not self.keys:
+            raise DataError(f"{storage.directory}: the cache holds no samples")
+        self._dim = self._feature_dim()
+        self.stats = stats
+        if normalize and stats is None:
+            self.stats = self._load_or_compute_stats(stats_file)
+
+    def _feature_dim(self) -> int:
+        sample = self.storage.read(self.keys[0])
+        if self.feature not in sample:
+            raise DataError(f"{self.storage.directory}: sample {self.keys[0]!r} has no "
+                            f"{self.feature!r} (found {', '.join(sorted(sample))})")
+        arr = sample[self.feature]
+        if arr.ndim != 2:
+            raise DataError(f"{self.storage.directory}: sample {self.keys[0]!r}: {self.feature} "
+                            f"must be (T, dim), found shape {arr.shape}")
+        return int(arr.shape[1])
+
+    def features(self, key: str) -> np.ndarray:
+        """(T, dim) float32 features of one sample, normalised when asked."""
+        arr = self.storage.read(key).get(self.feature)
+        if arr is None or arr.ndim != 2 or arr.shape[1] != self._dim:
+            raise DataError(f"{self.storage.directory}: sample {key!r}: {self.feature} must be "
+                            f"(T, {self._dim}), found {None if arr is None else arr.shape}")
+        x = arr.astype(np.float32)
+        if self.stats is not None:
+            x = (x - self.stats[0]) / self.stats[1]
+        return x
+
+    def _load_or_compute_stats(self, stats_file: str | None) -> tuple[np.ndarray, np.ndarray]:
+        path = Path(stats_file) if stats_file else None
+        if path is not None and path.exists():
+            try:
+                with np.load(path) as z:
+                    mean, std = z["mean"].astype(np.float32), z["std"].astype(np.float32)
+            except (OSError, KeyError, ValueError) as exc:
+                raise DataError(f"{path}: not a statistics file with mean and std ({exc})") from None
+            if mean.shape != (self._dim,) or std.shape != (self._dim,):
+                raise DataError(f"{path}: statistics are for {mean.shape} features, the cache has "
+                                f"{self._dim}")
+            return mean, std
+        total = np.zeros(self._dim, np.float64)
+        total_sq = np.zeros(self._dim, np.float64)
+        count = 0
+        for key in self.storage.keys:  # one streaming pass, one sample in memory at a time
+            x = self.storage.read(key)[self.feature].astype(np.float64)
+            total += x.sum(0)
+            total_sq += (x * x).sum(0)
+            count += len(x)
+        mean = total / max(count, 1)
+        std = np.sqrt(np.maximum(total_sq / max(count, 1) - mean * mean, 1e-12))
+        stats = (mean.astype(np.float32), std.astype(np.float32))
+        if path is not None:
+            with atomic_path(path) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.savez(fh, mean=stats[0], std=stats[1], frames=count)
+        return stats
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def key_ids(self) -> np.ndarray:
+        return np.array(self.keys, dtype=object)
+
+    def _clone(self, keys: list[str]) -> "SpeechDataset":
+        return type(self)(self.storage, keys=keys, stats=self.stats, **self.config)
+
+    def subset(self, indices: np.ndarray, role: str = "train") -> "SpeechDataset":
+        return self._clone([self.keys[i] for i in np.asarray(indices, dtype=np.int64)])
+
+    def export_source(self) -> SequenceVectors:
+        samples_per_file = self.storage.index.samples_per_file if self.storage.index else 20000
+
+        def open_writer(out_dir: Path, meta: dict[str, Any]) -> "CodesWriter":
+            return CodesWriter(ShardedCacheWriter(out_dir, samples_per_file=samples_per_file,
+                                                  use_float16=False, compression="none",
+                                                  num_workers=0, attrs=meta))
+
+        return SequenceVectors(keys=list(self.storage.keys), read=self.features,
+                               open_writer=open_writer)
+
+
+class CodesWriter:
+    """Writes each utterance's (T, levels) code matrix as ``semantic_codes``."""
+
+    def __init__(self, writer: ShardedCacheWriter) -> None:
+        self.writer = writer
+
+    def write(self, key: str, codes: np.ndarray) -> None:
+        self.writer.write(key, {"semantic_codes": codes})
+
+    def __enter__(self) -> "CodesWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.writer.close()
+
+
+class UtterancesDataset(SpeechDataset):
+    """One sample per utterance: features, mel cut to the same length, and the length."""
+
+    name = "utterances"
+    params = COMMON_PARAMS
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        key = self.keys[index]
+        arrays = self.storage.read(key)
+        x = self.features(key)
+        sample: dict[str, Any] = {"key": key}
+        mel = arrays.get("mel_spectrogram")
+        if mel is not None:
+            mel = mel.reshape(-1, mel.shape[-1]) if mel.ndim == 3 else mel
+            if abs(len(mel) - len(x)) > T_TOLERANCE:
+                raise DataError(f"{self.storage.directory}: sample {key!r}: {self.feature} has "
+                                f"{len(x)} frames but mel_spectrogram has {len(mel)}")
+            t = min(len(mel), len(x))
+            x, mel = x[:t], mel[:t].astype(np.float32)
+            sample["mel"] = mel
+        sample[self.feature] = x
+        sample["length"] = len(x)
+        return sample
+
+    def describe(self) -> dict[str, Any]:
+        return {"input_dim": self._dim, "unit": "utterance", "n_samples": len(self),
+                **self.storage.describe()}
+
+    def vectors(self) -> np.ndarray:
+        return np.concatenate([self.features(k) for k in self.keys])
+
+
+def collate_utterances(samples: list[dict[str, Any]], feature: str = "hidden_states") -> dict[str, Any]:
+    """Pad a list of utterances to the longest, with a mask so padding never enters a loss."""
+    import torch
+
+    t = max(s["length"] for s in samples)
+    batch: dict[str, Any] = {"keys": [s["key"] for s in samples],
+                             "lengths": torch.tensor([s["length"] for s in samples])}
+    batch["mask"] = torch.arange(t)[None, :] < batch["lengths"][:, None]
+    for name in (feature, "mel"):
+        if name in samples[0]:
+            dim = samples[0][name].shape[1]
+            out = torch.zeros(len(samples), t, dim)
+            for i, s in enumerate(samples):
+                out[i, :s["length"]] = torch.from_numpy(s[name])
+            batch[name] = out
+    return batch
+
+
+class SpeechFramesDataset(SpeechDataset):
+    """Frames drawn from utterances as quantizer training vectors, capped per utterance."""
+
+    name = "speech_frames"
+    params = COMMON_PARAMS + (
+        Param("frames_per_utterance", int, 100,
+              "at most this many frames from each utterance (long ones do not dominate)", min=1),
+    )
+
+    def _selected(self, key: str) -> np.ndarray:
+        x = self.features(key)
+        cap = self.config.get("frames_per_utterance", 100)
+        if len(x) <= cap:
+            return x
+        rng = np.random.default_rng(zlib.crc32(key.encode()))  # the same frames every run
+        return x[np.sort(rng.choice(len(x), cap, replace=False))]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        key = self.keys[index]
+        return {"key": key, "frames": self._selected(key)}
+
+    def describe(self) -> dict[str, Any]:
+        return {"input_dim": self._dim, "unit": "frame", "n_samples": len(self),
+                "frames_per_utterance": self.config.get("frames_per_utterance", 100),
+                **self.storage.describe()}
+
+    def vectors(self) -> np.ndarray:
+        return np.concatenate([self._selected(k) for k in self.keys])

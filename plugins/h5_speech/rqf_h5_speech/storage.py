@@ -1,0 +1,79 @@
+"""The ``h5_sharded`` storage: a sharded feature cache read through its index."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rqf import InspectReport, Param, Storage
+from rqf.errors import DataError
+from rqf_h5_speech.cache import INDEX_NAME, SHARD_PATTERN, CacheIndex, ShardHandles, read_group, shard_name
+
+
+class H5ShardedStorage(Storage):
+    """A sharded HDF5 feature cache (features_NNNNN.h5 + hdf5_index.json), read by key."""
+
+    name = "h5_sharded"
+    params = (
+        Param("processed_dir", "path", help="folder holding hdf5_index.json and the shards"),
+        Param("max_open_files", int, 64, "shard files kept open per process", min=1),
+    )
+
+    def __init__(self, processed_dir: str, max_open_files: int = 64) -> None:
+        super().__init__(processed_dir=processed_dir, max_open_files=max_open_files)
+        self.directory = Path(processed_dir)
+        self.max_open_files = max_open_files
+        self.index: CacheIndex | None = None
+        self.keys: list[str] = []
+        self._handles: ShardHandles | None = None
+
+    def open(self) -> "H5ShardedStorage":
+        index = CacheIndex.load(self.directory)
+        counts = index.shard_counts()
+        for file_idx, count in sorted(counts.items()):
+            path = self.directory / shard_name(file_idx)
+            if not path.exists():
+                raise DataError(f"{path}: shard listed in the index for {count} samples is missing")
+            if count > index.samples_per_file:
+                raise DataError(f"{index.path}: samples_per_file is {index.samples_per_file} but "
+                                f"the index puts {count} samples in {path.name}")
+        self.index = index
+        self.keys = list(index.entries)
+        self._handles = ShardHandles(self.directory, self.max_open_files)
+        return self
+
+    def close(self) -> None:
+        if self._handles is not None:
+            self._handles.close()
+
+    def read(self, key: str) -> dict[str, np.ndarray]:
+        """Every array of one sample."""
+        if self.index is None or self._handles is None:
+            raise DataError(f"{self.directory}: storage used before open()")
+        try:
+            file_idx, group = self.index.entries[key]
+        except KeyError:
+            raise DataError(f"{self.index.path}: no sample {key!r} in the index") from None
+        return read_group(self._handles.get(file_idx), group, key)
+
+    def describe(self) -> dict[str, Any]:
+        assert self.index is not None
+        return {"processed_dir": str(self.directory), "n_samples": len(self.keys),
+                "n_shards": len(self.index.shard_counts()), "use_float16": self.index.use_float16}
+
+    @classmethod
+    def recognizes(cls, path: Path) -> bool:
+        path = Path(path)
+        if path.is_file() and path.name == INDEX_NAME:
+            return True
+        return path.is_dir() and ((path / INDEX_NAME).exists()
+                                  or any(SHARD_PATTERN.match(p.name) for p in path.iterdir()))
+
+    @classmethod
+    def inspect(cls, path: Path) -> InspectReport:
+        from rqf_h5_speech.inspection import inspect_cache
+
+        path = Path(path)
+        return inspect_cache(path.parent if path.is_file() else path)

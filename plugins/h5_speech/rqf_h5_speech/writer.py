@@ -1,0 +1,331 @@
+"""A crash-safe, parallel writer of sharded feature caches.
+
+Parallelism: HDF5 serialises its calls behind one lock, so the expensive part of a write,
+compression, happens outside it. Worker threads convert to float16, byte-shuffle and deflate
+each array (zlib releases the GIL), and a single thread hands the finished chunk to HDF5 with
+``write_direct_chunk``. The files are ordinary gzip(+shuffle) datasets, one chunk per array,
+readable by any HDF5 reader. ``lzf`` and the ``hdf5plugin`` codecs compress inside HDF5, so
+they do not scale with workers.
+
+Crash safety: the shard being filled is ``features_NNNNN.h5.partial``. A commit closes it,
+fsyncs it, renames it to ``features_NNNNN.h5`` and then atomically replaces the index. A
+committed shard is never opened for writing again, so a kill at any moment leaves every
+indexed sample readable; at most the samples since the last commit are lost. Reopening the
+writer removes partial shards, adopts a committed shard whose index update was cut off, and
+continues in a new shard.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+import warnings
+import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import h5py
+import numpy as np
+
+from rqf.errors import DataError, RqfError
+from rqf.io import write_text_atomic
+from rqf_h5_speech.cache import (INDEX_NAME, KEYS_DATASET, SHARD_PATTERN, CacheIndex, check_key,
+                                 shard_name)
+
+PARTIAL_SUFFIX = ".partial"
+FORMAT_VERSION = "rqf-sharded-cache-1"
+IN_LIBRARY_CODECS = ("lzf", "zstd", "lz4", "blosc", "bitshuffle")
+CODECS = ("none", "gzip") + IN_LIBRARY_CODECS
+
+
+@dataclass
+class _Array:
+    name: str
+    data: np.ndarray | None  # raw array when HDF5 itself writes it
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    chunk: bytes | None = None  # a finished gzip(+shuffle) chunk for write_direct_chunk
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _plugin_filter(codec: str, level: int) -> dict[str, Any]:
+    if codec == "lzf":
+        return {"compression": "lzf"}
+    try:
+        import hdf5plugin
+    except ImportError:
+        raise RqfError(f"compression {codec!r} needs the optional package hdf5plugin "
+                       "(pip install hdf5plugin)") from None
+    filters = {"zstd": lambda: hdf5plugin.Zstd(clevel=level or 3),
+               "lz4": lambda: hdf5plugin.LZ4(),
+               "blosc": lambda: hdf5plugin.Blosc(cname="lz4", clevel=level or 5,
+                                                 shuffle=hdf5plugin.Blosc.SHUFFLE),
+               "bitshuffle": lambda: hdf5plugin.Bitshuffle(cname="lz4")}
+    return dict(filters[codec]())
+
+
+class ShardedCacheWriter:
+    """Writes samples (dicts of arrays) into a sharded cache; resumes an existing one.
+
+    ``commit_every`` (samples) and ``commit_seconds`` bound what a crash can lose; a commit
+    finishes the current shard, so shards then hold at most ``commit_every`` samples.
+    ``on_duplicate`` is ``error``, ``skip`` or ``replace``.
+    """
+
+    def __init__(self, directory: str | Path, samples_per_file: int = 20000,
+                 use_float16: bool = True, compression: str = "gzip", compression_level: int = 4,
+                 shuffle: bool = False, num_workers: int = 4, commit_every: int | None = None,
+                 commit_seconds: float | None = 600.0, on_duplicate: str = "error",
+                 attrs: Mapping[str, Any] | None = None) -> None:
+        if compression not in CODECS:
+            raise RqfError(f"compression: expected one of {', '.join(CODECS)}, got {compression!r}")
+        if on_duplicate not in ("error", "skip", "replace"):
+            raise RqfError(f"on_duplicate: expected error, skip or replace, got {on_duplicate!r}")
+        if samples_per_file < 1:
+            raise RqfError(f"samples_per_file: expected a positive number, got {samples_per_file}")
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.compression, self.level, self.shuffle = compression, compression_level, shuffle
+        self.commit_every = commit_every or samples_per_file
+        self.commit_seconds = commit_seconds
+        self.on_duplicate = on_duplicate
+        self.attrs = dict(attrs or {})
+        self._filter = _plugin_filter(compression, compression_level) \
+            if compression in IN_LIBRARY_CODECS else {}
+        self.index = self._recover(samples_per_file, use_float16)
+        self.use_float16 = self.index.use_float16
+        self.samples_per_file = self.index.samples_per_file
+        self._next_idx = max([self.index.current_file_idx, *self.index.shard_counts(),
+                              *self._shard_indices_on_disk()], default=0) + 1
+        self._pending_keys: set[str] = set()
+        self._file: h5py.File | None = None
+        self._file_idx = 0
+        self._file_keys: list[str] = []
+        self._opened_at = 0.0
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(num_workers) if num_workers > 0 else None
+        self._queue: queue.Queue[Future | None] = queue.Queue(maxsize=max(4, 4 * num_workers))
+        self._thread = threading.Thread(target=self._drain, name="rqf-cache-writer", daemon=True) \
+            if num_workers > 0 else None
+        if self._thread:
+            self._thread.start()
+        self.written = 0
+        self.skipped = 0
+
+    # -- recovery -------------------------------------------------------------------------
+    def _shard_indices_on_disk(self) -> list[int]:
+        return [int(SHARD_PATTERN.match(p.name).group(1)) for p in self.directory.iterdir()
+                if SHARD_PATTERN.match(p.name)]
+
+    def _recover(self, samples_per_file: int, use_float16: bool) -> CacheIndex:
+        for partial in self.directory.glob(f"features_*.h5{PARTIAL_SUFFIX}"):
+            partial.unlink()  # uncommitted by definition
+        if (self.directory / INDEX_NAME).exists():
+            index = CacheIndex.load(self.directory)
+            if index.use_float16 != use_float16:
+                raise DataError(f"{index.path}: use_float16 is {index.use_float16} in the "
+                                f"existing cache, the writer was asked for {use_float16}")
+            if index.samples_per_file != samples_per_file:
+                warnings.warn(f"{index.path}: keeping the cache's samples_per_file "
+                              f"{index.samples_per_file} (asked for {samples_per_file})",
+                              stacklevel=3)
+        else:
+            index = CacheIndex.empty(self.directory, samples_per_file, use_float16)
+        referenced = set(index.shard_counts())
+        adopted = False
+        for file_idx in sorted(set(self._shard_indices_on_disk()) - referenced):
+            path = self.directory / shard_name(file_idx)
+            try:
+                with h5py.File(path, "r") as f:
+                    keys = [k.decode() if isinstance(k, bytes) else str(k)
+                            for k in f[KEYS_DATASET][()]]
+            except (OSError, KeyError):
+                warnings.warn(f"{path}: shard is not in the index and was not written by this "
+                              "writer; left as it is", stacklevel=3)
+                continue
+            for key in keys:  # a commit whose index update was cut off
+                index.entries[key] = (file_idx, key)
+            index.current_file_idx, index.current_file_count = file_idx, len(keys)
+            adopted = True
+        if adopted:
+            self._save_index(index)
+        return index
+
+    # -- writing --------------------------------------------------------------------------
+    @property
+    def keys(self) -> set[str]:
+        return set(self.index.entries) | self._pending_keys
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.index.entries or key in self._pending_keys
+
+    def write(self, key: str, arrays: Mapping[str, np.ndarray]) -> bool:
+        """Queue one sample; returns False when it was skipped as a duplicate."""
+        self._raise_pending_error()
+        check_key(key, str(self.directory))
+        if not arrays:
+            raise DataError(f"sample {key!r}: no arrays to write")
+        if key in self:
+            if self.on_duplicate == "error":
+                raise DataError(f"{self.directory}: sample {key!r} is already in the cache "
+                                "(on_duplicate='skip' or 'replace' to allow this)")
+            if self.on_duplicate == "skip":
+                self.skipped += 1
+                return False
+        self._pending_keys.add(key)
+        arrays = {name: np.asarray(a) for name, a in arrays.items()}
+        if self._pool is None:
+            self._write_sample(key, self._prepare(arrays))
+        else:
+            self._queue.put(self._pool.submit(lambda: (key, self._prepare(arrays))))
+        return True
+
+    def _prepare(self, arrays: Mapping[str, np.ndarray]) -> list[_Array]:
+        out = []
+        for name, a in arrays.items():
+            if self.use_float16 and a.dtype.kind == "f":
+                a = a.astype(np.float16)
+            a = np.ascontiguousarray(a)
+            if self.compression == "gzip" and a.size:
+                raw = a.view(np.uint8).reshape(-1, a.itemsize).T.tobytes() \
+                    if self.shuffle and a.itemsize > 1 else a.tobytes()
+                out.append(_Array(name, None, a.shape, a.dtype, zlib.compress(raw, self.level)))
+            else:
+                out.append(_Array(name, a, a.shape, a.dtype))
+        return out
+
+    def _drain(self) -> None:
+        while True:
+            fut = self._queue.get()
+            if fut is None:
+                return
+            if isinstance(fut, threading.Event):  # everything queued before it is written
+                fut.set()
+                continue
+            try:
+                key, prepared = fut.result()
+                if self._error is None:
+                    self._write_sample(key, prepared)
+            except BaseException as exc:  # reported at the next write() or close()
+                self._error = self._error or exc
+
+    def _write_sample(self, key: str, prepared: list[_Array]) -> None:
+        with self._lock:
+            if self._file is None:
+                self._open_shard()
+            assert self._file is not None
+            if key in self._file:
+                del self._file[key]
+            group = self._file.require_group(key)
+            for arr in prepared:
+                if arr.chunk is not None:
+                    ds = group.create_dataset(arr.name, arr.shape, arr.dtype, chunks=arr.shape,
+                                              compression="gzip", compression_opts=self.level,
+                                              shuffle=self.shuffle and arr.dtype.itemsize > 1)
+                    ds.id.write_direct_chunk((0,) * len(arr.shape), arr.chunk)
+                elif self._filter and arr.data is not None and arr.data.size:
+                    group.create_dataset(arr.name, data=arr.data, chunks=arr.shape, **self._filter)
+                else:
+                    group.create_dataset(arr.name, data=arr.data)
+            self._file_keys.append(key)
+            self.written += 1
+            due = len(self._file_keys) >= min(self.commit_every, self.samples_per_file) or (
+                self.commit_seconds is not None
+                and time.monotonic() - self._opened_at >= self.commit_seconds)
+            if due:
+                self._commit_locked()
+
+    def _open_shard(self) -> None:
+        self._file_idx = self._next_idx
+        self._next_idx += 1
+        path = self.directory / (shard_name(self._file_idx) + PARTIAL_SUFFIX)
+        self._file = h5py.File(path, "w")
+        self._file_keys = []
+        self._opened_at = time.monotonic()
+
+    def commit(self) -> None:
+        """Wait for queued samples, then make everything written so far durable."""
+        self._flush_queue()
+        with self._lock:
+            self._commit_locked()
+        self._raise_pending_error()
+
+    def _commit_locked(self) -> None:
+        if self._file is None:
+            return
+        f, keys = self._file, self._file_keys
+        f.create_dataset(KEYS_DATASET, data=np.array(keys, dtype=object),
+                         dtype=h5py.string_dtype())
+        f.attrs.update({"format": FORMAT_VERSION, "use_float16": self.use_float16,
+                        "compression": self.compression, **self.attrs})
+        partial = Path(f.filename)
+        f.close()
+        self._file = None
+        with open(partial, "rb") as fh:
+            os.fsync(fh.fileno())
+        final = self.directory / shard_name(self._file_idx)
+        os.replace(partial, final)
+        _fsync_dir(self.directory)
+        for key in keys:
+            self.index.entries[key] = (self._file_idx, key)
+            self._pending_keys.discard(key)
+        self.index.current_file_idx, self.index.current_file_count = self._file_idx, len(keys)
+        self._save_index(self.index)
+
+    def _save_index(self, index: CacheIndex) -> None:
+        write_text_atomic(index.path, json.dumps(index.to_json()))
+        _fsync_dir(self.directory)
+
+    def _flush_queue(self) -> None:
+        if self._thread is None:
+            return
+        done = threading.Event()
+        self._queue.put(done)  # type: ignore[arg-type]
+        done.wait()
+
+    def _raise_pending_error(self) -> None:
+        if self._error is not None:
+            err, self._error = self._error, None
+            if isinstance(err, RqfError):
+                raise err
+            raise RqfError(f"{self.directory}: writing failed: {type(err).__name__}: {err}") from err
+
+    def close(self) -> None:
+        """Write what is queued, commit it and stop the workers."""
+        try:
+            self._flush_queue()
+            with self._lock:
+                self._commit_locked()
+        finally:
+            if self._thread is not None:
+                self._queue.put(None)
+                self._thread.join()
+                self._thread = None
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+        self._raise_pending_error()
+
+    def __enter__(self) -> "ShardedCacheWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
