@@ -119,3 +119,24 @@ def test_index_splitter_positions_and_shuffle(recsys_files):
         assert a.tolist() == b.tolist() and a.tolist() != c.tolist()
         with pytest.raises(ConfigError, match="must be below 1"):
             IndexSplitter(seed=0, test_ratio=0.6, valid_ratio=0.4).split(data)
+
+
+def test_cli_plugins_reports_a_crashing_plugin_in_one_line(tmp_path):
+    import os
+    import subprocess
+
+    pkg = tmp_path / "site"
+    info = pkg / "rqf_crash-0.0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: rqf-crash\nVersion: 0.0.1\n")
+    (info / "entry_points.txt").write_text("[rqf]\ncrash = rqf_crash\n")
+    (pkg / "rqf_crash.py").write_text("import not_a_module_anywhere\n")
+    env = {**os.environ, "PYTHONPATH": str(pkg)}
+    proc = subprocess.run([sys.executable, "-m", "rqf", "plugins"], capture_output=True,
+                          text=True, env=env)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == ("error: plugin 'crash' (rqf-crash 0.0.1) failed to load: import "
+                                   "of 'rqf_crash' failed: ModuleNotFoundError: No module named "
+                                   "'not_a_module_anywhere'")
+    assert "rqvae" in proc.stdout  # the others still load

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -60,7 +61,7 @@ class Param:
         value = _coerce(value, self.type, self.item, key_path, self.type_name())
         if self.type == "path" and base_dir is not None:
             path = Path(value).expanduser()
-            value = str(path if path.is_absolute() else (base_dir / path))
+            value = os.path.normpath(path if path.is_absolute() else (base_dir / path))
         if self.choices is not None and value not in self.choices:
             hint = closest(str(value), [str(c) for c in self.choices])
             raise ConfigError(

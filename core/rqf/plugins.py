@@ -100,8 +100,9 @@ class Plugins:
             try:
                 impl.function(cli=cli)
             except Exception as exc:
-                self.failures.append(PluginInfo(impl.plugin_name, "?", "?",
-                                                f"register_commands raised {exc}"))
+                known = self.info.get(impl.plugin_name, PluginInfo(impl.plugin_name, "?", "?"))
+                self.failures.append(PluginInfo(known.name, known.distribution, known.version,
+                                                f"register_commands raised {type(exc).__name__}: {exc}"))
 
     def check_conflicts(self) -> None:
         if self.conflicts:
