@@ -17,6 +17,7 @@ from rqf_rqvae.module import ACTIVATIONS, RQVAE
 from rqf_rqvae.semantic_ids import code_statistics, write_semantic_ids
 
 MODEL_FORMAT = "rqf-rqvae-1"
+CPU_ENCODE_BATCH = 4096
 ARCHITECTURE_KEYS = ("input_dim", "levels", "codebook_size", "latent_dim", "hidden_dims",
                      "activation", "distance", "normalize")
 
@@ -163,6 +164,8 @@ class RQVAEModel(Model):
     # -- encoding and metrics -------------------------------------------------------------
     def _batches_of(self, vectors: np.ndarray):
         bs = self.config["encode_batch_size"]
+        if self.device.type == "cpu":
+            bs = min(bs, CPU_ENCODE_BATCH)  # CPU matmuls run fastest on cache-sized blocks
         for start in range(0, len(vectors), bs):
             yield torch.from_numpy(np.ascontiguousarray(vectors[start:start + bs],
                                                         dtype=np.float32)).to(self.device)
