@@ -101,13 +101,16 @@ class LeaveLastOutSplitter(Splitter):
         return splits
 
 
+CUTOFF_QUANTILE = Param("cutoff_quantile", float, 0.8,
+                        "cut-off at this quantile of all interaction timestamps", min=0, max=1)
+
+
 class TemporalSplitter(Splitter):
     """A global time cut-off: nothing at or after it is trained on; test predicts past it."""
 
     name = "temporal"
     params = (
-        Param("cutoff_quantile", float, 0.8,
-              "cut-off at this quantile of all interaction timestamps", min=0, max=1),
+        CUTOFF_QUANTILE,
         Param("cutoff_time", int, None, "absolute cut-off (unix time); overrides the quantile",
               nullable=True),
         Param("valid_quantile", float, None,
@@ -187,8 +190,7 @@ class AutoSplitter(Splitter):
     params = (
         Param("test_ratio", float, 0.2, "test share for the index split (no timestamps)",
               min=0, max=1),
-        Param("cutoff_quantile", float, 0.8, "cut-off quantile for the temporal split",
-              min=0, max=1),
+        CUTOFF_QUANTILE,
     )
 
     def split(self, dataset: Dataset) -> dict[str, Dataset]:
