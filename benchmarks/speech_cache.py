@@ -31,7 +31,7 @@ from common import print_table  # noqa: E402
 from rqf_h5_speech import H5ShardedStorage, ShardedCacheWriter, UtterancesDataset, collate_utterances  # noqa: E402
 
 try:
-    import hdf5plugin  # noqa: F401
+    import hdf5plugin  # noqa: F401  (registers the filters)
     PLUGIN_CODECS = ["zstd", "lz4"]
 except ImportError:
     PLUGIN_CODECS = []

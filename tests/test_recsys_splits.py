@@ -1,6 +1,5 @@
 """h5_recsys datasets and splitters on generated files and on the real benchmark files."""
 
-import warnings
 
 import numpy as np
 import pytest

@@ -128,7 +128,7 @@ def test_cli_inspect_reports_each_broken_item_file(tmp_path, capsys, kind):
 
 
 def test_cli_validate_on_broken_sequences_is_one_line(tmp_path):
-    items = good_items(tmp_path / "item_data.h5")
+    good_items(tmp_path / "item_data.h5")
     good_sequences(tmp_path / "sequence.h5", sequences=[[1, 2, 99], [4, 5]], timestamps=None)
     (tmp_path / "p.yaml").write_text(
         "storage: {type: h5_recsys, items: item_data.h5, sequences: sequence.h5}\n"

@@ -1,6 +1,5 @@
 """rqvae: quantizer modes, k-means, dead-code restart, semantic IDs, training quality, bad input."""
 
-import json
 
 import h5py
 import numpy as np
@@ -8,7 +7,7 @@ import pytest
 import torch
 
 import rqf
-from conftest import clustered, tiny_pipeline, write_seed_items, write_seed_sequences, cuda
+from conftest import clustered, cuda, tiny_pipeline, write_seed_items
 from rqf.cli import main
 from rqf.errors import ConfigError, DataError, RqfError
 from rqf_rqvae import RQVAEModel, SemanticIds, code_statistics, unique_codes
@@ -128,7 +127,7 @@ def test_training_uses_codes_and_reconstructs(tmp_path):
 
 
 def test_items_are_encoded_the_same_after_save_and_load(tmp_path, recsys_files):
-    result = rqf.run(tiny_pipeline(recsys_files, tmp_path / "run"))
+    rqf.run(tiny_pipeline(recsys_files, tmp_path / "run"))
     model = RQVAEModel.load(tmp_path / "run" / "model.pt", device="cpu")
     with h5py.File(tmp_path / "run" / "semantic_ids.h5") as f:
         codes = f["codes"][()]

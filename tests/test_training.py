@@ -1,6 +1,5 @@
 """The shared training loop: resume after a kill, checkpoints, precision, DDP under torchrun."""
 
-import os
 import signal
 import subprocess
 import sys

@@ -9,7 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 
@@ -202,7 +202,3 @@ class Model(Component, ABC):
         """A short human-readable summary of ``metrics`` for the end of a run."""
         return ""
 
-
-def iter_batches(n: int, batch_size: int) -> Iterator[tuple[int, int]]:
-    for start in range(0, n, batch_size):
-        yield start, min(start + batch_size, n)

@@ -160,8 +160,3 @@ def validate_params(
             resolved[p.name] = p.default
     return resolved
 
-
-def param_defaults(params: Sequence[Param]) -> dict[str, Any]:
-    return {p.name: p.default for p in params if not p.required}
-
-

@@ -57,16 +57,21 @@ class SpeechDataset(Dataset):
                             f"must be (T, dim), found shape {arr.shape}")
         return int(arr.shape[1])
 
-    def features(self, key: str) -> np.ndarray:
-        """(T, dim) float32 features of one sample, normalised when asked."""
-        arr = self.storage.read(key).get(self.feature)
+    def features(self, key: str, arrays: dict[str, np.ndarray] | None = None,
+                 as_float32: bool = True) -> np.ndarray:
+        """(T, dim) features of one sample, normalised when asked.
+
+        Without normalisation and with ``as_float32=False`` the stored dtype (float16) is
+        kept, which halves what DataLoader workers pass back.
+        """
+        arrays = self.storage.read(key) if arrays is None else arrays
+        arr = arrays.get(self.feature)
         if arr is None or arr.ndim != 2 or arr.shape[1] != self._dim:
             raise DataError(f"{self.storage.directory}: sample {key!r}: {self.feature} must be "
                             f"(T, {self._dim}), found {None if arr is None else arr.shape}")
-        x = arr.astype(np.float32)
         if self.stats is not None:
-            x = (x - self.stats[0]) / self.stats[1]
-        return x
+            return (arr.astype(np.float32) - self.stats[0]) / self.stats[1]
+        return arr.astype(np.float32) if as_float32 else arr
 
     def _load_or_compute_stats(self, stats_file: str | None) -> tuple[np.ndarray, np.ndarray]:
         path = Path(stats_file) if stats_file else None
@@ -146,7 +151,7 @@ class UtterancesDataset(SpeechDataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         key = self.keys[index]
         arrays = self.storage.read(key)
-        x = self.features(key)
+        x = self.features(key, arrays, as_float32=False)
         sample: dict[str, Any] = {"key": key}
         mel = arrays.get("mel_spectrogram")
         if mel is not None:
@@ -155,7 +160,7 @@ class UtterancesDataset(SpeechDataset):
                 raise DataError(f"{self.storage.directory}: sample {key!r}: {self.feature} has "
                                 f"{len(x)} frames but mel_spectrogram has {len(mel)}")
             t = min(len(mel), len(x))
-            x, mel = x[:t], mel[:t].astype(np.float32)
+            x, mel = x[:t], mel[:t]
             sample["mel"] = mel
         sample[self.feature] = x
         sample["length"] = len(x)
@@ -174,16 +179,21 @@ def collate_utterances(samples: list[dict[str, Any]], feature: str = "hidden_sta
     import torch
 
     t = max(s["length"] for s in samples)
+    lengths = np.array([s["length"] for s in samples])
     batch: dict[str, Any] = {"keys": [s["key"] for s in samples],
-                             "lengths": torch.tensor([s["length"] for s in samples])}
-    batch["mask"] = torch.arange(t)[None, :] < batch["lengths"][:, None]
+                             "lengths": torch.from_numpy(lengths)}
+    batch["mask"] = torch.from_numpy(np.arange(t)[None, :] < lengths[:, None])
     for name in (feature, "mel"):
         if name in samples[0]:
-            dim = samples[0][name].shape[1]
-            out = torch.zeros(len(samples), t, dim)
+            first = samples[0][name]
+            out = torch.zeros((len(samples), t, first.shape[1]),
+                              dtype=torch.from_numpy(first[:0]).dtype)
+            if torch.utils.data.get_worker_info() is not None:
+                out.share_memory_()  # filled in place: no extra copy on the way to the parent
+            view = out.numpy()
             for i, s in enumerate(samples):
-                out[i, :s["length"]] = torch.from_numpy(s[name])
-            batch[name] = out
+                view[i, :s["length"]] = s[name]
+            batch[name] = out  # the stored precision; .float() on the device
     return batch
 
 

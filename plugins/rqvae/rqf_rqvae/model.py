@@ -12,7 +12,7 @@ import torch
 from rqf import Dataset, ItemVectors, Model, Param, RunContext, SequenceVectors
 from rqf.errors import ConfigError, DataError, RqfError
 from rqf.io import atomic_path
-from rqf.training import Trainer, TensorBatches, autocast, dist_info, resolve_device
+from rqf.training import Trainer, TensorBatches, autocast, resolve_device
 from rqf_rqvae.module import ACTIVATIONS, RQVAE
 from rqf_rqvae.semantic_ids import code_statistics, write_semantic_ids
 
