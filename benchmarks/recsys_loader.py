@@ -49,6 +49,14 @@ def generate(folder: Path, n_items: int, n_users: int, dim: int) -> Path:
     return folder
 
 
+def peak_rss_kb() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
 def measure(folder: str, dataset: str, workers: int, in_memory: bool, batch: int,
             limit: int) -> dict:
     import resource
@@ -75,7 +83,7 @@ def measure(folder: str, dataset: str, workers: int, in_memory: bool, batch: int
     for b in loader:
         n += len(b["user_ids"]) if dataset == "sequences" else len(b["item_id"])
     seconds = time.perf_counter() - t0
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kb = peak_rss_kb()  # VmHWM: reset at exec, unlike ru_maxrss
     kb_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return {"samples": n, "per_s": n / seconds, "open_s": open_s,
             "peak_mb": kb / 1024, "worker_peak_mb": kb_children / 1024}

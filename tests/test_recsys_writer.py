@@ -116,3 +116,22 @@ def test_dataloader_workers_read_the_same_batches(recsys_files):
     assert len(plain) == len(workers)
     for a, b in zip(plain, workers):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_batched_reads_match_single_reads(recsys_files, in_memory):
+    from rqf_h5_recsys.datasets import ItemsDataset, SequencesDataset
+
+    storage = H5RecsysStorage(str(recsys_files["items"]), str(recsys_files["sequences"]),
+                              in_memory=in_memory).open()
+    for data in (ItemsDataset(storage), SequencesDataset(storage, max_seq_len=4)):
+        picks = [7, 0, 33, 7, 59]
+        batched = data.__getitems__(picks)
+        for i, sample in zip(picks, batched):
+            single = data[i]
+            assert sample.keys() == single.keys()
+            for key in sample:
+                np.testing.assert_array_equal(sample[key], single[key])
+    items = ItemsDataset(storage)
+    with h5py.File(recsys_files["items"]) as f:
+        np.testing.assert_array_equal(items.__getitems__([3, 1])[0]["embedding"], f["embeddings"][3])

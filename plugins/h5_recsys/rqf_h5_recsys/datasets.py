@@ -44,11 +44,16 @@ class ItemsDataset(Dataset):
         return len(self.rows)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        row = self.rows[index]
-        features, lengths = self.storage.read_features(np.array([row]))
-        return {"item_id": int(self.storage.item_ids[row]),
-                "embedding": self.storage.read_embeddings(np.array([row]))[0],
-                "features": features[0], "feature_length": int(lengths[0])}
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        # a DataLoader batch in one read per array instead of one per item
+        rows = self.rows[np.asarray(indices, dtype=np.int64)]
+        features, lengths = self.storage.read_features(rows)
+        embeddings = self.storage.read_embeddings(rows)
+        ids = self.storage.item_ids[rows]
+        return [{"item_id": int(ids[i]), "embedding": embeddings[i], "features": features[i],
+                 "feature_length": int(lengths[i])} for i in range(len(rows))]
 
     def describe(self) -> dict[str, Any]:
         return {"input_dim": self.storage.embedding_dim, "unit": "item", "n_samples": len(self),
@@ -116,27 +121,40 @@ class SequencesDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        # a DataLoader batch: one embedding read for every item of every sequence in it
         r = self.records
-        user, end = int(r.user[index]), int(r.end[index])
-        start = max(int(r.start[index]), end - self.max_seq_len)
-        base = int(self.table.offsets[user])
-        n = end - start
-        ids = np.zeros(self.max_seq_len, np.int64)
-        ids[:n] = self.table.item_ids[base + start:base + end]
-        mask = np.zeros(self.max_seq_len, bool)
-        mask[:n] = True
-        x = np.zeros((self.max_seq_len, self.storage.embedding_dim), np.float32)
-        if n:
-            x[:n] = self.storage.read_embeddings(self.storage.sequence_rows[base + start:base + end])
-        target = int(r.target[index])
-        sample = {"user_id": self.table.user_ids[user], "ids": ids, "mask": mask, "x": x,
-                  "length": n,
-                  "target": int(self.table.item_ids[base + target]) if target >= 0 else -1}
-        if self.table.timestamps is not None:
-            ts = np.zeros(self.max_seq_len, np.int64)
-            ts[:n] = self.table.timestamps[base + start:base + end]
-            sample["timestamps"] = ts
-        return sample
+        idx = np.asarray(indices, dtype=np.int64)
+        end = r.end[idx]
+        start = np.maximum(r.start[idx], end - self.max_seq_len)
+        base = self.table.offsets[r.user[idx]]
+        lengths = end - start
+        from_pos = base + start
+        flat = positions(from_pos, lengths)
+        vectors = self.storage.read_embeddings(self.storage.sequence_rows[flat]) if len(flat) \
+            else np.zeros((0, self.storage.embedding_dim), np.float32)
+        bounds = np.r_[0, np.cumsum(lengths)]
+        samples = []
+        for j, i in enumerate(idx):
+            n = int(lengths[j])
+            ids = np.zeros(self.max_seq_len, np.int64)
+            ids[:n] = self.table.item_ids[from_pos[j]:from_pos[j] + n]
+            mask = np.zeros(self.max_seq_len, bool)
+            mask[:n] = True
+            x = np.zeros((self.max_seq_len, self.storage.embedding_dim), np.float32)
+            x[:n] = vectors[bounds[j]:bounds[j + 1]]
+            target = int(r.target[i])
+            sample = {"user_id": self.table.user_ids[r.user[i]], "ids": ids, "mask": mask,
+                      "x": x, "length": n,
+                      "target": int(self.table.item_ids[base[j] + target]) if target >= 0 else -1}
+            if self.table.timestamps is not None:
+                ts = np.zeros(self.max_seq_len, np.int64)
+                ts[:n] = self.table.timestamps[from_pos[j]:from_pos[j] + n]
+                sample["timestamps"] = ts
+            samples.append(sample)
+        return samples
 
     def describe(self) -> dict[str, Any]:
         lengths = self.records.end - self.records.start

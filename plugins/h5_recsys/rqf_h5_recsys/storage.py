@@ -45,6 +45,7 @@ class H5RecsysStorage(Storage):
         self.sequence_rows: np.ndarray | None = None  # item row of every sequence position
         self.dropped_interactions = 0
         self._embeddings: np.ndarray | None = None
+        self._features: tuple[np.ndarray, np.ndarray] | None = None
         self._file: h5py.File | None = None
         self._pid: int | None = None
 
@@ -58,6 +59,9 @@ class H5RecsysStorage(Storage):
             nbytes = meta.n_items * meta.embedding_dim * 4
             if self.in_memory or (self.in_memory is None and nbytes <= IN_MEMORY_LIMIT):
                 self._embeddings = f["embeddings"][()].astype(np.float32, copy=False)
+                if meta.has_features:
+                    self._features = (f["features"][()].astype(np.int32),
+                                      f["feature_lengths"][()].astype(np.int32))
         if self.sequences_path is not None:
             self._open_sequences()
         return self
@@ -141,6 +145,8 @@ class H5RecsysStorage(Storage):
         rows = np.asarray(rows, dtype=np.int64)
         if not meta.has_features:
             return np.zeros((len(rows), 0), np.int32), np.zeros(len(rows), np.int32)
+        if self._features is not None:
+            return self._features[0][rows], self._features[1][rows]
         uniq, inverse = np.unique(rows, return_inverse=True)
         f = self._handle()
         return (f["features"][uniq][inverse].astype(np.int32),
