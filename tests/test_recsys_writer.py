@@ -135,3 +135,14 @@ def test_batched_reads_match_single_reads(recsys_files, in_memory):
     items = ItemsDataset(storage)
     with h5py.File(recsys_files["items"]) as f:
         np.testing.assert_array_equal(items.__getitems__([3, 1])[0]["embedding"], f["embeddings"][3])
+
+
+def test_items_without_feature_tokens_read_lazily_in_batches(tmp_path):
+    from rqf_h5_recsys.datasets import ItemsDataset
+
+    emb = clustered(50, 4, 2)
+    write_item_data(tmp_path / "items.h5", np.arange(50), emb)  # features (50, 0)
+    storage = H5RecsysStorage(str(tmp_path / "items.h5"), in_memory=False).open()
+    batch = ItemsDataset(storage).__getitems__([40, 3, 17])
+    np.testing.assert_array_equal(batch[0]["embedding"], emb[40])
+    assert batch[1]["features"].shape == (0,) and batch[2]["feature_length"] == 0

@@ -143,8 +143,10 @@ class H5RecsysStorage(Storage):
     def read_features(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         meta = self._meta()
         rows = np.asarray(rows, dtype=np.int64)
-        if not meta.has_features:
-            return np.zeros((len(rows), 0), np.int32), np.zeros(len(rows), np.int32)
+        if not meta.has_features or meta.max_feature_len == 0:
+            # a zero-width dataset cannot take a fancy selection in h5py; nothing to read anyway
+            return (np.zeros((len(rows), meta.max_feature_len), np.int32),
+                    np.zeros(len(rows), np.int32))
         if self._features is not None:
             return self._features[0][rows], self._features[1][rows]
         uniq, inverse = np.unique(rows, return_inverse=True)
