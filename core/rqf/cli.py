@@ -38,7 +38,7 @@ def run(pipeline: Path, overrides: tuple[str, ...], force: bool, resume: bool, d
     result = run_pipeline(pipeline, overrides, force=force, resume=resume, echo=_echo_err)
     if result.summary:
         click.echo(result.summary)
-    if result.metrics:
+    if result.artifacts:  # rank 0 only under torchrun
         click.echo(f"run directory: {result.run_dir}")
         for name, path in result.artifacts.items():
             click.echo(f"  {name}: {path}")
