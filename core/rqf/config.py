@@ -49,8 +49,9 @@ def load_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: pipeline file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read pipeline file ({exc})") from None
+    loader = _StrictLoader(text)  # a SafeLoader: no object construction from tags
     try:
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        data = loader.get_single_data()
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
@@ -58,6 +59,8 @@ def load_yaml(path: Path) -> dict[str, Any]:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    finally:
+        loader.dispose()
     if not isinstance(data, dict):
         kind = "empty" if data is None else f"a {type(data).__name__}"
         raise ConfigError(f"{path}: a pipeline must be a mapping of sections, but the file is {kind}")

@@ -94,8 +94,9 @@ class ItemMeta:
     max_feature_len: int
 
 
-def check_item_file(f: h5py.File, path: Path, check_values: bool = True) -> tuple[ItemMeta | None,
-                                                                                   Problems]:
+def check_item_file(f: h5py.File, path: Path, check_values: bool = True,
+                    embeddings: np.ndarray | None = None) -> tuple[ItemMeta | None, Problems]:
+    """Check an item file; ``embeddings``, when already read whole, spares a second read."""
     probs = Problems(Path(path))
     ids_ds = _need(f, "item_ids", "i|u", 1, probs, "(n,) integer item ids")
     emb = _need(f, "embeddings", "f", 2, probs, "(n, d) float embeddings")
@@ -137,17 +138,13 @@ def check_item_file(f: h5py.File, path: Path, check_values: bool = True) -> tupl
     if len(dup):
         probs.add("item_ids", f"{len(dup)} duplicate ids, e.g. {dup[:5].tolist()}")
     if check_values and emb.shape[0] == n:
-        for start in range(0, n, CHUNK_ROWS):
-            block = emb[start:start + CHUNK_ROWS]
-            finite = np.isfinite(block).all(axis=1)
-            if not finite.all():
-                row = start + int(np.flatnonzero(~finite)[0])
-                bad_total = int((~finite).sum()) + sum(
-                    int((~np.isfinite(emb[s:s + CHUNK_ROWS]).all(axis=1)).sum())
-                    for s in range(start + CHUNK_ROWS, n, CHUNK_ROWS))
-                probs.add("embeddings", f"{bad_total} rows hold NaN or Inf, first at row {row} "
-                          f"(item id {item_ids[row]})")
-                break
+        source = emb if embeddings is None else embeddings
+        bad_rows = [start + np.flatnonzero(~np.isfinite(source[start:start + CHUNK_ROWS]).all(axis=1))
+                    for start in range(0, n, CHUNK_ROWS)]  # streamed in chunks when lazy
+        bad = np.concatenate(bad_rows) if bad_rows else np.zeros(0, np.int64)
+        if len(bad):
+            probs.add("embeddings", f"{len(bad)} rows hold NaN or Inf, first at row {bad[0]} "
+                      f"(item id {item_ids[bad[0]]})")
     meta = ItemMeta(n, emb.shape[1], item_ids, emb.dtype, feats is not None, max_len)
     return meta, probs
 

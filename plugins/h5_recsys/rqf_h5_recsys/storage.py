@@ -52,13 +52,22 @@ class H5RecsysStorage(Storage):
     # -- opening and handles --------------------------------------------------------------
     def open(self) -> "H5RecsysStorage":
         with open_h5(self.items_path) as f:
-            meta, probs = check_item_file(f, self.items_path)
+            emb = f.get("embeddings")
+            usable = isinstance(emb, h5py.Dataset) and emb.dtype.kind == "f" and emb.ndim == 2
+            nbytes = int(np.prod(emb.shape)) * 4 if usable else 0
+            whole = None
+            if usable and (self.in_memory or (self.in_memory is None
+                                              and nbytes <= IN_MEMORY_LIMIT)):
+                try:
+                    whole = emb[()].astype(np.float32, copy=False)  # read once: checked and kept
+                except OSError:
+                    whole = None  # unreadable: the checks below say why
+            meta, probs = check_item_file(f, self.items_path, embeddings=whole)
             probs.raise_first()
             assert meta is not None
             self.meta = meta
-            nbytes = meta.n_items * meta.embedding_dim * 4
-            if self.in_memory or (self.in_memory is None and nbytes <= IN_MEMORY_LIMIT):
-                self._embeddings = f["embeddings"][()].astype(np.float32, copy=False)
+            if whole is not None:
+                self._embeddings = whole
                 if meta.has_features:
                     self._features = (f["features"][()].astype(np.int32),
                                       f["feature_lengths"][()].astype(np.int32))
