@@ -55,22 +55,39 @@ class Components:
     model: Model
 
 
+def _params(section: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in section.items() if k != "type"}
+
+
+def build_data(storage_section: Mapping[str, Any], dataset_section: Mapping[str, Any],
+               plugins: Plugins | None = None) -> tuple[Storage, Dataset]:
+    """Open the storage and build the dataset of two validated pipeline sections.
+
+    The caller closes the storage; on failure here it is already closed.
+    """
+    registry = (plugins or get_plugins()).registry
+    storage = registry.get("storage", storage_section["type"])(**_params(storage_section)).open()
+    try:
+        dataset = registry.get("dataset", dataset_section["type"])(storage,
+                                                                   **_params(dataset_section))
+    except BaseException:
+        storage.close()
+        raise
+    return storage, dataset
+
+
 def build(cfg: PipelineConfig, plugins: Plugins | None = None) -> Components:
     """Open the storage, build the dataset, split it and construct the model."""
     registry = (plugins or get_plugins()).registry
-
-    def params(kind: str) -> dict[str, Any]:
-        return {k: v for k, v in cfg[kind].items() if k != "type"}
-
-    storage = registry.get("storage", cfg["storage"]["type"])(**params("storage")).open()
+    storage, dataset = build_data(cfg["storage"], cfg["dataset"], plugins)
     try:
-        dataset = registry.get("dataset", cfg["dataset"]["type"])(storage, **params("dataset"))
         splitter = registry.get("splitter", cfg["splitter"]["type"])(seed=cfg["seed"],
-                                                                   **params("splitter"))
+                                                                   **_params(cfg["splitter"]))
         splits = splitter.split(dataset)
         if not splits.get("train") or len(splits["train"]) == 0:
             raise RqfError(f"splitter {splitter.name!r} left no training samples")
-        model = registry.get("model", cfg["model"]["type"])(dataset.describe(), **params("model"))
+        model = registry.get("model", cfg["model"]["type"])(dataset.describe(),
+                                                             **_params(cfg["model"]))
     except BaseException:
         storage.close()
         raise

@@ -29,6 +29,11 @@ def positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return shift + np.arange(total, dtype=np.int64)
 
 
+def item_export(storage: H5RecsysStorage) -> ItemVectors:
+    """Every item of the item file, whatever the dataset or split: what IDs are made for."""
+    return ItemVectors(ids=storage.item_ids.copy(), read=storage.read_embedding_range)
+
+
 class ItemsDataset(Dataset):
     """One sample per item: its id, embedding and feature tokens."""
 
@@ -69,8 +74,7 @@ class ItemsDataset(Dataset):
         return self.storage.item_ids[self.rows]
 
     def export_source(self) -> ItemVectors:
-        s = self.storage
-        return ItemVectors(ids=s.item_ids.copy(), read=s.read_embedding_range)
+        return item_export(self.storage)
 
 
 @dataclass
@@ -196,5 +200,4 @@ class SequencesDataset(Dataset):
         return self.records.user
 
     def export_source(self) -> ItemVectors:
-        s = self.storage
-        return ItemVectors(ids=s.item_ids.copy(), read=s.read_embedding_range)
+        return item_export(self.storage)

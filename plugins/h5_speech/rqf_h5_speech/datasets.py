@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import zlib
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,10 @@ class SpeechDataset(Dataset):
         return np.array(self.keys, dtype=object)
 
     def _clone(self, keys: list[str]) -> "SpeechDataset":
-        return type(self)(self.storage, keys=keys, stats=self.stats, **self.config)
+        # a view shares storage, width and statistics: no sample is read again to build it
+        view = copy.copy(self)
+        view.keys = keys
+        return view
 
     def subset(self, indices: np.ndarray, role: str = "train") -> "SpeechDataset":
         return self._clone([self.keys[i] for i in np.asarray(indices, dtype=np.int64)])

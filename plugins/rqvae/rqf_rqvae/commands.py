@@ -21,6 +21,7 @@ def encode_with_run(run_dir: Path, out: Path, overrides: tuple[str, ...] = (),
     from rqf.config import apply_overrides
     from rqf.interfaces import ItemVectors
     from rqf.params import validate_params
+    from rqf.pipeline import build_data
     from rqf.plugins import get_plugins
     from rqf_rqvae.model import RQVAEModel
 
@@ -31,14 +32,12 @@ def encode_with_run(run_dir: Path, out: Path, overrides: tuple[str, ...] = (),
     model = RQVAEModel.load(run_dir / "model.pt", device=device)
     registry = get_plugins().registry
     sections = {}
-    for kind in ("storage", "dataset"):
+    for kind in ("storage", "dataset"):  # overrides may have changed them: validate again
         cls = registry.get(kind, config[kind]["type"], f"{kind}.type")
-        values = {k: v for k, v in config[kind].items() if k != "type"}
-        sections[kind] = (cls, validate_params(cls.params, values, kind, Path.cwd()))
-    storage_cls, storage_params = sections["storage"]
-    with storage_cls(**storage_params).open() as storage:
-        dataset_cls, dataset_params = sections["dataset"]
-        dataset = dataset_cls(storage, **dataset_params)
+        sections[kind] = {"type": cls.name, **validate_params(
+            cls.params, {k: v for k, v in config[kind].items() if k != "type"}, kind, Path.cwd())}
+    storage, dataset = build_data(sections["storage"], sections["dataset"])
+    with storage:
         dim = dataset.describe().get("input_dim")
         if dim != model.input_dim:
             raise RqfError(f"the data is {dim}-d but the model in {run_dir} expects "
