@@ -4,9 +4,14 @@ Generates utterances shaped like MaskGCT features (hidden_states (T, 1024), mel 
 T uniform in 100..1000, float16 on disk) and measures, in the same run:
 
 * writes: samples/s and MB/s with 1, 2 and 4 workers for the original tool's writer (one
-  lock around every write, gzip 4) and rqf's writer for each codec;
+  lock around every write, gzip 4) and rqf's writer for each codec, each the median of
+  ``--repeats`` interleaved runs, with the speed-up over 1 worker; beside them, zlib alone
+  on the same arrays in 1, 2 and 4 threads: what this machine's cores allow at best;
 * reads: one uncompressed .npz per sample, a plain h5py loop over the gzip-4 cache, rqf's
-  reader over every codec, and a DataLoader with 0 and 2 workers; bytes on disk for each.
+  reader over every codec, and batches of 8 through a plain torch DataLoader (with
+  ``collate_utterances``) and through rqf's ``UtteranceLoader``, with 0, 1 and 2 workers;
+  bytes on disk for each. The loaders' consumer touches every page of each batch, as a copy
+  to a device would.
 
     python benchmarks/speech_cache.py --utterances 2000
 """
@@ -16,6 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
+import zlib
 import sys
 import threading
 import time
@@ -28,7 +35,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from common import print_table  # noqa: E402
 
-from rqf_h5_speech import H5ShardedStorage, ShardedCacheWriter, UtterancesDataset, collate_utterances  # noqa: E402
+from rqf_h5_speech import (H5ShardedStorage, ShardedCacheWriter, UtteranceLoader,  # noqa: E402
+                           UtterancesDataset, collate_utterances)
 
 try:
     import hdf5plugin  # noqa: F401  (registers the filters)
@@ -164,20 +172,50 @@ def read_npz(directory: Path) -> tuple[int, float]:
     return len(files), time.perf_counter() - start
 
 
+def touch(batch: dict) -> None:
+    """Read one value per KB of the batch's features: every page, as a device copy would."""
+    batch["hidden_states"].view(-1)[::512].sum()
+
+
+def steady_pass(loader) -> tuple[int, float]:
+    """One pass to start the workers, then the timed pass (workers persist)."""
+    for _ in range(2):
+        start = time.perf_counter()
+        n = 0
+        for b in loader:
+            touch(b)
+            n += len(b["keys"])
+    return n, time.perf_counter() - start
+
+
 def read_loader(directory: Path, workers: int) -> tuple[int, float]:
     import torch
 
     with H5ShardedStorage(str(directory)) as s:
-        data = UtterancesDataset(s)
-        loader = torch.utils.data.DataLoader(data, batch_size=8, num_workers=workers,
-                                             collate_fn=collate_utterances)
-        start = time.perf_counter()
-        n = sum(len(b["keys"]) for b in loader)
-        return n, time.perf_counter() - start
+        return steady_pass(torch.utils.data.DataLoader(
+            UtterancesDataset(s), batch_size=8, num_workers=workers,
+            collate_fn=collate_utterances, persistent_workers=workers > 0))
+
+
+def read_utterance_loader(directory: Path, workers: int) -> tuple[int, float]:
+    with H5ShardedStorage(str(directory)) as s:
+        return steady_pass(UtteranceLoader(UtterancesDataset(s), batch_size=8,
+                                           num_workers=workers))
+
+
+def zlib_alone(samples: Samples, idx, threads: int) -> float:
+    arrays = [{k: np.ascontiguousarray(v, np.float16) for k, v in samples.get(i).items()}
+              for i in idx]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda d: [zlib.compress(a.reshape(-1).view(np.uint8), 4)
+                                 for a in d.values()], arrays))
+    return time.perf_counter() - start
 
 
 def timed_read(fn, directory: Path, *args) -> tuple[int, float]:
-    fn(directory, *args)  # warm the page cache
+    if fn not in (read_loader, read_utterance_loader):  # these make their own warm-up pass
+        fn(directory, *args)  # warm the page cache
     return fn(directory, *args)
 
 
@@ -185,6 +223,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--utterances", type=int, default=2000)
     p.add_argument("--write-samples", type=int, default=300, help="samples per write-scaling run")
+    p.add_argument("--repeats", type=int, default=3, help="runs per write configuration")
+    p.add_argument("--part", choices=["all", "writes", "reads"], default="all")
     p.add_argument("--workdir", default="/tmp/rqf-bench-speech")
     args = p.parse_args()
     root = Path(args.workdir)
@@ -196,24 +236,47 @@ def main() -> None:
     print(f"{len(samples)} utterances, T 100..1000, {total_mb:,.0f} MB decoded float16; "
           f"plugin codecs: {PLUGIN_CODECS or 'none (pip install hdf5plugin)'}")
 
-    write_rows = []
+    if args.part != "reads":
+        measure_writes(args, root, samples)
+    if args.part != "writes":
+        measure_reads(root, samples, total_mb)
+
+
+def measure_writes(args: argparse.Namespace, root: Path, samples: Samples) -> None:
     w_idx = range(min(args.write_samples, len(samples)))
     w_mb = decoded_mb(samples, w_idx)
-    for workers in (1, 2, 4):
-        d = root / f"w_orig_{workers}"
-        s = write_original(d, samples, w_idx, workers)
-        write_rows.append(["original (one lock)", "gzip 4", workers, len(w_idx) / s, w_mb / s])
-        shutil.rmtree(d)
-    for codec in ["none", "gzip", "lzf", *PLUGIN_CODECS]:
+    configs = [("zlib 4 alone (this machine's ceiling)", "gzip 4", None),
+               ("original (one lock)", "gzip 4", None)] + \
+        [("rqf", codec + (" 4" if codec == "gzip" else ""), codec)
+         for codec in ["none", "gzip", "lzf", *PLUGIN_CODECS]]
+    seconds: dict[tuple[int, int], list[float]] = {}
+    for _ in range(args.repeats):  # interleaved, so a slow spell of the machine hits all
+        for c, (writer, _, codec) in enumerate(configs):
+            for workers in (1, 2, 4):
+                d = root / f"w_{c}_{workers}"
+                if writer.startswith("zlib"):
+                    took = zlib_alone(samples, w_idx, workers)
+                elif codec is None:
+                    took = write_original(d, samples, w_idx, workers)
+                else:
+                    took = write_rqf(d, samples, w_idx, codec, workers)
+                seconds.setdefault((c, workers), []).append(took)
+                shutil.rmtree(d, ignore_errors=True)
+    write_rows = []
+    for c, (writer, label, _) in enumerate(configs):
+        one = statistics.median(seconds[(c, 1)])
         for workers in (1, 2, 4):
-            d = root / f"w_{codec}_{workers}"
-            s = write_rqf(d, samples, w_idx, codec, workers)
-            write_rows.append(["rqf", codec + (" 4" if codec == "gzip" else ""), workers,
-                               len(w_idx) / s, w_mb / s])
-            shutil.rmtree(d)
-    print_table(["writer", "codec", "workers", "samples/s", "MB/s"], write_rows,
-                f"writes ({len(w_idx)} samples, float16, fsync at commit)")
+            took = statistics.median(seconds[(c, workers)])
+            write_rows.append([writer, label, workers, len(w_idx) / took, w_mb / took,
+                               f"{one / took:.2f}x"])
+    print_table(["writer", "codec", "workers", "samples/s", "MB/s", "vs 1 worker"], write_rows,
+                f"writes ({len(w_idx)} samples, float16, fsync at commit; median of "
+                f"{args.repeats} runs)")
 
+
+
+def measure_reads(root: Path, samples: Samples, total_mb: float) -> None:
+    all_idx = range(len(samples))
     read_rows = []
 
     def add(layout: str, directory: Path, fn, *extra) -> None:
@@ -229,6 +292,9 @@ def main() -> None:
     write_original(d, samples, all_idx, 2)
     add("gzip 4 (original tool), plain h5py loop", d, read_plain_h5py)
     add("gzip 4 (original tool), rqf reader", d, read_rqf)
+    for workers in (0, 2):
+        add(f"gzip 4 (original tool), UtteranceLoader {workers} workers", d,
+            read_utterance_loader, workers)
     shutil.rmtree(d)
     for codec in ["none", "lzf", *PLUGIN_CODECS]:
         d = root / f"rqf_{codec}"
@@ -236,8 +302,11 @@ def main() -> None:
         add(f"rqf {codec}, rqf reader", d, read_rqf)
         if codec == "none":
             add("rqf none, plain h5py loop", d, read_plain_h5py)
-            for workers in (0, 2):
-                add(f"rqf none, DataLoader {workers} workers", d, read_loader, workers)
+            for workers in (0, 1, 2):
+                add(f"rqf none, torch DataLoader {workers} workers", d, read_loader, workers)
+            for workers in (0, 1, 2):
+                add(f"rqf none, UtteranceLoader {workers} workers", d, read_utterance_loader,
+                    workers)
         shutil.rmtree(d)
     print_table(["layout / reader", "MB on disk", "files", "samples/s", "MB/s decoded"], read_rows,
                 "reads (warm page cache)")

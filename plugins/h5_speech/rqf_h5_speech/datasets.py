@@ -5,13 +5,14 @@ from __future__ import annotations
 import copy
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from rqf import Dataset, Param, SequenceVectors
 from rqf.errors import ConfigError, DataError
 from rqf.io import atomic_path
+from rqf_h5_speech.cache import SampleArrays
 from rqf_h5_speech.inspection import T_TOLERANCE
 from rqf_h5_speech.storage import H5ShardedStorage
 from rqf_h5_speech.writer import ShardedCacheWriter
@@ -48,28 +49,32 @@ class SpeechDataset(Dataset):
             self.stats = self._load_or_compute_stats(stats_file)
 
     def _feature_dim(self) -> int:
-        sample = self.storage.read(self.keys[0])
-        if self.feature not in sample:
+        arrays = self.storage.arrays(self.keys[0])  # metadata only: nothing is read
+        if self.feature not in arrays:
             raise DataError(f"{self.storage.directory}: sample {self.keys[0]!r} has no "
-                            f"{self.feature!r} (found {', '.join(sorted(sample))})")
-        arr = sample[self.feature]
-        if arr.ndim != 2:
+                            f"{self.feature!r} (found {', '.join(sorted(arrays.datasets))})")
+        shape = arrays.shape(self.feature)
+        if len(shape) != 2:
             raise DataError(f"{self.storage.directory}: sample {self.keys[0]!r}: {self.feature} "
-                            f"must be (T, dim), found shape {arr.shape}")
-        return int(arr.shape[1])
+                            f"must be (T, dim), found shape {shape}")
+        return int(shape[1])
 
-    def features(self, key: str, arrays: dict[str, np.ndarray] | None = None,
-                 as_float32: bool = True) -> np.ndarray:
-        """(T, dim) features of one sample, normalised when asked.
-
-        Without normalisation and with ``as_float32=False`` the stored dtype (float16) is
-        kept, which halves what DataLoader workers pass back.
-        """
-        arrays = self.storage.read(key) if arrays is None else arrays
-        arr = arrays.get(self.feature)
-        if arr is None or arr.ndim != 2 or arr.shape[1] != self._dim:
+    def _frames(self, key: str, arrays: SampleArrays) -> int:
+        """T of one sample's feature, after checking it is (T, dim) with the cache's dim."""
+        shape = arrays.shape(self.feature) if self.feature in arrays else None
+        if shape is None or len(shape) != 2 or shape[1] != self._dim:
             raise DataError(f"{self.storage.directory}: sample {key!r}: {self.feature} must be "
-                            f"(T, {self._dim}), found {None if arr is None else arr.shape}")
+                            f"(T, {self._dim}), found {shape}")
+        return shape[0]
+
+    def features(self, key: str, as_float32: bool = True) -> np.ndarray:
+        """(T, dim) features of one sample (only that array is read), normalised when asked.
+
+        Without normalisation and with ``as_float32=False`` the stored dtype (float16) is kept.
+        """
+        arrays = self.storage.arrays(key)
+        self._frames(key, arrays)
+        arr = arrays.read(self.feature)
         if self.stats is not None:
             return (arr.astype(np.float32) - self.stats[0]) / self.stats[1]
         return arr.astype(np.float32) if as_float32 else arr
@@ -90,7 +95,7 @@ class SpeechDataset(Dataset):
         total_sq = np.zeros(self._dim, np.float64)
         count = 0
         for key in self.storage.keys:  # one streaming pass, one sample in memory at a time
-            x = self.storage.read(key)[self.feature].astype(np.float64)
+            x = self.storage.arrays(key).read(self.feature).astype(np.float64)
             total += x.sum(0)
             total_sq += (x * x).sum(0)
             count += len(x)
@@ -153,22 +158,70 @@ class UtterancesDataset(SpeechDataset):
     params = COMMON_PARAMS
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        key = self.keys[index]
-        arrays = self.storage.read(key)
-        x = self.features(key, arrays, as_float32=False)
-        sample: dict[str, Any] = {"key": key}
-        mel = arrays.get("mel_spectrogram")
-        if mel is not None:
-            mel = mel.reshape(-1, mel.shape[-1]) if mel.ndim == 3 else mel
-            if abs(len(mel) - len(x)) > T_TOLERANCE:
-                raise DataError(f"{self.storage.directory}: sample {key!r}: {self.feature} has "
-                                f"{len(x)} frames but mel_spectrogram has {len(mel)}")
-            t = min(len(mel), len(x))
-            x, mel = x[:t], mel[:t]
-            sample["mel"] = mel
-        sample[self.feature] = x
-        sample["length"] = len(x)
+        batch = self.read_batch([index])
+        sample = {"key": batch["keys"][0], "length": int(batch["lengths"][0]),
+                  self.feature: batch[self.feature][0]}
+        if "mel" in batch:
+            sample["mel"] = batch["mel"][0]
         return sample
+
+    def read_batch(self, indices: Sequence[int],
+                   allocate: Callable[[dict[str, tuple[tuple[int, ...], np.dtype]]],
+                                      dict[str, np.ndarray]] | None = None) -> dict[str, Any]:
+        """A padded batch: ``keys``, ``lengths``, ``mask``, the feature and ``mel``.
+
+        Shapes are read from the files first, then each array is read straight into its row of
+        the batch, so a sample is copied once. ``allocate`` gives the buffers for
+        ``{name: (shape, dtype)}`` (new arrays by default); padding is zeroed here, so buffers
+        may be reused. Features keep their stored dtype unless normalised (then float32); mel
+        and features are cut to the shorter of the two, a gap over two frames is an error.
+        """
+        keys = [self.keys[i] for i in indices]
+        opened = [self.storage.arrays(key) for key in keys]
+        lengths = np.empty(len(keys), np.int64)
+        with_mel = "mel_spectrogram" in opened[0]
+        for i, (key, arrays) in enumerate(zip(keys, opened)):
+            t = self._frames(key, arrays)
+            if with_mel:
+                if "mel_spectrogram" not in arrays:
+                    raise DataError(f"{self.storage.directory}: sample {key!r} has no "
+                                    "mel_spectrogram (the others in its batch have one)")
+                t_mel = arrays.shape("mel_spectrogram")[-2]
+                if abs(t_mel - t) > T_TOLERANCE:
+                    raise DataError(f"{self.storage.directory}: sample {key!r}: {self.feature} "
+                                    f"has {t} frames but mel_spectrogram has {t_mel}")
+                t = min(t, t_mel)
+            lengths[i] = t
+        t_max = int(lengths.max())
+        specs = {"lengths": ((len(keys),), np.dtype(np.int64)),
+                 "mask": ((len(keys), t_max), np.dtype(bool)),
+                 self.feature: ((len(keys), t_max, self._dim),
+                                np.dtype(np.float32) if self.stats is not None
+                                else opened[0].dtype(self.feature))}
+        if with_mel:
+            specs["mel"] = ((len(keys), t_max, opened[0].shape("mel_spectrogram")[-1]),
+                            opened[0].dtype("mel_spectrogram"))
+        out = allocate(specs) if allocate else {n: np.empty(shape, dt)
+                                                for n, (shape, dt) in specs.items()}
+        out["lengths"][:] = lengths
+        np.less(np.arange(t_max)[None, :], lengths[:, None], out=out["mask"])
+        for i, arrays in enumerate(opened):
+            t = lengths[i]
+            if self.stats is None:
+                arrays.read_into(self.feature, out[self.feature][i, :t])
+            else:
+                raw = np.empty((t, self._dim), arrays.dtype(self.feature))
+                arrays.read_into(self.feature, raw)
+                np.divide(raw - self.stats[0], self.stats[1], out=out[self.feature][i, :t])
+            out[self.feature][i, t:] = 0
+            if with_mel:
+                try:
+                    arrays.read_into("mel_spectrogram", out["mel"][i, :t])
+                except DataError as exc:
+                    raise DataError(f"{exc} (the batch's mel width is {specs['mel'][0][2]})") \
+                        from None
+                out["mel"][i, t:] = 0
+        return {"keys": keys, **out}
 
     def describe(self) -> dict[str, Any]:
         return {"input_dim": self._dim, "unit": "utterance", "n_samples": len(self),
@@ -179,7 +232,11 @@ class UtterancesDataset(SpeechDataset):
 
 
 def collate_utterances(samples: list[dict[str, Any]], feature: str = "hidden_states") -> dict[str, Any]:
-    """Pad a list of utterances to the longest, with a mask so padding never enters a loss."""
+    """Pad a list of utterances to the longest, with a mask so padding never enters a loss.
+
+    For a plain ``torch.utils.data.DataLoader``; ``UtteranceLoader`` reads batches without
+    this extra copy and scales with worker processes.
+    """
     import torch
 
     t = max(s["length"] for s in samples)
@@ -190,14 +247,10 @@ def collate_utterances(samples: list[dict[str, Any]], feature: str = "hidden_sta
     for name in (feature, "mel"):
         if name in samples[0]:
             first = samples[0][name]
-            out = torch.zeros((len(samples), t, first.shape[1]),
-                              dtype=torch.from_numpy(first[:0]).dtype)
-            if torch.utils.data.get_worker_info() is not None:
-                out.share_memory_()  # filled in place: no extra copy on the way to the parent
-            view = out.numpy()
+            out = np.zeros((len(samples), t, first.shape[1]), dtype=first.dtype)
             for i, s in enumerate(samples):
-                view[i, :s["length"]] = s[name]
-            batch[name] = out  # the stored precision; .float() on the device
+                out[i, :s["length"]] = s[name]
+            batch[name] = torch.from_numpy(out)  # the stored precision; .float() on the device
     return batch
 
 

@@ -9,7 +9,8 @@ import numpy as np
 
 from rqf import InspectReport, Param, Storage
 from rqf.errors import DataError
-from rqf_h5_speech.cache import INDEX_NAME, SHARD_PATTERN, CacheIndex, ShardHandles, read_group, shard_name
+from rqf_h5_speech.cache import (INDEX_NAME, SHARD_PATTERN, CacheIndex, SampleArrays, ShardHandles,
+                                 shard_name)
 
 
 class H5ShardedStorage(Storage):
@@ -50,13 +51,18 @@ class H5ShardedStorage(Storage):
 
     def read(self, key: str) -> dict[str, np.ndarray]:
         """Every array of one sample."""
+        arrays = self.arrays(key)
+        return {name: arrays.read(name) for name in arrays.datasets}
+
+    def arrays(self, key: str) -> SampleArrays:
+        """One sample's arrays, opened for their shapes and for reads into given buffers."""
         if self.index is None or self._handles is None:
             raise DataError(f"{self.directory}: storage used before open()")
         try:
             file_idx, group = self.index.entries[key]
         except KeyError:
             raise DataError(f"{self.index.path}: no sample {key!r} in the index") from None
-        return read_group(self._handles.get(file_idx), group, key)
+        return SampleArrays(self._handles.get(file_idx), group, key)
 
     def describe(self) -> dict[str, Any]:
         assert self.index is not None

@@ -205,8 +205,9 @@ class ShardedCacheWriter:
                 a = a.astype(np.float16)
             a = np.ascontiguousarray(a)
             if self.compression == "gzip" and a.size:
+                # the array's own buffer goes to zlib (no copy); shuffle needs its byte planes
                 raw = a.view(np.uint8).reshape(-1, a.itemsize).T.tobytes() \
-                    if self.shuffle and a.itemsize > 1 else a.tobytes()
+                    if self.shuffle and a.itemsize > 1 else a.reshape(-1).view(np.uint8)
                 out.append(_Array(name, None, a.shape, a.dtype, zlib.compress(raw, self.level)))
             else:
                 out.append(_Array(name, a, a.shape, a.dtype))
