@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import h5py
@@ -209,6 +210,39 @@ def test_writer_rolls_over_and_round_trips(tmp_path, compression, workers):
     with h5py.File(tmp_path / "c" / "features_00001.h5") as f:
         ds = f["s/000/hidden_states"]
         assert ds.compression == (None if compression == "none" else compression)
+
+
+@pytest.mark.parametrize("codec, filter_id", [("zstd", 32015), ("lz4", 32004)])
+def test_plugin_codecs_compressed_by_workers_read_back_through_the_hdf5_filter(
+        tmp_path, monkeypatch, codec, filter_id):
+    pytest.importorskip("hdf5plugin")  # registers the filters plain h5py reads through
+    pytest.importorskip({"zstd": "zstandard", "lz4": "lz4.block"}[codec])
+    rng = np.random.default_rng(5)
+    samples = {f"s/{i:03d}": sample(rng, 10 + i) for i in range(12)}
+    samples["s/zeros"] = {"hidden_states": np.zeros((40, 16), np.float32)}  # compresses well
+    outside = rqf_h5_speech.writer._chunk_compressor(codec, 4)
+    made = []
+
+    def counting(codec_name, level):
+        def compress(buf):
+            made.append(threading.current_thread().name)
+            return outside(buf)
+        return compress
+
+    monkeypatch.setattr(rqf_h5_speech.writer, "_chunk_compressor", counting)
+    with ShardedCacheWriter(tmp_path / "c", compression=codec, num_workers=2) as w:
+        for k, v in samples.items():
+            w.write(k, v)
+    assert len(made) == 12 * 2 + 1 and threading.main_thread().name not in made
+    with h5py.File(tmp_path / "c" / "features_00001.h5") as f:  # plain h5py + the filter
+        for k, v in samples.items():
+            ds = f[k]["hidden_states"]
+            assert ds.id.get_create_plist().get_filter(0)[0] == filter_id
+            np.testing.assert_array_equal(ds[()], v["hidden_states"].astype(np.float16))
+            stored = ds.id.read_direct_chunk((0, 0))[1]  # the bytes the workers made
+            assert stored == outside(np.ascontiguousarray(v["hidden_states"], np.float16)
+                                     .reshape(-1).view(np.uint8))
+        assert f["s/zeros/hidden_states"].id.get_storage_size() < 40 * 16 * 2 / 10
 
 
 def test_duplicate_keys_are_rejected_or_replaced_explicitly(tmp_path):

@@ -1,11 +1,13 @@
 """A crash-safe, parallel writer of sharded feature caches.
 
 Parallelism: HDF5 serialises its calls behind one lock, so the expensive part of a write,
-compression, happens outside it. Worker threads convert to float16, byte-shuffle and deflate
-each array (zlib releases the GIL), and a single thread hands the finished chunk to HDF5 with
-``write_direct_chunk``. The files are ordinary gzip(+shuffle) datasets, one chunk per array,
-readable by any HDF5 reader. ``lzf`` and the ``hdf5plugin`` codecs compress inside HDF5, so
-they do not scale with workers.
+compression, happens outside it. Worker threads convert to float16 and compress each array
+into the exact chunk the HDF5 filter would have written (zlib, and ``zstandard`` / ``lz4``
+when installed, all release the GIL), and a single thread hands the finished chunk to HDF5
+with ``write_direct_chunk``. The files are ordinary gzip(+shuffle), zstd or lz4 datasets, one
+chunk per array, readable by any HDF5 reader with the filter. ``lzf``, ``blosc`` and
+``bitshuffle`` (and zstd/lz4 without their Python packages) compress inside HDF5, so they do
+not scale with workers.
 
 Crash safety: the shard being filled is ``features_NNNNN.h5.partial``. A commit closes it,
 fsyncs it, renames it to ``features_NNNNN.h5`` and then atomically replaces the index. A
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import struct
 import threading
 import time
 import warnings
@@ -27,7 +30,7 @@ import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import h5py
 import numpy as np
@@ -81,6 +84,46 @@ def _plugin_filter(codec: str, level: int) -> dict[str, Any]:
     return dict(filters[codec]())
 
 
+def _chunk_compressor(codec: str, level: int) -> Callable[[Any], bytes | None] | None:
+    """A function making the filter's own chunk bytes from an array's buffer, or None.
+
+    It runs in worker threads, outside HDF5. gzip is zlib's stream; zstd is one zstd frame
+    (``zstandard``); lz4 is the HDF5 LZ4 filter's layout: total size and block size (8 + 4
+    bytes, big-endian), then one block as its size (4 bytes) and its bytes, stored raw when
+    compression does not shrink it (``lz4``). Returns None for a chunk it cannot make.
+    """
+    if codec == "gzip":
+        return lambda buf: zlib.compress(buf, level)
+    if codec == "zstd":
+        try:
+            import zstandard
+        except ImportError:
+            return None
+        local = threading.local()  # a compressor context is not shared between threads
+
+        def zstd_chunk(buf: Any) -> bytes:
+            if not hasattr(local, "ctx"):
+                local.ctx = zstandard.ZstdCompressor(level=level or 3)
+            return local.ctx.compress(buf)
+        return zstd_chunk
+    if codec == "lz4":
+        try:
+            import lz4.block
+        except ImportError:
+            return None
+
+        def lz4_chunk(buf: Any) -> bytes | None:
+            n = memoryview(buf).nbytes
+            if n >= 1 << 30:  # beyond one filter block: HDF5 compresses it
+                return None
+            block = lz4.block.compress(buf, store_size=False)
+            if len(block) >= n:
+                block = bytes(buf)
+            return struct.pack(">qii", n, n, len(block)) + block
+        return lz4_chunk
+    return None
+
+
 class ShardedCacheWriter:
     """Writes samples (dicts of arrays) into a sharded cache; resumes an existing one.
 
@@ -108,7 +151,10 @@ class ShardedCacheWriter:
         self.on_duplicate = on_duplicate
         self.attrs = dict(attrs or {})
         self._filter = _plugin_filter(compression, compression_level) \
-            if compression in IN_LIBRARY_CODECS else {}
+            if compression in IN_LIBRARY_CODECS else \
+            {"compression": "gzip", "compression_opts": compression_level} \
+            if compression == "gzip" else {}
+        self._compress = _chunk_compressor(compression, compression_level)
         self.index = self._recover(samples_per_file, use_float16)
         self.use_float16 = self.index.use_float16
         self.samples_per_file = self.index.samples_per_file
@@ -204,14 +250,17 @@ class ShardedCacheWriter:
             if self.use_float16 and a.dtype.kind == "f":
                 a = a.astype(np.float16)
             a = np.ascontiguousarray(a)
-            if self.compression == "gzip" and a.size:
-                # the array's own buffer goes to zlib (no copy); shuffle needs its byte planes
+            chunk = None
+            if self._compress is not None and a.size:
+                # the array's own buffer goes to the codec (no copy); shuffle needs byte planes
                 raw = a.view(np.uint8).reshape(-1, a.itemsize).T.tobytes() \
-                    if self.shuffle and a.itemsize > 1 else a.reshape(-1).view(np.uint8)
-                out.append(_Array(name, None, a.shape, a.dtype, zlib.compress(raw, self.level)))
-            else:
-                out.append(_Array(name, a, a.shape, a.dtype))
+                    if self._shuffles(a.dtype) else a.reshape(-1).view(np.uint8)
+                chunk = self._compress(raw)
+            out.append(_Array(name, a if chunk is None else None, a.shape, a.dtype, chunk))
         return out
+
+    def _shuffles(self, dtype: np.dtype) -> bool:
+        return self.shuffle and self.compression == "gzip" and dtype.itemsize > 1
 
     def _drain(self) -> None:
         while True:
@@ -239,8 +288,7 @@ class ShardedCacheWriter:
             for arr in prepared:
                 if arr.chunk is not None:
                     ds = group.create_dataset(arr.name, arr.shape, arr.dtype, chunks=arr.shape,
-                                              compression="gzip", compression_opts=self.level,
-                                              shuffle=self.shuffle and arr.dtype.itemsize > 1)
+                                              shuffle=self._shuffles(arr.dtype), **self._filter)
                     ds.id.write_direct_chunk((0,) * len(arr.shape), arr.chunk)
                 elif self._filter and arr.data is not None and arr.data.size:
                     group.create_dataset(arr.name, data=arr.data, chunks=arr.shape, **self._filter)
