@@ -558,3 +558,16 @@ def test_utterance_loader_copies_out_when_references_cannot_be_counted(original_
             np.testing.assert_array_equal(b["hidden_states"].numpy(),
                                           _reference(data, b["keys"])["hidden_states"])
         assert loader.counts["reused"] > 0 and not loader._lent
+
+
+def test_utterance_loader_workers_started_with_spawn(original_cache):
+    cache, _ = original_cache
+    with H5ShardedStorage(str(cache)) as storage:
+        data = UtterancesDataset(storage)
+        loader = rqf_h5_speech.UtteranceLoader(data, batch_size=4, num_workers=1,
+                                               multiprocessing_context="spawn")
+        batches = list(loader)
+        assert [k for b in batches for k in b["keys"]] == KEYS
+        for b in batches:
+            np.testing.assert_array_equal(b["mel"].numpy(), _reference(data, b["keys"])["mel"])
+        assert loader.counts["new_slot"] >= 1  # the slot memory crossed to this process
