@@ -89,7 +89,8 @@ class _BatchReader(torch.utils.data.Dataset):
 
     def __init__(self, dataset: UtterancesDataset, board: _SlotBoard | None) -> None:
         self.dataset, self.board = dataset, board
-        self._slots: list[_Slot | None] = []  # this worker's own (never pickled)
+        # this worker's own slots (never pickled: each process starts with none filled)
+        self._slots: list[_Slot | None] = [None] * board.taken.shape[1] if board else []
         self._generations = itertools.count(1)
 
     def __len__(self) -> int:
@@ -130,8 +131,6 @@ class _BatchReader(torch.utils.data.Dataset):
 
     def _storage_for(self, worker: int, size: int) -> tuple[torch.UntypedStorage, int, int, bool]:
         assert self.board is not None
-        if not self._slots:
-            self._slots = [None] * self.board.taken.shape[1]
         slot = self.board.acquire(worker)
         if slot < 0:
             return torch.UntypedStorage._new_shared(max(size, 1)), -1, 0, True
