@@ -112,8 +112,10 @@ def test_tensor_batches_shard_disjointly_across_ranks():
     for rank in range(2):
         batches = TensorBatches(data, 4, seed=1, info=DistInfo(rank, 2, rank))
         seen.append(torch.cat(list(batches.epoch(0))).flatten().tolist())
-    assert len(seen[0]) == len(seen[1]) == 8
+    # each rank's epoch covers its whole share: 10 samples in batches of 4, 3 and 3
+    assert len(seen[0]) == len(seen[1]) == 10
     assert not set(seen[0]) & set(seen[1])
+    assert sorted(seen[0] + seen[1]) == list(range(20))
 
 
 def _ddp_worker(config: dict, marker_dir: str) -> None:
@@ -144,8 +146,8 @@ def test_two_process_torchrun_on_cpu_only_rank0_writes(tmp_path, recsys_files):
     assert (markers / "rank1.txt").read_text() == "2 False"
     run = tmp_path / "run"
     metrics = yaml.safe_load((run / "metrics.json").read_text())
-    # 210 training items shared by two ranks: 105 each, 3 batches of 32 per epoch
-    assert metrics["fit"]["steps"] == 12
+    # 210 training items shared by two ranks: 105 each, all of them in 4 batches per epoch
+    assert metrics["fit"]["steps"] == 16
     assert not [p for p in run.rglob(".*")], "temporary files left behind"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == \
-        ["step_00000010.pt", "step_00000012.pt"]
+        ["step_00000015.pt", "step_00000016.pt"]

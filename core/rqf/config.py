@@ -136,11 +136,34 @@ def validate_config(raw: Mapping[str, Any], registry: Registry, base_dir: Path,
         classes[kind] = cls
         values = validate_params(cls.params, section, kind, base_dir, ignore=("type",))
         resolved[kind] = {"type": cls.name, **values}
-    resolved["train"] = validate_params(tuple(train_params), _section(raw, "train"), "train",
-                                        base_dir)
+    resolved["train"] = validate_params(tuple(train_params),
+                                        train_section(raw, classes["model"]), "train", base_dir)
+    if resolved["train"].get("epochs", 0) is None and not resolved["train"].get("max_steps"):
+        raise ConfigError("train: set epochs or max_steps (both are null)")
     resolved["export"] = validate_params(classes["model"].export_params, _section(raw, "export"),
                                          "export", base_dir)
     return PipelineConfig(resolved, source)
+
+
+BUDGET_KEYS = ("epochs", "max_steps")
+
+
+def train_section(raw: Mapping[str, Any], model_cls: Any) -> dict[str, Any]:
+    """The user's ``train`` section over the model's own training defaults.
+
+    A model states the budget that suits it (``train_defaults``, e.g. a number of steps);
+    a user who gives ``epochs`` or ``max_steps`` sets the whole budget, so neither of the
+    model's budget keys applies then, and ``max_steps`` alone is not capped by the default
+    number of epochs.
+    """
+    user = dict(_section(raw, "train"))
+    defaults = dict(getattr(model_cls, "train_defaults", {}) or {})
+    if any(key in user for key in BUDGET_KEYS):
+        for key in BUDGET_KEYS:
+            defaults.pop(key, None)
+        if "epochs" not in user:
+            user["epochs"] = None  # max_steps alone is the whole budget, not capped by epochs
+    return {**defaults, **user}
 
 
 def _section(raw: Mapping[str, Any], name: str) -> Mapping[str, Any]:

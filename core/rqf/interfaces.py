@@ -140,6 +140,12 @@ class Dataset(Component, ABC):
         """Identifiers of this view's samples, for the leakage checks of splitters."""
         return np.arange(len(self))
 
+    def export_rows(self) -> np.ndarray | None:
+        """Rows of ``export_source()`` that ``vectors()`` holds, in its order; None when the
+        vectors are not rows of it. Lets a model encode the data once and derive every
+        split's metrics from that one pass."""
+        return None
+
 
 class Splitter(Component, ABC):
     """Splits a dataset into train/valid/test views; pure and deterministic for a seed."""
@@ -174,6 +180,8 @@ class Model(Component, ABC):
     """A model fit on the train split, evaluated per split and exported over all data."""
 
     export_params: ClassVar[Sequence[Param]] = ()
+    # defaults for the ``train`` section that suit this model, under the user's values
+    train_defaults: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, data_info: Mapping[str, Any], **params: Any) -> None:
         self.data_info = dict(data_info)
@@ -201,4 +209,9 @@ class Model(Component, ABC):
     def summarize(self, metrics: Mapping[str, Any]) -> str:
         """A short human-readable summary of ``metrics`` for the end of a run."""
         return ""
+
+    def health(self, metrics: Mapping[str, Any]) -> list[str]:
+        """One line per sign of an unhealthy result (e.g. a collapsed codebook), naming
+        the setting to change; empty when the run looks healthy."""
+        return []
 

@@ -189,6 +189,10 @@ def run(config: str | Path | Mapping[str, Any], overrides: Iterable[str] = (),
             metrics["all"] = parts.model.evaluate(parts.dataset)
             artifacts = parts.model.export(parts.dataset, ctx)
             metrics["artifacts"] = artifacts
+            problems = parts.model.health(metrics)
+            metrics["health"] = {"healthy": not problems, "warnings": problems}
+            for problem in problems:
+                echo(f"warning: unhealthy result: {problem}")
             metrics["wall_seconds"] = round(time.perf_counter() - started, 3)
             write_json_atomic(out / FINISHED_MARKER, metrics)
             from rqf.report import write_report

@@ -68,9 +68,16 @@ def render_report(run_dir: Path) -> str:
     run_dir = Path(run_dir)
     config_text, metrics = _load_run(run_dir)
     split = metrics.get("split", {})
-    lines = [f"# Run report: {metrics.get('name', run_dir.name)}", "",
-             f"Run directory: `{run_dir}`  ", f"Wall time: {metrics.get('wall_seconds', '?')} s", "",
-             "## Split", ""]
+    lines = [f"# Run report: {metrics.get('name', run_dir.name)}", ""]
+    health = metrics.get("health")
+    if isinstance(health, Mapping):
+        warnings = health.get("warnings") or []
+        lines += ["## Health", ""]
+        lines += [f"- **warning**: {w}" for w in warnings] if warnings else \
+            ["Healthy: the model's checks found nothing wrong."]
+        lines.append("")
+    lines += [f"Run directory: `{run_dir}`  ", f"Wall time: {metrics.get('wall_seconds', '?')} s",
+              "", "## Split", ""]
     counts = split.get("counts", {})
     if counts:
         lines += ["| split | samples |", "|---|---|"]

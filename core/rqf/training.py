@@ -27,7 +27,9 @@ from rqf.io import atomic_path
 from rqf.params import Param, validate_params
 
 TRAIN_PARAMS = (
-    Param("epochs", int, 10, "passes over the training data", min=0),
+    Param("epochs", int, 10, "passes over the training data (null: max_steps decides); a "
+          "model may set its own budget, used when neither epochs nor max_steps is given",
+          nullable=True, min=0),
     Param("max_steps", int, None, "stop after this many steps (null: epochs decide)",
           nullable=True, min=1),
     Param("batch_size", int, 1024, "samples per step and process", min=1),
@@ -42,8 +44,10 @@ TRAIN_PARAMS = (
           choices=("fp32", "bf16", "fp16")),
     Param("grad_clip", float, 1.0, "clip the gradient norm to this (null: no clipping)",
           nullable=True, min=0),
-    Param("checkpoint_every", int, 1000, "save a checkpoint every N steps (0: only at the end)",
-          min=0),
+    Param("checkpoint_every", int, 1000, "save a checkpoint every N steps, and at least once "
+          "per tenth of the run (0: only by time and at the end)", min=0),
+    Param("checkpoint_minutes", float, 5.0, "also save a checkpoint when this many minutes "
+          "passed since the last one (0: never by time)", min=0),
     Param("keep_checkpoints", int, 2, "how many step checkpoints to keep", min=1),
     Param("eval_every", int, 0, "validate every N steps (0: at the end of each epoch)", min=0),
     Param("log_every", int, 50, "steps between loss read-outs (each one syncs the device)", min=1),
@@ -55,7 +59,7 @@ TRAIN_PARAMS = (
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
+    epochs: int | None = 10
     max_steps: int | None = None
     batch_size: int = 1024
     lr: float = 1e-3
@@ -67,6 +71,7 @@ class TrainConfig:
     precision: str = "fp32"
     grad_clip: float | None = 1.0
     checkpoint_every: int = 1000
+    checkpoint_minutes: float = 5.0
     keep_checkpoints: int = 2
     eval_every: int = 0
     log_every: int = 50
@@ -147,6 +152,9 @@ def autocast(device: torch.device, precision: str):
 class TensorBatches:
     """Batches drawn from one tensor by a seeded permutation per epoch.
 
+    An epoch covers every sample of the process's share: its batches are of nearly equal size,
+    at most ``batch_size`` (1,650 samples at batch size 1,024 make two batches of 825, not one
+    of 1,024 with the rest dropped). ``drop_last`` keeps only full batches instead.
     On CUDA with the tensor already on the device, indexing happens there and no host
     synchronisation is needed. A CPU tensor feeding a CUDA device is gathered into pinned
     memory and copied asynchronously one batch ahead. Under DDP each rank takes an equal,
@@ -154,7 +162,7 @@ class TensorBatches:
     """
 
     def __init__(self, data: torch.Tensor, batch_size: int, seed: int = 0, shuffle: bool = True,
-                 device: torch.device | None = None, drop_last: bool = True,
+                 device: torch.device | None = None, drop_last: bool = False,
                  info: DistInfo | None = None) -> None:
         self.data = data
         self.device = device or data.device
@@ -167,6 +175,9 @@ class TensorBatches:
                            f"{self.info.world_size} processes")
         self.batch_size = min(batch_size, self.per_rank)
         self.drop_last = drop_last
+        n = len(self)
+        used = n * self.batch_size if drop_last else self.per_rank
+        self._bounds = np.linspace(0, used, n + 1).round().astype(np.int64)
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -187,8 +198,7 @@ class TensorBatches:
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[torch.Tensor]:
         order = self._order(epoch)
-        bounds = [(i * self.batch_size, min((i + 1) * self.batch_size, self.per_rank))
-                  for i in range(skip, len(self))]
+        bounds = [(int(self._bounds[i]), int(self._bounds[i + 1])) for i in range(skip, len(self))]
         if self.data.device == self.device:
             for a, b in bounds:
                 yield self.data[order[a:b]]
@@ -331,8 +341,32 @@ class Trainer:
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
     def total_steps(self, batches_per_epoch: int) -> int:
+        if self.cfg.epochs is None:
+            if not self.cfg.max_steps:
+                raise RqfError("train: set epochs or max_steps (both are null)")
+            return self.cfg.max_steps
         total = self.cfg.epochs * batches_per_epoch
         return min(total, self.cfg.max_steps) if self.cfg.max_steps else total
+
+    @property
+    def resume_checkpoint(self) -> Path | None:
+        """The checkpoint ``fit`` will continue from (None: it starts at step 0).
+
+        A model skips its data-dependent initialisation when this is set: the checkpoint
+        holds the initialised weights.
+        """
+        return self._latest_checkpoint() if self.resume else None
+
+    def _due_for_checkpoint(self, step: int, total: int, last_save: float) -> bool:
+        cfg = self.cfg
+        if step == total:
+            return True
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+            return True
+        if cfg.checkpoint_every and step % max(1, math.ceil(total / 10)) == 0:
+            return True  # a killed short run still resumes from near where it was
+        return bool(cfg.checkpoint_minutes) and \
+            time.monotonic() - last_save >= cfg.checkpoint_minutes * 60
 
     def fit(self, module: torch.nn.Module, batches: Any, loss_fn: LossFn,
             valid_fn: Callable[[torch.nn.Module], dict[str, float]] | None = None,
@@ -347,8 +381,12 @@ class Trainer:
         step, resumed_from, history = 0, None, []
 
         if self.resume:
+            self._remove_stale_temporaries()
             latest = self._latest_checkpoint()
-            if latest is not None:
+            if latest is None:
+                self.echo(f"--resume: no checkpoint in {self.checkpoint_dir}; training starts "
+                          "from step 0")
+            else:
                 payload = load_checkpoint(latest, map_location=device)
                 self._check_extra(payload, latest)
                 try:
@@ -374,6 +412,7 @@ class Trainer:
         bar = _progress(total, step, enabled=cfg.progress and self.info.is_main)
         running = torch.zeros((), device=device)
         running_n, samples, start = 0, 0, time.perf_counter()
+        last_save = time.monotonic()
         last_logs: dict[str, float] = {}
         module.train()
         try:
@@ -415,8 +454,9 @@ class Trainer:
                             record = {"step": step, **valid_fn(module)}
                         module.train()
                         history.append(record)
-                    if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == total:
+                    if self._due_for_checkpoint(step, total, last_save):
                         self._save(step, module, optimizer, scheduler, scaler, history)
+                        last_save = time.monotonic()
                     if step >= total:
                         break
         finally:
@@ -424,6 +464,12 @@ class Trainer:
         seconds = time.perf_counter() - start
         return FitResult(step, step // per_epoch if per_epoch else 0, seconds, samples,
                          resumed_from, history)
+
+    def _remove_stale_temporaries(self) -> None:
+        # a kill during a checkpoint write leaves the temporary file atomic_path made
+        if self.info.is_main and self.checkpoint_dir and self.checkpoint_dir.is_dir():
+            for tmp in self.checkpoint_dir.glob(".step_*.pt.*.tmp"):
+                tmp.unlink(missing_ok=True)
 
     def _latest_checkpoint(self) -> Path | None:
         found = list_checkpoints(self.checkpoint_dir) if self.checkpoint_dir else []

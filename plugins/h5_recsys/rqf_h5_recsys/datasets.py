@@ -70,6 +70,9 @@ class ItemsDataset(Dataset):
     def vectors(self) -> np.ndarray:
         return self.storage.read_embeddings(self.rows)
 
+    def export_rows(self) -> np.ndarray:
+        return self.rows
+
     def key_ids(self) -> np.ndarray:
         return self.storage.item_ids[self.rows]
 
@@ -108,15 +111,24 @@ class SequencesDataset(Dataset):
     def __init__(self, storage: H5RecsysStorage, max_seq_len: int = 200,
                  records: SequenceRecords | None = None, role: str = "all") -> None:
         super().__init__(_require(storage, "sequences"), max_seq_len=max_seq_len)
-        if storage.table is None:
-            raise ConfigError("dataset.type: 'sequences' needs storage.sequences (a sequence.h5)")
         self.storage: H5RecsysStorage = storage
         self.table = storage.table
         self.max_seq_len = max_seq_len
         self.role = role
-        n = len(self.table)
-        self.records = records or SequenceRecords.build(np.arange(n), np.zeros(n),
-                                                        self.table.lengths, np.full(n, -1))
+        self._records = records
+        if records is None and self.table is not None:
+            n = len(self.table)
+            self._records = SequenceRecords.build(np.arange(n), np.zeros(n), self.table.lengths,
+                                                  np.full(n, -1))
+
+    @property
+    def records(self) -> SequenceRecords:
+        # Without a sequence file the view can still export every item (encoding a new item
+        # file with a run trained on sequences); anything that reads sequences stops here.
+        if self._records is None:
+            raise ConfigError("dataset.type: 'sequences' needs storage.sequences (a sequence.h5); "
+                              "to read items alone use dataset.type: items")
+        return self._records
 
     def with_records(self, records: SequenceRecords, role: str) -> "SequencesDataset":
         return SequencesDataset(self.storage, self.max_seq_len, records, role)
@@ -161,11 +173,13 @@ class SequencesDataset(Dataset):
         return samples
 
     def describe(self) -> dict[str, Any]:
-        lengths = self.records.end - self.records.start
-        return {"input_dim": self.storage.embedding_dim, "unit": "item", "n_samples": len(self),
-                "max_seq_len": self.max_seq_len,
-                "mean_input_length": float(lengths.mean()) if len(lengths) else 0.0,
-                **self.storage.describe()}
+        info = {"input_dim": self.storage.embedding_dim, "unit": "item",
+                "max_seq_len": self.max_seq_len, **self.storage.describe()}
+        if self._records is not None:
+            lengths = self._records.end - self._records.start
+            info.update(n_samples=len(self), mean_input_length=float(lengths.mean())
+                        if len(lengths) else 0.0)
+        return info
 
     def input_positions(self) -> np.ndarray:
         """Flat positions (into the storage's sequence arrays) of every input item."""
@@ -179,10 +193,13 @@ class SequencesDataset(Dataset):
         return self.table.offsets[r.user[has]] + r.target[has]
 
     def vectors(self) -> np.ndarray:
+        return self.storage.read_embeddings(self.export_rows())
+
+    def export_rows(self) -> np.ndarray:
         # Training views: every item in the inputs, once (what the split lets a model see).
         # Evaluation views: the held-out target items, which training may never have seen.
         pos = self.input_positions() if self.role in ("train", "all") else self.target_positions()
-        return self.storage.read_embeddings(np.unique(self.storage.sequence_rows[pos]))
+        return np.unique(self.storage.sequence_rows[pos])
 
     def subset(self, indices: np.ndarray, role: str = "train") -> "SequencesDataset":
         r = self.records

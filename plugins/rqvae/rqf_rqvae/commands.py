@@ -70,7 +70,7 @@ def encode_cmd(run_dir: Path, out: Path, overrides: tuple[str, ...], device: str
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def lookup_cmd(semantic_ids: Path, item_id: int | None, code: str | None, debug: bool) -> None:
     """Map an item id to its semantic ID, or a semantic ID back to its item."""
-    from rqf_rqvae.semantic_ids import SemanticIds
+    from rqf.codes import SemanticIds
 
     ids = SemanticIds(semantic_ids)
     if item_id is None and code is None:

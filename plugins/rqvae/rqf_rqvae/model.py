@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -13,13 +14,29 @@ from rqf import Dataset, ItemVectors, Model, Param, RunContext, SequenceVectors
 from rqf.errors import ConfigError, DataError, RqfError
 from rqf.io import atomic_path
 from rqf.training import Trainer, TensorBatches, autocast, resolve_device
+from rqf.codes import (COLLISION_MODES, code_statistics, handle_collisions, plot_usage,
+                       write_semantic_ids)
 from rqf_rqvae.module import ACTIVATIONS, RQVAE
-from rqf_rqvae.semantic_ids import code_statistics, write_semantic_ids
 
 MODEL_FORMAT = "rqf-rqvae-1"
 CPU_ENCODE_BATCH = 4096
 ARCHITECTURE_KEYS = ("input_dim", "levels", "codebook_size", "latent_dim", "hidden_dims",
-                     "activation", "distance", "normalize")
+                     "activation", "distance", "normalize", "latent_norm")
+# below this share of a level's codes in use, or above this share of items on a shared
+# code, a run is reported unhealthy
+HEALTHY_USAGE = 0.5
+HEALTHY_COLLISIONS = 0.2
+
+
+@dataclass
+class CodedItems:
+    """Every item of an export source encoded once: what metrics and export both read."""
+
+    key: tuple[int, int]
+    ids: np.ndarray
+    raw_codes: np.ndarray      # each item's nearest codes
+    codes: np.ndarray          # after collision handling: the IDs that are exported
+    per_row: dict[str, np.ndarray]
 
 
 class RQVAEModel(Model):
@@ -41,6 +58,15 @@ class RQVAEModel(Model):
         Param("gumbel_tau", float, 1.0, "Gumbel-softmax temperature", min=1e-6),
         Param("normalize", str, "none", "input normalisation: none, standardize (train "
               "mean/std) or l2", choices=("none", "standardize", "l2")),
+        Param("latent_norm", bool, True, "a parameter-free LayerNorm on the encoder output, so "
+              "the latent keeps the scale its codebooks were initialised at"),
+        Param("encoder_init", str, "data", "data: scale each encoder layer to unit variance on "
+              "the training data before k-means (keeps the first steps from collapsing the "
+              "codebooks); default: torch's initialisation", choices=("data", "default")),
+        Param("collision_handling", str, "reassign", "how items that share a code tuple get "
+              "distinct IDs: suffix (an extra counter level only), reassign (nearest free "
+              "last-level code within the prefix) or balanced (Sinkhorn-balanced last level)",
+              choices=COLLISION_MODES),
         Param("kmeans_init", bool, True, "initialise each codebook by k-means on encoded data"),
         Param("kmeans_iters", int, 25, "k-means iterations per level", min=1),
         Param("kmeans_samples", int, 65536, "vectors used for the k-means initialisation", min=1),
@@ -51,6 +77,10 @@ class RQVAEModel(Model):
               "they fit in a quarter of free memory)", nullable=True),
         Param("encode_batch_size", int, 65536, "vectors per batch when encoding", min=1),
     )
+    # A budget in steps, not epochs: a 1,700-item catalogue is two batches an epoch, and the
+    # codebooks need a few thousand steps whatever the catalogue size. The warm-up keeps the
+    # first steps small against the spread of the freshly initialised latent.
+    train_defaults = {"epochs": None, "max_steps": 2000, "warmup_steps": 100}
     export_params = (
         Param("semantic_ids", bool, True, "write semantic_ids.h5 (items) or a token cache "
               "(utterances)"),
@@ -75,12 +105,14 @@ class RQVAEModel(Model):
         self.net = self._build()
         self.device = torch.device("cpu")
         self.precision = "fp32"
+        self._coded: CodedItems | None = None
 
     def _build(self) -> RQVAE:
         c = self.config
         return RQVAE(self.input_dim, c["hidden_dims"], c["latent_dim"], c["levels"],
                      c["codebook_size"], c["distance"], c["quantizer"], c["commitment_weight"],
-                     c["gumbel_tau"], c["activation"], c["dropout"], c["normalize"])
+                     c["gumbel_tau"], c["activation"], c["dropout"], c["normalize"],
+                     c["latent_norm"])
 
     def architecture(self) -> dict[str, Any]:
         return {k: (self.input_dim if k == "input_dim" else self.config[k])
@@ -105,6 +137,21 @@ class RQVAEModel(Model):
                 tensor = tensor.to(device)
         return tensor
 
+    @torch.no_grad()
+    def _initialise(self, data: torch.Tensor, seed: int) -> None:
+        """Input statistics, encoder scale and k-means codebooks from the training data."""
+        cfg, net = self.config, self.net
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(len(data), generator=g)[:cfg["kmeans_samples"]].to(data.device)
+        sample = data[idx].to(self.device).float()
+        if cfg["normalize"] == "standardize":
+            net.mean.copy_(sample.mean(0))
+            net.std.copy_(sample.std(0).clamp_min(1e-6))
+        if cfg["encoder_init"] == "data" and len(sample) > 1:
+            net.calibrate(sample)
+        if cfg["kmeans_init"]:
+            net.quantizer.init_from_data(net.encoder(net.prepare(sample)), cfg["kmeans_iters"], g)
+
     def fit(self, train: Dataset, valid: Dataset | None, ctx: RunContext) -> dict[str, Any]:
         cfg = self.config
         trainer = Trainer(ctx.train, ctx.run_dir, seed=ctx.seed, resume=ctx.resume, echo=ctx.echo,
@@ -113,19 +160,11 @@ class RQVAEModel(Model):
         self.device, self.precision = device, ctx.train.precision
         data = self._training_tensor(train, device)
         net = self.net.to(device)
-        if cfg["normalize"] == "standardize":
-            sample = data[:1_000_000].float()
-            net.mean.copy_(sample.mean(0))
-            net.std.copy_(sample.std(0).clamp_min(1e-6))
-        init_seconds = 0.0
-        if cfg["kmeans_init"]:
-            t0 = time.perf_counter()
-            g = torch.Generator().manual_seed(ctx.seed)
-            idx = torch.randperm(len(data), generator=g)[:cfg["kmeans_samples"]].to(data.device)
-            with torch.no_grad():
-                z = net.encoder(net.prepare(data[idx].to(device)))
-            net.quantizer.init_from_data(z, cfg["kmeans_iters"], g)
-            init_seconds = time.perf_counter() - t0
+        self._coded = None
+        t0 = time.perf_counter()
+        if trainer.resume_checkpoint is None:  # a checkpoint holds the initialised weights
+            self._initialise(data, ctx.seed)
+        init_seconds = time.perf_counter() - t0
         valid_tensor = None
         if valid is not None and len(valid):
             valid_tensor = torch.from_numpy(np.asarray(valid.vectors(), np.float32))[:65536]
@@ -170,9 +209,15 @@ class RQVAEModel(Model):
             yield torch.from_numpy(np.ascontiguousarray(vectors[start:start + bs],
                                                         dtype=np.float32)).to(self.device)
 
+    def _chunks(self, n: int):
+        bs = self.config["encode_batch_size"]
+        if self.device.type == "cpu":
+            bs = min(bs, CPU_ENCODE_BATCH)
+        return ((s, min(s + bs, n)) for s in range(0, n, bs))
+
     @torch.no_grad()
     def encode(self, vectors: np.ndarray) -> np.ndarray:
-        """(n, levels) codes of raw input vectors."""
+        """(n, levels) nearest codes of raw input vectors (no collision handling)."""
         self.net.eval().to(self.device)
         out = []
         for x in self._batches_of(vectors):
@@ -183,28 +228,116 @@ class RQVAEModel(Model):
         return torch.cat(out).numpy()
 
     @torch.no_grad()
-    def evaluate(self, data: Dataset) -> dict[str, Any]:
-        vectors = np.asarray(data.vectors(), np.float32)
+    def _latents(self, read, n: int) -> np.ndarray:
+        """The encoder's (n, latent_dim) output, read and encoded once in chunks."""
         self.net.eval().to(self.device)
-        sq_err = sq_norm = quant = 0.0
-        codes = []
-        for x in self._batches_of(vectors):
+        out = np.empty((n, self.config["latent_dim"]), np.float32)
+        for a, b in self._chunks(n):
+            x = torch.from_numpy(np.ascontiguousarray(read(a, b), dtype=np.float32))
             with autocast(self.device, self.precision):
-                target, recon, c = self.net.reconstruct(x)
-                z = self.net.encoder(target).float()
-            zq = self.net.quantizer.decode_codes(c)
-            sq_err += float(((recon - target) ** 2).sum())
-            sq_norm += float((target ** 2).sum())
-            quant += float(((z - zq) ** 2).sum())
-            codes.append(c.cpu())
-        n = len(vectors)
-        codes_np = torch.cat(codes).numpy() if codes else np.zeros((0, self.config["levels"]), int)
+                z = self.net.encoder(self.net.prepare(x.to(self.device)))
+            out[a:b] = z.float().cpu().numpy()
+        return out
+
+    @torch.no_grad()
+    def _nearest(self, latents: np.ndarray) -> np.ndarray:
+        z = torch.from_numpy(latents).to(self.device)
+        if not len(z):
+            return np.zeros((0, self.config["levels"]), np.int64)
+        return torch.cat([self.net.quantizer.encode(z[a:b]) for a, b in self._chunks(len(z))]
+                         ).cpu().numpy()
+
+    @torch.no_grad()
+    def _assign(self, latents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(nearest codes, IDs after collision handling) of encoder outputs."""
+        q = self.net.quantizer
+        raw = self._nearest(latents)
+        mode = self.config["collision_handling"]
+        if mode == "suffix":
+            return raw, raw.copy()
+        distances = np.empty((len(raw), q.codebook_size), np.float32)
+        for a, b in self._chunks(len(raw)):
+            distances[a:b] = q.distances_at(torch.from_numpy(latents[a:b]).to(self.device),
+                                            torch.from_numpy(raw[a:b]).to(self.device),
+                                            q.levels - 1).cpu().numpy()
+        return raw, handle_collisions(raw, distances, mode)
+
+    @torch.no_grad()
+    def _score(self, read, n: int, latents: np.ndarray, codes: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-row reconstruction and quantisation errors of the IDs ``codes`` (decoder once)."""
+        sq_err = np.empty(n, np.float64)
+        sq_norm = np.empty(n, np.float64)
+        quant = np.empty(n, np.float64)
+        for a, b in self._chunks(n):
+            x = torch.from_numpy(np.ascontiguousarray(read(a, b), dtype=np.float32)).to(self.device)
+            target = self.net.prepare(x)
+            zq = self.net.quantizer.decode_codes(torch.from_numpy(codes[a:b]).to(self.device))
+            with autocast(self.device, self.precision):
+                recon = self.net.decoder(zq.to(target.dtype)).float()
+            sq_err[a:b] = ((recon - target) ** 2).sum(1).double().cpu().numpy()
+            sq_norm[a:b] = (target ** 2).sum(1).double().cpu().numpy()
+            z = torch.from_numpy(latents[a:b]).to(self.device)
+            quant[a:b] = ((z - zq) ** 2).sum(1).double().cpu().numpy()
+        return {"sq_err": sq_err, "sq_norm": sq_norm, "quant": quant}
+
+    def _coded_catalogue(self, source: ItemVectors) -> CodedItems:
+        """Every item of the export source, encoded once and scored once, kept for the run."""
+        key = (id(getattr(source.read, "__self__", source.read)), len(source.ids))
+        if self._coded is None or self._coded.key != key:
+            n = len(source.ids)
+            latents = self._latents(source.read, n)
+            raw, codes = self._assign(latents)
+            self._coded = CodedItems(key, source.ids, raw, codes,
+                                     self._score(source.read, n, latents, codes))
+        return self._coded
+
+    def _metrics(self, raw: np.ndarray, codes: np.ndarray, per_row: Mapping[str, np.ndarray]
+                 ) -> dict[str, Any]:
+        n = len(codes)
+        sq_norm = float(per_row["sq_norm"].sum())
         return {
-            "recon_mse": sq_err / max(n * self.input_dim, 1),
-            "recon_rel_error": sq_err / sq_norm if sq_norm else float("nan"),
-            "quant_loss": quant / max(n, 1),
-            **code_statistics(codes_np, self.config["codebook_size"]),
+            "recon_mse": float(per_row["sq_err"].sum()) / max(n * self.input_dim, 1),
+            "recon_rel_error": float(per_row["sq_err"].sum()) / sq_norm if sq_norm else float("nan"),
+            "quant_loss": float(per_row["quant"].sum()) / max(n, 1),
+            **code_statistics(codes, self.config["codebook_size"]),
+            "collision_handling": self.config["collision_handling"],
+            "quantizer_collision_rate": code_statistics(raw, self.config["codebook_size"])[
+                "collision_rate"] if n else 0.0,
         }
+
+    def evaluate(self, data: Dataset) -> dict[str, Any]:
+        rows = data.export_rows()
+        source = data.export_source() if rows is not None else None
+        if isinstance(source, ItemVectors):
+            coded = self._coded_catalogue(source)
+            return self._metrics(coded.raw_codes[rows], coded.codes[rows],
+                                 {k: v[rows] for k, v in coded.per_row.items()})
+        # frames and other units: their vectors are not rows of what is exported
+        vectors = np.asarray(data.vectors(), np.float32)
+        read = lambda a, b: vectors[a:b]  # noqa: E731
+        latents = self._latents(read, len(vectors))
+        if self.data_info.get("unit") == "item":
+            raw, codes = self._assign(latents)
+        else:  # tokens need no unique IDs
+            raw = codes = self._nearest(latents)
+        return self._metrics(raw, codes, self._score(read, len(vectors), latents, codes))
+
+    def health(self, metrics: Mapping[str, Any]) -> list[str]:
+        m = metrics.get("all") or {}
+        warnings = []
+        for level, used in enumerate(m.get("utilization_of_reachable", [])):
+            if used < HEALTHY_USAGE:
+                warnings.append(f"codebook level {level} uses {used:.0%} of its codes (below "
+                                f"{HEALTHY_USAGE:.0%}): train longer (train.max_steps) or "
+                                "use fewer codes (model.codebook_size)")
+        if self.data_info.get("unit") == "item" and \
+                m.get("collision_rate", 0.0) > HEALTHY_COLLISIONS:
+            fix = ("set model.collision_handling to reassign or balanced"
+                   if self.config["collision_handling"] == "suffix" else
+                   "more codes per level (model.codebook_size) or a level more (model.levels)")
+            warnings.append(f"{m['collision_rate']:.0%} of items share their code (above "
+                            f"{HEALTHY_COLLISIONS:.0%}): {fix}")
+        return warnings
 
     # -- export ---------------------------------------------------------------------------
     def export(self, dataset: Dataset, ctx: RunContext) -> dict[str, str]:
@@ -213,27 +346,35 @@ class RQVAEModel(Model):
             return artifacts
         source = dataset.export_source()
         if isinstance(source, ItemVectors):
-            path = self.export_items(source, ctx.run_dir / "semantic_ids.h5")
+            coded = self._coded_catalogue(source)
+            path = self._write_ids(coded.ids, coded.raw_codes, coded.codes,
+                                   ctx.run_dir / "semantic_ids.h5")
             artifacts["semantic_ids"] = str(path)
             if ctx.export.get("plots", True):
-                plot = self.plot_usage(path, ctx.run_dir / "code_usage.png")
+                plot = plot_usage(coded.codes, self.config["codebook_size"],
+                                  ctx.run_dir / "code_usage.png")
                 if plot:
                     artifacts["code_usage_plot"] = str(plot)
+                else:
+                    ctx.echo("no code-usage plot: matplotlib is not installed "
+                             "(pip install matplotlib, or export.plots: false)")
         elif isinstance(source, SequenceVectors):
             out = ctx.run_dir / ctx.export.get("codes_dir", "codes")
             artifacts["codes"] = str(self.export_sequences(source, out))
         return artifacts
 
     def export_items(self, source: ItemVectors, path: Path) -> Path:
+        """Semantic IDs of every item of ``source`` (new data, e.g. ``rqf rqvae encode``)."""
         n = len(source.ids)
-        bs = self.config["encode_batch_size"]
-        codes = np.concatenate([self.encode(source.read(s, min(s + bs, n)))
-                                for s in range(0, n, bs)]) if n else \
-            np.zeros((0, self.config["levels"]), np.int64)
+        raw, codes = self._assign(self._latents(source.read, n))
+        return self._write_ids(source.ids, raw, codes, path)
+
+    def _write_ids(self, ids: np.ndarray, raw: np.ndarray, codes: np.ndarray, path: Path) -> Path:
         attrs = {"levels": self.config["levels"], "codebook_size": self.config["codebook_size"],
-                 "format": "rqf-semantic-ids-1"}
-        return write_semantic_ids(path, source.ids, codes,
-                                  self.net.quantizer.codebooks.detach().cpu().numpy(), attrs)
+                 "collision_handling": self.config["collision_handling"]}
+        return write_semantic_ids(path, ids, codes,
+                                  self.net.quantizer.codebooks.detach().cpu().numpy(), attrs,
+                                  raw_codes=raw)
 
     def export_sequences(self, source: SequenceVectors, out_dir: Path) -> Path:
         meta = {"levels": self.config["levels"], "codebook_size": self.config["codebook_size"]}
@@ -242,32 +383,6 @@ class RQVAEModel(Model):
             for key in source.keys:
                 writer.write(key, self.encode(source.read(key)).astype(dtype))
         return out_dir
-
-    def plot_usage(self, semantic_ids: Path, path: Path) -> Path | None:
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            return None
-        import h5py
-
-        with h5py.File(semantic_ids, "r") as f:
-            codes = f["codes"][()]
-        levels, k = codes.shape[1], self.config["codebook_size"]
-        fig, axes = plt.subplots(levels, 1, figsize=(8, 2.2 * levels), squeeze=False)
-        for level in range(levels):
-            counts = np.sort(np.bincount(codes[:, level], minlength=k))[::-1]
-            axes[level, 0].bar(np.arange(k), counts, width=1.0)
-            axes[level, 0].set_ylabel(f"level {level}")
-        axes[-1, 0].set_xlabel("codes, most used first")
-        fig.suptitle("items per code")
-        fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=80)
-        plt.close(fig)
-        return path
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, path: Path) -> None:
@@ -288,7 +403,9 @@ class RQVAEModel(Model):
             raise RqfError(f"{path}: not a readable rqvae model ({type(exc).__name__})") from None
         if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
             raise RqfError(f"{path}: not an rqvae model file (expected format {MODEL_FORMAT!r})")
-        model = cls(payload["data_info"], **payload["config"])
+        config = dict(payload["config"])
+        config.setdefault("latent_norm", False)  # models saved before it existed had none
+        model = cls(payload["data_info"], **config)
         try:
             model.net.load_state_dict(payload["state_dict"])
         except RuntimeError as exc:
@@ -300,15 +417,17 @@ class RQVAEModel(Model):
 
     # -- reporting ------------------------------------------------------------------------
     def summarize(self, metrics: Mapping[str, Any]) -> str:
-        lines = ["split   recon_mse  rel_err  collisions  max/code  used codes per level      perplexity per level"]
+        lines = ["split   recon_mse  rel_err  collisions (nearest)  max/code  "
+                 "used codes per level      perplexity per level"]
         for role in ("train", "valid", "test", "all"):
             m = metrics.get(role)
             if not m:
                 continue
             util = " ".join(f"{u:5.1%}" for u in m["utilization_of_reachable"])
             ppl = " ".join(f"{p:6.1f}" for p in m["perplexity"])
+            raw = m.get("quantizer_collision_rate", m["collision_rate"])
             lines.append(f"{role:<7} {m['recon_mse']:9.3g}  {m['recon_rel_error']:7.3f}  "
-                         f"{m['collision_rate']:10.2%}  {m['max_items_per_code']:8d}  "
+                         f"{m['collision_rate']:10.2%} ({raw:7.2%})  {m['max_items_per_code']:8d}  "
                          f"{util:<25} {ppl}")
         fit = metrics.get("fit", {})
         if fit:

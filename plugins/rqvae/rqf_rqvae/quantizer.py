@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rqf_rqvae.kmeans import kmeans, squared_distances
+from rqf.codes import kmeans, squared_distances
 
 
 class ResidualQuantizer(nn.Module):
@@ -90,6 +90,15 @@ class ResidualQuantizer(nn.Module):
             codes.append(idx)
             residual = residual - self._codebook(level)[idx]
         return torch.stack(codes, 1)
+
+    @torch.no_grad()
+    def distances_at(self, z: torch.Tensor, codes: torch.Tensor, level: int) -> torch.Tensor:
+        """(n, k) distances from what the levels before ``level`` left of ``z`` (with their
+        ``codes``) to that level's codewords."""
+        residual = z.float()
+        for before in range(level):
+            residual = residual - self._codebook(before)[codes[:, before]]
+        return self._distances(residual, level)
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         return sum(self._codebook(level)[codes[:, level]] for level in range(self.levels))
