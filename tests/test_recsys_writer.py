@@ -102,6 +102,10 @@ def test_seed_style_dataloader_batches(recsys_files):
     assert batch["ids"].shape == (8, 5) and batch["x"].shape == (8, 5, 16)
     assert batch["x"].dtype == torch.float32 and (batch["target"] > 0).all()
     assert sum(len(b["user_ids"]) for b in loader) == 55
+    # the seed guide's attribute API reads the same tensors
+    assert batch.user_ids == batch["user_ids"] and batch.x is batch["x"] and batch.ids is batch["ids"]
+    with pytest.raises(AttributeError, match="a batch has no 'embeddings'"):
+        batch.embeddings
     everything = create_h5_dataloader(recsys_files["items"], recsys_files["sequences"],
                                       train_test_split="all", batch_size=100)
     assert (next(iter(everything))["target"] == -1).all()

@@ -18,8 +18,19 @@ _SPLITTERS = {"auto": AutoSplitter, "leave_last_out": LeaveLastOutSplitter,
               "temporal": TemporalSplitter}
 
 
-def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    batch: dict[str, Any] = {"user_ids": [s["user_id"] for s in samples]}
+class SequenceBatch(dict):
+    """A batch read as the seed guide writes it (``batch.x``, ``batch.user_ids``) or as a
+    dict (``batch["x"]``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"a batch has no {name!r}; it has {', '.join(self)}") from None
+
+
+def collate(samples: list[dict[str, Any]]) -> SequenceBatch:
+    batch = SequenceBatch(user_ids=[s["user_id"] for s in samples])
     for key in ("ids", "mask", "x", "timestamps"):
         if key in samples[0]:
             batch[key] = torch.from_numpy(np.stack([s[key] for s in samples]))
