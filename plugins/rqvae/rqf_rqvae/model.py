@@ -202,17 +202,15 @@ class RQVAEModel(Model):
 
     # -- encoding and metrics -------------------------------------------------------------
     def _batches_of(self, vectors: np.ndarray):
+        for a, b in self._chunks(len(vectors)):
+            yield torch.from_numpy(np.ascontiguousarray(vectors[a:b], dtype=np.float32)
+                                   ).to(self.device)
+
+    def _chunks(self, n: int):
+        """[start, stop) row ranges of one encoding batch each."""
         bs = self.config["encode_batch_size"]
         if self.device.type == "cpu":
             bs = min(bs, CPU_ENCODE_BATCH)  # CPU matmuls run fastest on cache-sized blocks
-        for start in range(0, len(vectors), bs):
-            yield torch.from_numpy(np.ascontiguousarray(vectors[start:start + bs],
-                                                        dtype=np.float32)).to(self.device)
-
-    def _chunks(self, n: int):
-        bs = self.config["encode_batch_size"]
-        if self.device.type == "cpu":
-            bs = min(bs, CPU_ENCODE_BATCH)
         return ((s, min(s + bs, n)) for s in range(0, n, bs))
 
     @torch.no_grad()
