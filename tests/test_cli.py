@@ -122,7 +122,8 @@ def test_run_writes_the_run_directory(tmp_path, capsys, recsys_files):
     names = {p.name for p in run.iterdir()}
     assert {"config.yaml", "metrics.json", "model.pt", "semantic_ids.h5", "report.md",
             "checkpoints"} <= names
-    assert not [n for n in names if n.startswith(".")], "temporary files left behind"
+    assert not [n for n in names if n.endswith(".tmp")], "temporary files left behind"
+    assert {".rqf-run.json", ".rqf-run.lock"} <= names  # the marker, and the lock it held
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["model"]["codebook_size"] == 16 and saved["train"]["lr"] == 1e-3
     report = (run / "report.md").read_text()

@@ -28,7 +28,7 @@ KEYS = [f"train-clean-100/{spk}/{ch}/{spk}_{ch}_{u}" for spk in (11, 12, 13, 14)
 
 def sample(rng, t: int, dim: int = 16) -> dict[str, np.ndarray]:
     return {"hidden_states": rng.normal(size=(t, dim)).astype(np.float32),
-            "mel_spectrogram": rng.normal(size=(1, t + 1, 8)).astype(np.float32)}
+            "mel_spectrogram": rng.normal(size=(1, t + 1, 80)).astype(np.float32)}
 
 
 def write_like_original(directory: Path, samples: dict, per_file: int = 5, float16: bool = True):
@@ -72,7 +72,7 @@ def test_reads_caches_written_by_the_original_tool(tmp_path, float16):
         want = samples[KEYS[7]]["hidden_states"]
         assert got["hidden_states"].dtype == (np.float16 if float16 else np.float32)
         np.testing.assert_array_equal(got["hidden_states"], want.astype(got["hidden_states"].dtype))
-        assert got["mel_spectrogram"].shape == (1, 31, 8)
+        assert got["mel_spectrogram"].shape == (1, 31, 80)
 
 
 def test_a_key_that_prefixes_another_reads_its_own_arrays(tmp_path):
@@ -111,7 +111,7 @@ def break_cache(cache: Path, kind: str) -> None:
     elif kind == "mismatched T":
         with h5py.File(cache / "features_00001.h5", "a") as f:
             del f[KEYS[0]]["mel_spectrogram"]
-            f[KEYS[0]].create_dataset("mel_spectrogram", data=np.zeros((1, 90, 8), np.float16))
+            f[KEYS[0]].create_dataset("mel_spectrogram", data=np.zeros((1, 90, 80), np.float16))
     elif kind == "stray shard":
         with h5py.File(cache / "features_00009.h5", "w") as f:
             f.create_group("x")
@@ -155,16 +155,18 @@ def test_mismatched_frames_are_an_error_not_a_silent_cut(original_cache):
     cache, _ = original_cache
     break_cache(cache, "mismatched T")
     with H5ShardedStorage(str(cache)) as storage:
-        data = UtterancesDataset(storage)
         with pytest.raises(DataError, match="has 20 frames but mel_spectrogram has 90"):
-            data[0]
-        assert data[1]["length"] == 27  # mel one frame longer: both cut to the features
+            UtterancesDataset(storage)  # found when the dataset is built (rqf validate)
+        data = UtterancesDataset(storage, keys=KEYS[1:] + KEYS[:1])  # checked as it is read
+        with pytest.raises(DataError, match="has 20 frames but mel_spectrogram has 90"):
+            data[len(KEYS) - 1]
+        assert data[0]["length"] == 27  # mel one frame longer: both cut to the features
 
 
 @pytest.mark.parametrize("kind, expected", [
-    ("missing shard", "features_00002.h5: listed in the index for 5 samples but missing"),
+    ("missing shard", "features_00002.h5: shard listed in the index for 5 samples is missing"),
     ("missing group", "group 'train-clean-100/11/1/11_1_1' is missing"),
-    ("stray shard", "features_00009.h5: shard is not in the index"),
+    ("stray shard", "features_00009.h5: shard file not listed in hdf5_index.json"),
     ("truncated shard", "features_00001.h5: cannot be opened, truncated or corrupted"),
     ("mismatched T", "hidden_states has 20 frames but mel_spectrogram has 90"),
     ("malformed json", "malformed JSON"),
@@ -200,7 +202,8 @@ def test_writer_rolls_over_and_round_trips(tmp_path, compression, workers):
         for k, v in samples.items():
             w.write(k, v)
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [
-        "features_00001.h5", "features_00002.h5", "features_00003.h5", "hdf5_index.json"]
+        ".rqf-writer.lock", "features_00001.h5", "features_00002.h5", "features_00003.h5",
+        "hdf5_index.json"]  # the lock file stays; its OS lock went with close()
     with H5ShardedStorage(str(tmp_path / "c")) as s:
         assert s.keys == list(samples)  # the order samples were written in
         for k, v in samples.items():
@@ -275,7 +278,7 @@ WRITER_SCRIPT = textwrap.dedent("""
     for i in range(start, 100000):
         key = f"spk{i % 5}/utt{i:06d}"
         w.write(key, {"hidden_states": np.full((40, 64), i % 1000, np.float32),
-                      "mel_spectrogram": np.full((1, 41, 8), i % 1000, np.float32)})
+                      "mel_spectrogram": np.full((1, 41, 80), i % 1000, np.float32)})
         print(i, flush=True)
 """)
 
@@ -309,7 +312,7 @@ def test_writer_killed_at_any_moment_keeps_every_indexed_sample(tmp_path):
         assert set(w.index.entries) == before
         for i in range(0, 60):
             w.write(f"spk{i % 5}/utt{i:06d}", {"hidden_states": np.full((40, 64), i, np.float32),
-                                                "mel_spectrogram": np.full((1, 41, 8), i, np.float32)})
+                                                "mel_spectrogram": np.full((1, 41, 80), i, np.float32)})
     assert not list(cache.glob("*.partial"))
     with H5ShardedStorage(str(cache)) as storage:
         assert {f"spk{i % 5}/utt{i:06d}" for i in range(60)} <= set(storage.keys)
@@ -391,7 +394,7 @@ def test_utterances_normalise_with_saved_streaming_stats(original_cache, tmp_pat
             np.testing.assert_allclose(z["mean"], frames.mean(0), rtol=1e-4, atol=1e-5)
             np.testing.assert_allclose(z["std"], frames.std(0), rtol=1e-4, atol=1e-5)
         x = data[3]["hidden_states"]
-        assert data[3]["mel"].shape == x.shape[:1] + (8,)
+        assert data[3]["mel"].shape == x.shape[:1] + (80,)
         batch = collate_utterances([data[0], data[5]])
         assert batch["hidden_states"].shape == (2, 55, 16)
         assert batch["mask"].sum().item() == 20 + 55
@@ -460,7 +463,7 @@ def test_read_batch_pads_cuts_to_mel_and_matches_each_sample(tmp_path, float16):
         batch = data.read_batch([5, 2, 0])
         assert batch["keys"] == [KEYS[5], KEYS[2], KEYS[0]]
         np.testing.assert_array_equal(batch["lengths"], [55, 33, 20])  # KEYS[2]: mel is shorter
-        assert batch["hidden_states"].shape == (3, 55, 16) and batch["mel"].shape == (3, 55, 8)
+        assert batch["hidden_states"].shape == (3, 55, 16) and batch["mel"].shape == (3, 55, 80)
         assert batch["hidden_states"].dtype == (np.float16 if float16 else np.float32)
         for row, (key, t) in enumerate(zip(batch["keys"], batch["lengths"])):
             want = samples[key]["hidden_states"][:t]
@@ -537,11 +540,14 @@ def test_utterance_loader_reuses_slots_but_never_under_a_kept_batch(original_cac
         assert len(views) == 18
 
 
-def test_utterance_loader_reports_a_broken_sample_from_a_worker(original_cache):
+def test_utterance_loader_reports_a_broken_sample_from_a_worker(original_cache, monkeypatch):
     cache, _ = original_cache
-    break_cache(cache, "mismatched T")
+    with h5py.File(cache / "features_00001.h5", "a") as f:  # the 3rd sample; not the 1st,
+        del f[KEYS[2]]["mel_spectrogram"]                    # which sets the feature width
+        f[KEYS[2]].create_dataset("mel_spectrogram", data=np.zeros((1, 90, 80), np.float16))
+    monkeypatch.setattr(rqf_h5_speech.datasets, "CHECKED_AT_BUILD", 0)  # a worker meets it
     loader = rqf_h5_speech.UtteranceLoader(str(cache), batch_size=4, num_workers=1)
-    with pytest.raises(DataError, match="has 20 frames but mel_spectrogram has 90"):
+    with pytest.raises(DataError, match="11_1_2': hidden_states has 34 frames but mel_spectrogram has 90"):
         list(loader)
 
 

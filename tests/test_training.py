@@ -148,6 +148,6 @@ def test_two_process_torchrun_on_cpu_only_rank0_writes(tmp_path, recsys_files):
     metrics = yaml.safe_load((run / "metrics.json").read_text())
     # 210 training items shared by two ranks: 105 each, all of them in 4 batches per epoch
     assert metrics["fit"]["steps"] == 16
-    assert not [p for p in run.rglob(".*")], "temporary files left behind"
+    assert not [p for p in run.rglob("*.tmp")], "temporary files left behind"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == \
         ["step_00000015.pt", "step_00000016.pt"]

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from rqf.errors import RqfError
+from rqf.io import is_disk_full
 
 EXIT_USER_ERROR = 2
 
@@ -96,8 +97,10 @@ def plugins(verbose: bool, debug: bool) -> None:
 
 @cli.command()
 @click.argument("path", type=click.Path(path_type=Path))
+@click.option("--full", is_flag=True, help="Read every value (a large file may be sampled "
+              "otherwise; the report says so).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def inspect(path: Path, debug: bool) -> None:
+def inspect(path: Path, full: bool, debug: bool) -> None:
     """Describe a data file or directory and list every problem found (exit 1 if any)."""
     from rqf.plugins import get_plugins
 
@@ -106,7 +109,7 @@ def inspect(path: Path, debug: bool) -> None:
     registry = get_plugins().registry
     for entry in registry.entries("storage"):
         if entry.cls.recognizes(path):
-            report = entry.cls.inspect(path)
+            report = entry.cls.inspect(path, full=True) if full else entry.cls.inspect(path)
             click.echo(report.render())
             if report.problems:
                 sys.exit(1)
@@ -178,7 +181,21 @@ def main(argv: list[str] | None = None) -> None:
             raise
         _echo_err(f"error: {_one_line(exc)}")
         sys.exit(EXIT_USER_ERROR)
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        if debug:
+            raise
+        if is_disk_full(exc):  # a write that no atomic_path guarded: name what was written
+            where = getattr(exc, "filename", None) or "a file"
+            _echo_err(f"error: no space left on device while writing {where}")
+        else:
+            _echo_err(f"error: {_one_line(exc)}")
+        sys.exit(EXIT_USER_ERROR)
+    except RecursionError:
+        if debug:
+            raise
+        _echo_err("error: the input is nested too deeply to read")
+        sys.exit(EXIT_USER_ERROR)
+    except ValueError as exc:
         if debug:
             raise
         _echo_err(f"error: {_one_line(exc)}")

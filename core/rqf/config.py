@@ -54,6 +54,8 @@ def load_yaml(path: Path) -> dict[str, Any]:
         data = loader.get_single_data()
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML: nested deeper than a pipeline can be") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -64,7 +66,28 @@ def load_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         kind = "empty" if data is None else f"a {type(data).__name__}"
         raise ConfigError(f"{path}: a pipeline must be a mapping of sections, but the file is {kind}")
+    too_deep = _too_deep(data)
+    if too_deep:
+        raise ConfigError(f"{path}: {too_deep}: nested more than {MAX_DEPTH} levels deep; a "
+                          "pipeline's values are plain numbers, strings, lists and mappings")
     return data
+
+
+MAX_DEPTH = 32
+
+
+def _too_deep(data: Any) -> str | None:
+    """The key path of the first value nested deeper than MAX_DEPTH (iterative: no recursion)."""
+    stack = [(data, "", 0)]
+    while stack:
+        node, where, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return where or "(top)"
+        if isinstance(node, dict):
+            stack.extend((v, f"{where}.{k}" if where else str(k), depth + 1) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(node))
+    return None
 
 
 def apply_overrides(config: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
@@ -81,6 +104,9 @@ def apply_overrides(config: dict[str, Any], overrides: Iterable[str]) -> dict[st
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
+        except RecursionError:
+            raise ConfigError(f"--set {key_path}: the value is nested deeper than a pipeline "
+                              "can be") from None
         node = config
         for depth, key in enumerate(keys[:-1]):
             child = node.get(key)

@@ -64,7 +64,9 @@ class Storage(Component, ABC):
         return False
 
     @classmethod
-    def inspect(cls, path: Path) -> "InspectReport":
+    def inspect(cls, path: Path, full: bool = False) -> "InspectReport":
+        """Describe ``path`` and list its problems; ``full`` reads every value (a storage may
+        sample a large file otherwise, and says so in the report)."""
         raise NotImplementedError(f"storage {cls.name!r} cannot inspect files")
 
 
@@ -205,6 +207,15 @@ class Model(Component, ABC):
     @classmethod
     @abstractmethod
     def load(cls, path: Path) -> "Model": ...
+
+    @classmethod
+    def run_outputs(cls, export: Mapping[str, Any]) -> tuple[str, ...]:
+        """Names of the files and folders ``export`` writes at the top of the run folder.
+
+        The run folder's marker claims them before anything is written, so ``--force`` and
+        ``--resume`` may remove them, and only them, as rqf's own.
+        """
+        return ()
 
     def summarize(self, metrics: Mapping[str, Any]) -> str:
         """A short human-readable summary of ``metrics`` for the end of a run."""

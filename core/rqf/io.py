@@ -1,29 +1,84 @@
-"""Writing files so that an interrupted process never leaves a half-written one."""
+"""Writing files so that an interrupted process never leaves a half-written one, one writer
+per folder (an OS lock that dies with its process), and one-line answers to a full disk."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
+
+from rqf.errors import RqfError
+
+# below this many free bytes a failed write is taken for a full disk even when the library
+# that failed (torch's zip writer, HDF5) did not pass the errno on
+_NEARLY_FULL = 1 << 20
+
+
+class DiskFullError(RqfError):
+    """The device ran out of space; what was being written is named, nothing half-written."""
+
+
+def is_disk_full(exc: BaseException, directory: Path | str | None = None) -> bool:
+    """Whether ``exc`` (or what caused it) is the device running out of space."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, DiskFullError):
+            return True
+        if getattr(seen, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(seen)
+        if "No space left on device" in text or "errno = 28" in text:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    if directory is not None:
+        try:
+            st = os.statvfs(directory)
+        except OSError:
+            return False
+        return st.f_bavail * st.f_frsize < _NEARLY_FULL
+    return False
+
+
+def disk_full(path: Path | str) -> DiskFullError:
+    return DiskFullError(f"no space left on device while writing {path}")
 
 
 @contextlib.contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it over ``path`` only on success."""
+    """Yield a temporary path beside ``path``; rename it over ``path`` only on success.
+
+    A full disk ends in one ``DiskFullError`` naming ``path``, with the temporary file gone.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(path) from None
+        raise
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as exc:
         tmp_path.unlink(missing_ok=True)
+        if not isinstance(exc, DiskFullError) and isinstance(exc, Exception) \
+                and is_disk_full(exc, path.parent):
+            raise disk_full(path) from None
         raise
+
+
+def temporaries_of(directory: Path, name: str) -> list[Path]:
+    """The temporary files ``atomic_path`` makes for ``directory/name`` (left by a kill)."""
+    return sorted(Path(directory).glob(f".{name}.*.tmp"))
 
 
 def write_text_atomic(path: Path | str, text: str) -> None:
@@ -48,3 +103,67 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+class FolderLock:
+    """An exclusive OS lock on a folder, held by one writer at a time.
+
+    The lock is ``flock`` on ``directory/<name>`` (through ``filelock``), so the kernel drops
+    it when the holder dies, however it dies: a killed writer never leaves the folder locked.
+    Who holds it (pid, host, since when) is written beside it, so the writer that is refused
+    can say who holds it. Readers never take it.
+    """
+
+    def __init__(self, directory: Path | str, what: str, name: str = ".rqf-writer.lock") -> None:
+        self.directory = Path(directory)
+        self.what = what
+        self.path = self.directory / name
+        self.holder_path = self.directory / (name + ".holder")
+        self._lock = None
+
+    def acquire(self) -> "FolderLock":
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(str(self.path), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise RqfError(f"{self.directory}: another {self.what} is writing here "
+                           f"({self._holder()}); one writer at a time") from None
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise disk_full(self.path) from None
+            raise RqfError(f"{self.directory}: cannot take the writer lock ({exc})") from None
+        self._lock = lock
+        try:
+            write_text_atomic(self.holder_path, json.dumps(
+                {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}))
+        except BaseException:
+            self.release()
+            raise
+        return self
+
+    def _holder(self) -> str:
+        try:
+            info = json.loads(self.holder_path.read_text())
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(info["since"])))
+            return f"process {int(info['pid'])} on {info['host']}, since {since}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "a process that has not yet said which"
+
+    def release(self) -> None:
+        if self._lock is None:
+            return
+        self.holder_path.unlink(missing_ok=True)
+        self._lock.release()
+        self._lock = None
+
+    @property
+    def held(self) -> bool:
+        return self._lock is not None
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

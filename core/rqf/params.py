@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from rqf.errors import ConfigError
 
 REQUIRED = object()
+INT64_LIMIT = 2 ** 63
 
 _TYPE_NAMES = {int: "int", float: "float", bool: "bool", str: "str", list: "list", dict: "mapping"}
 
@@ -86,22 +88,27 @@ def _coerce(value: Any, type_: Any, item: Any, key_path: str, type_name: str) ->
     if type_ is int:
         if isinstance(value, bool):
             raise fail()
-        if isinstance(value, int):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            value = int(value)
+        if isinstance(value, int):
+            if not -INT64_LIMIT <= value < INT64_LIMIT:
+                raise ConfigError(f"{key_path}: expected {type_name} of at most 64 bits, got "
+                                  f"{value!r}")
+            return value
         raise fail()
     if type_ is float:
         if isinstance(value, bool):
             raise fail()
-        if isinstance(value, (int, float)):
-            return float(value)
         if isinstance(value, str):
             # YAML 1.1 reads 1e-3 as a string; accept what is plainly a number.
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 raise fail() from None
+        if isinstance(value, (int, float)):
+            if not math.isfinite(value):
+                raise ConfigError(f"{key_path}: expected a finite {type_name}, got {value!r}")
+            return float(value)
         raise fail()
     if type_ is str or type_ == "path":
         if isinstance(value, str):

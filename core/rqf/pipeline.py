@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-import yaml
-
 from rqf.config import PipelineConfig, apply_overrides, load_yaml, validate_config
 from rqf.errors import ConfigError, RqfError
 from rqf.interfaces import Dataset, Model, RunContext, Splitter, Storage
 from rqf.io import write_json_atomic, write_text_atomic
 from rqf.plugins import Plugins, get_plugins
+from rqf.rundir import FINISHED_MARKER, RunFolder
 from rqf.training import TRAIN_PARAMS, TrainConfig, init_distributed, seed_everything
 
-FINISHED_MARKER = "metrics.json"
 
 
 def resolve_config(config: str | Path | Mapping[str, Any], overrides: Iterable[str] = (),
@@ -53,6 +50,18 @@ class Components:
     splitter: Splitter
     splits: dict[str, Dataset]
     model: Model
+
+
+def run_outputs(cfg: PipelineConfig, plugins: Plugins | None = None) -> tuple[str, ...]:
+    """What the pipeline's model writes at the top of the run folder, checked to stay in it."""
+    cls = (plugins or get_plugins()).registry.get("model", cfg["model"]["type"])
+    names = tuple(cls.run_outputs(cfg["export"]))
+    for name in names:
+        if not isinstance(name, str) or not name or name in (".", "..") or "/" in name \
+                or "\\" in name or name.startswith("."):
+            raise ConfigError(f"export: {name!r} is not a plain file or folder name inside the "
+                              "run folder")
+    return names
 
 
 def _params(section: Mapping[str, Any]) -> dict[str, Any]:
@@ -97,6 +106,7 @@ def build(cfg: PipelineConfig, plugins: Plugins | None = None) -> Components:
 def validate(config: str | Path | Mapping[str, Any], overrides: Iterable[str] = ()) -> dict[str, Any]:
     """Everything short of training: components resolve, files open, shapes agree."""
     cfg = resolve_config(config, overrides)
+    run_outputs(cfg)
     parts = build(cfg)
     try:
         return {"config": cfg.data, "data": parts.dataset.describe(),
@@ -113,44 +123,6 @@ class RunResult:
     summary: str = ""
 
 
-def _check_output_dir(out: Path, force: bool, resume: bool, cfg: PipelineConfig) -> None:
-    if not out.exists():
-        if resume:
-            raise RqfError(f"--resume: {out} does not exist, there is nothing to resume")
-        return
-    if not out.is_dir():
-        raise RqfError(f"output_dir: {out} exists and is not a directory")
-    entries = [p for p in out.iterdir() if not p.name.startswith(".")]
-    if not entries:
-        return
-    if not (out / "config.yaml").exists():
-        raise RqfError(f"output_dir: {out} is not empty and is not an rqf run directory; "
-                       "refusing to write into it")
-    finished = (out / FINISHED_MARKER).exists()
-    if resume:
-        if finished:
-            raise RqfError(f"--resume: the run in {out} already finished; use --force to redo it")
-        saved = yaml.safe_load((out / "config.yaml").read_text()) or {}
-        for key in ("seed", "storage", "dataset", "splitter", "model"):
-            if saved.get(key) != cfg[key]:
-                raise RqfError(f"--resume: {key} differs from the run in {out}/config.yaml; "
-                               "resume needs the same pipeline")
-        return
-    if force:
-        return
-    if finished:
-        raise RqfError(f"output_dir: {out} holds a finished run; pass --force to replace it "
-                       "or choose another output_dir")
-    raise RqfError(f"output_dir: {out} holds an unfinished run; pass --resume to continue it "
-                   "or --force to start over")
-
-
-def _clear_run_dir(out: Path) -> None:
-    trash = out.with_name(f".{out.name}.replaced-{int(time.time() * 1000)}")
-    out.rename(trash)
-    shutil.rmtree(trash, ignore_errors=True)
-
-
 def run(config: str | Path | Mapping[str, Any], overrides: Iterable[str] = (),
         force: bool = False, resume: bool = False,
         echo: Callable[[str], None] | None = None) -> RunResult:
@@ -160,15 +132,17 @@ def run(config: str | Path | Mapping[str, Any], overrides: Iterable[str] = (),
     train_cfg = TrainConfig(**cfg["train"])
     info = init_distributed(train_cfg.device)
     out = Path(cfg["output_dir"])
-    _check_output_dir(out, force, resume, cfg)
+    folder = RunFolder(out, run_outputs(cfg))
+    if info.is_main:
+        folder.check(force, resume, cfg)  # before anything is read or written
     seed_everything(cfg["seed"])
     parts = build(cfg)
     started = time.perf_counter()
     try:
         if info.is_main:
-            if force and not resume and out.exists() and any(out.iterdir()):
-                _clear_run_dir(out)  # only once the new pipeline proved to build
-            out.mkdir(parents=True, exist_ok=True)
+            # only once the new pipeline proved to build: takes the folder's lock, then
+            # --force removes what rqf wrote there, --resume what goes stale
+            folder.open(force, resume, cfg, echo)
             write_text_atomic(out / "config.yaml", cfg.to_yaml())
         _barrier(info)
         ctx = RunContext(run_dir=out, train=train_cfg, export=cfg["export"], seed=cfg["seed"],
@@ -202,6 +176,7 @@ def run(config: str | Path | Mapping[str, Any], overrides: Iterable[str] = (),
         _barrier(info)
         return RunResult(out, metrics, artifacts, summary)
     finally:
+        folder.close()
         parts.storage.close()
 
 

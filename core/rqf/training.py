@@ -251,15 +251,34 @@ def save_checkpoint(path: Path, payload: Mapping[str, Any]) -> None:
         torch.save(dict(payload), tmp)
 
 
+def load_tensors(path: Path, what: str, map_location: Any = "cpu") -> Any:
+    """``torch.load`` restricted to tensors and plain data, with one-line errors.
+
+    A file that holds other Python objects is refused without loading them (unpickling can run
+    code), and without torch's advice to load it unrestricted.
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise RqfError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise RqfError(f"{path}: expected a {what} file, found a directory") from None
+    except Exception as exc:
+        text = str(exc)
+        if "Unsupported global" in text:
+            raise RqfError(f"{path}: refused: it holds Python objects other than tensors and "
+                           f"plain data, which rqf never writes; loading them could run "
+                           "code") from None
+        # torch's own text advises loading the file unrestricted: never repeat that
+        detail = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
+        first = detail.group(1) if detail else (text.splitlines()[0][:160] if text else "")
+        raise RqfError(f"{path}: not a readable {what}, corrupted or truncated "
+                       f"({type(exc).__name__}{': ' + first if first else ''})") from None
+
+
 def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by rqf; a clear error for anything else."""
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise RqfError(f"{path}: checkpoint not found") from None
-    except Exception as exc:
-        raise RqfError(f"{path}: not a readable rqf checkpoint ({type(exc).__name__}: "
-                       f"{str(exc).splitlines()[0] if str(exc) else 'corrupted'})") from None
+    payload = load_tensors(path, "rqf checkpoint", map_location)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise RqfError(f"{path}: not an rqf checkpoint (expected format {CHECKPOINT_FORMAT!r})")
     return payload

@@ -189,9 +189,10 @@ class H5RecsysStorage(Storage):
             return True
 
     @classmethod
-    def inspect(cls, path: Path) -> InspectReport:
+    def inspect(cls, path: Path, full: bool = False) -> InspectReport:
         from rqf_h5_recsys.inspection import inspect_file
 
+        # every embedding value is read (streamed in chunks) with or without full
         return inspect_file(Path(path))
 
 

@@ -45,6 +45,19 @@ def check_key(key: str, where: str = "") -> str:
     return key
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 @dataclass
 class CacheIndex:
     """The parsed ``hdf5_index.json``."""
@@ -74,27 +87,35 @@ class CacheIndex:
         if not path.exists():
             raise DataError(f"{path}: index not found (a sharded cache needs {INDEX_NAME})")
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(), object_pairs_hook=_no_duplicate_keys)
+        except _DuplicateKey as exc:
+            raise DataError(f"{path}: key {exc.args[0]!r} appears twice in one mapping; the "
+                            "index must name each sample once") from None
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}: malformed JSON at line {exc.lineno}, column {exc.colno}: "
                             f"{exc.msg}") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DataError(f"{path}: cannot read the index ({exc})") from None
+        except (OSError, UnicodeDecodeError, RecursionError) as exc:
+            raise DataError(f"{path}: cannot read the index ({type(exc).__name__}: "
+                            f"{str(exc)[:200]})") from None
         if not isinstance(data, dict) or not isinstance(data.get("sample_index"), dict):
             raise DataError(f"{path}: sample_index: expected a mapping of sample keys")
-        for name, kind in (("samples_per_file", int), ("current_file_idx", int),
-                           ("current_file_count", int)):
-            if name in data and (not isinstance(data[name], kind) or isinstance(data[name], bool)):
-                raise DataError(f"{path}: {name}: expected an integer, got {data[name]!r}")
+        for name, kind, minimum in (("samples_per_file", int, 1), ("current_file_idx", int, 0),
+                                    ("current_file_count", int, 0), ("use_float16", bool, None)):
+            if name not in data:
+                continue
+            value = data[name]  # exact JSON types: "no" is not false, true is not 1
+            if type(value) is not kind or (minimum is not None and value < minimum):
+                expected = "true or false" if kind is bool else f"an integer >= {minimum}"
+                raise DataError(f"{path}: {name}: expected {expected}, got {value!r}")
         entries: dict[str, tuple[int, str]] = {}
         for key, entry in data["sample_index"].items():
             check_key(key, str(path))
             if isinstance(entry, (list, tuple)) and len(entry) == 2:  # (file_idx, group) pairs
                 entry = {"file_idx": entry[0], "group_name": entry[1]}
-            if not isinstance(entry, dict) or not isinstance(entry.get("file_idx"), int) \
-                    or not isinstance(entry.get("group_name"), str):
+            if not isinstance(entry, dict) or type(entry.get("file_idx")) is not int \
+                    or entry["file_idx"] < 0 or not isinstance(entry.get("group_name"), str):
                 raise DataError(f"{path}: sample_index[{key!r}]: expected "
-                                f"{{'file_idx': int, 'group_name': str}}, got {entry!r}")
+                                f"{{'file_idx': int >= 0, 'group_name': str}}, got {entry!r}")
             check_key(entry["group_name"], str(path))
             entries[key] = (entry["file_idx"], entry["group_name"])
         extra = {k: v for k, v in data.items() if k not in

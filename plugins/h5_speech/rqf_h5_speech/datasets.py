@@ -13,7 +13,7 @@ from rqf import Dataset, Param, SequenceVectors
 from rqf.errors import ConfigError, DataError
 from rqf.io import atomic_path
 from rqf_h5_speech.cache import SampleArrays
-from rqf_h5_speech.inspection import T_TOLERANCE
+from rqf_h5_speech.inspection import sample_problems, spread
 from rqf_h5_speech.storage import H5ShardedStorage
 from rqf_h5_speech.writer import ShardedCacheWriter
 
@@ -24,6 +24,9 @@ COMMON_PARAMS = (
           "when present, computed in one pass and saved when not (null: computed in memory)",
           nullable=True),
 )
+
+
+CHECKED_AT_BUILD = 256  # samples whose values are read when a dataset is built
 
 
 class SpeechDataset(Dataset):
@@ -44,28 +47,39 @@ class SpeechDataset(Dataset):
         if not self.keys:
             raise DataError(f"{storage.directory}: the cache holds no samples")
         self._dim = self._feature_dim()
+        if keys is None:  # the whole cache, once: views share what was checked
+            self._check_spread(CHECKED_AT_BUILD)
         self.stats = stats
         if normalize and stats is None:
             self.stats = self._load_or_compute_stats(stats_file)
 
     def _feature_dim(self) -> int:
         arrays = self.storage.arrays(self.keys[0])  # metadata only: nothing is read
-        if self.feature not in arrays:
-            raise DataError(f"{self.storage.directory}: sample {self.keys[0]!r} has no "
-                            f"{self.feature!r} (found {', '.join(sorted(arrays.datasets))})")
-        shape = arrays.shape(self.feature)
-        if len(shape) != 2:
-            raise DataError(f"{self.storage.directory}: sample {self.keys[0]!r}: {self.feature} "
-                            f"must be (T, dim), found shape {shape}")
-        return int(shape[1])
+        problems = sample_problems(arrays, self.feature, values=False)
+        if problems:
+            raise DataError(problems[0])
+        return int(arrays.shape(self.feature)[1])
+
+    def _check_spread(self, at_most: int) -> None:
+        """Shapes, dtypes and values of up to ``at_most`` samples spread over the cache, so
+        ``rqf validate`` finds a broken cache; every sample is checked again when read."""
+        for i in spread(len(self.keys), at_most):
+            problems = sample_problems(self.storage.arrays(self.keys[i]), self.feature, self._dim)
+            if problems:
+                raise DataError(problems[0])
 
     def _frames(self, key: str, arrays: SampleArrays) -> int:
-        """T of one sample's feature, after checking it is (T, dim) with the cache's dim."""
-        shape = arrays.shape(self.feature) if self.feature in arrays else None
-        if shape is None or len(shape) != 2 or shape[1] != self._dim:
-            raise DataError(f"{self.storage.directory}: sample {key!r}: {self.feature} must be "
-                            f"(T, {self._dim}), found {shape}")
-        return shape[0]
+        """T of one sample's feature, after checking its shapes and dtypes (metadata only)."""
+        problems = sample_problems(arrays, self.feature, self._dim, values=False)
+        if problems:
+            raise DataError(problems[0])
+        return arrays.shape(self.feature)[0]
+
+    def _finite(self, key: str, name: str, values: np.ndarray) -> np.ndarray:
+        if not np.isfinite(values).all():
+            raise DataError(f"{self.storage.directory}: sample {key!r}: {name} holds "
+                            f"{int((~np.isfinite(values)).sum())} NaN or Inf values")
+        return values
 
     def features(self, key: str, as_float32: bool = True) -> np.ndarray:
         """(T, dim) features of one sample (only that array is read), normalised when asked.
@@ -74,7 +88,7 @@ class SpeechDataset(Dataset):
         """
         arrays = self.storage.arrays(key)
         self._frames(key, arrays)
-        arr = arrays.read(self.feature)
+        arr = self._finite(key, self.feature, arrays.read(self.feature))
         if self.stats is not None:
             return (arr.astype(np.float32) - self.stats[0]) / self.stats[1]
         return arr.astype(np.float32) if as_float32 else arr
@@ -95,7 +109,7 @@ class SpeechDataset(Dataset):
         total_sq = np.zeros(self._dim, np.float64)
         count = 0
         for key in self.storage.keys:  # one streaming pass, one sample in memory at a time
-            x = self.storage.arrays(key).read(self.feature).astype(np.float64)
+            x = self.features(key, as_float32=False).astype(np.float64)
             total += x.sum(0)
             total_sq += (x * x).sum(0)
             count += len(x)
@@ -186,11 +200,7 @@ class UtterancesDataset(SpeechDataset):
                 if "mel_spectrogram" not in arrays:
                     raise DataError(f"{self.storage.directory}: sample {key!r} has no "
                                     "mel_spectrogram (the others in its batch have one)")
-                t_mel = arrays.shape("mel_spectrogram")[-2]
-                if abs(t_mel - t) > T_TOLERANCE:
-                    raise DataError(f"{self.storage.directory}: sample {key!r}: {self.feature} "
-                                    f"has {t} frames but mel_spectrogram has {t_mel}")
-                t = min(t, t_mel)
+                t = min(t, arrays.shape("mel_spectrogram")[-2])  # within T_TOLERANCE: checked
             lengths[i] = t
         t_max = int(lengths.max())
         specs = {"lengths": ((len(keys),), np.dtype(np.int64)),
@@ -221,6 +231,11 @@ class UtterancesDataset(SpeechDataset):
                     raise DataError(f"{exc} (the batch's mel width is {specs['mel'][0][2]})") \
                         from None
                 out["mel"][i, t:] = 0
+        for name in (self.feature, "mel") if with_mel else (self.feature,):
+            finite = np.isfinite(out[name]).reshape(len(keys), -1).all(axis=1)
+            if not finite.all():
+                i = int(np.flatnonzero(~finite)[0])
+                self._finite(keys[i], "mel_spectrogram" if name == "mel" else name, out[name][i])
         return {"keys": keys, **out}
 
     def describe(self) -> dict[str, Any]:

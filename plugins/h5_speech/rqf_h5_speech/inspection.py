@@ -9,20 +9,72 @@ import numpy as np
 
 from rqf import InspectReport
 from rqf.errors import DataError
-from rqf_h5_speech.cache import KEYS_DATASET, CacheIndex, shard_name
+from rqf_h5_speech.cache import KEYS_DATASET, CacheIndex, SampleArrays, shard_name
 
 T_TOLERANCE = 2  # mel is about one frame longer than the semantic features
+FEATURE = "hidden_states"
+MEL = "mel_spectrogram"
+MEL_BINS = 80
+CODES = "semantic_codes"
+INSPECT_SAMPLES = 2000  # samples ``rqf inspect`` reads without --full, evenly spread
 
 
-def frame_counts(group: h5py.Group) -> dict[str, int]:
-    out = {}
-    for name, ds in group.items():
-        if isinstance(ds, h5py.Dataset) and ds.ndim >= 2:
-            out[name] = ds.shape[-2] if name.startswith("mel") and ds.ndim == 3 else ds.shape[0]
-    return out
+def spread(n: int, at_most: int | None) -> np.ndarray:
+    """Up to ``at_most`` indices evenly spread over ``range(n)`` (all of them for None)."""
+    if at_most is None or n <= at_most:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, at_most).round().astype(np.int64))
 
 
-def inspect_cache(directory: Path, max_samples: int = 20000) -> InspectReport:
+def sample_problems(arrays: SampleArrays, feature: str = FEATURE, dim: int | None = None,
+                    values: bool = True) -> list[str]:
+    """Everything wrong with one sample: the feature (T, dim) float with T >= 1 and the
+    expected width, a mel of 80 bins within two frames of T, and (``values``) no NaN or Inf.
+
+    Shapes and dtypes come from the file's metadata; ``values`` reads the arrays.
+    """
+    where = f"{arrays.filename}: sample {arrays.key!r}"
+    if feature not in arrays and CODES in arrays:  # a token cache that rqf exported
+        shape, dtype = arrays.shape(CODES), arrays.dtype(CODES)
+        if dtype.kind not in "iu" or len(shape) != 2:
+            return [f"{where}: {CODES} must be (T, levels) integers, found {dtype} {shape}"]
+        return []
+    if feature not in arrays:
+        return [f"{where}: no {feature} array (found {', '.join(sorted(arrays.datasets))})"]
+    shape, dtype = arrays.shape(feature), arrays.dtype(feature)
+    problems = []
+    if dtype.kind != "f":
+        problems.append(f"{where}: {feature} has dtype {dtype}, expected float16, float32 or "
+                        "float64")
+    if len(shape) != 2:
+        problems.append(f"{where}: {feature} must be (T, dim), found shape {shape}")
+    elif shape[0] == 0 or shape[1] == 0:
+        problems.append(f"{where}: {feature} is empty, shape {shape}")
+    elif dim is not None and shape[1] != dim:
+        problems.append(f"{where}: {feature} is {shape[1]}-wide, the cache's other samples are "
+                        f"{dim}-wide")
+    if MEL in arrays:
+        mshape, mdtype = arrays.shape(MEL), arrays.dtype(MEL)
+        if mdtype.kind != "f":
+            problems.append(f"{where}: {MEL} has dtype {mdtype}, expected float")
+        if len(mshape) < 2 or any(n != 1 for n in mshape[:-2]) or mshape[-1] != MEL_BINS:
+            problems.append(f"{where}: {MEL} must be (T, {MEL_BINS}) or (1, T, {MEL_BINS}), "
+                            f"found shape {mshape}")
+        elif len(shape) == 2 and abs(mshape[-2] - shape[0]) > T_TOLERANCE:
+            problems.append(f"{where}: {feature} has {shape[0]} frames but {MEL} has "
+                            f"{mshape[-2]}")
+    if values and not problems:
+        for name in (feature, MEL):
+            if name in arrays:
+                bad = int((~np.isfinite(arrays.read(name))).sum())
+                if bad:
+                    problems.append(f"{where}: {name} holds {bad} NaN or Inf values")
+    return problems
+
+
+def inspect_cache(directory: Path, full: bool = False) -> InspectReport:
+    from rqf_h5_speech.storage import shard_problems
+
     report = InspectReport(f"{directory}: sharded feature cache")
     try:
         index = CacheIndex.load(directory)
@@ -34,26 +86,20 @@ def inspect_cache(directory: Path, max_samples: int = 20000) -> InspectReport:
     report.lines.append(f"samples: {len(index.entries)}, shards referenced: {len(counts)}, "
                         f"shard files: {len(on_disk)}, samples_per_file: {index.samples_per_file}, "
                         f"use_float16: {index.use_float16}")
-    total = sum(p.stat().st_size for p in on_disk.values())
+    total = sum(p.stat().st_size for p in on_disk.values() if p.exists())
     report.lines.append(f"size on disk: {total / 1e6:.1f} MB")
+    report.problems += shard_problems(index)
+    keys = list(index.entries)
+    chosen = {keys[i] for i in spread(len(keys), None if full else INSPECT_SAMPLES)}
     by_shard: dict[int, list[tuple[str, str]]] = {}
     for key, (file_idx, group) in index.entries.items():
         by_shard.setdefault(file_idx, []).append((key, group))
     lengths, dtypes, codecs = [], set(), set()
-    checked = 0
-    for file_idx in sorted(set(counts) | set(on_disk)):
-        path = directory / shard_name(file_idx)
-        n = counts.get(file_idx, 0)
-        if file_idx not in on_disk:
-            report.problems.append(f"{path}: listed in the index for {n} samples but missing")
-            continue
-        size = on_disk[file_idx].stat().st_size / 1e6
-        report.lines.append(f"  {path.name}: {n} samples, {size:.1f} MB")
-        if n == 0:
-            report.problems.append(f"{path}: shard is not in the index")
-        if n > index.samples_per_file:
-            report.problems.append(f"{path}: holds {n} samples, more than samples_per_file "
-                                   f"{index.samples_per_file}")
+    dim: int | None = None
+    for file_idx in sorted(set(counts) & set(on_disk)):
+        path = on_disk[file_idx]
+        report.lines.append(f"  {path.name}: {counts[file_idx]} samples, "
+                            f"{path.stat().st_size / 1e6:.1f} MB")
         try:
             f = h5py.File(path, "r")
         except OSError as exc:
@@ -61,37 +107,37 @@ def inspect_cache(directory: Path, max_samples: int = 20000) -> InspectReport:
                                    f"({str(exc).splitlines()[0]})")
             continue
         with f:
-            if KEYS_DATASET in f and n:
+            if KEYS_DATASET in f:
                 stored = {k.decode() if isinstance(k, bytes) else k for k in f[KEYS_DATASET][()]}
                 listed = {k for k, _ in by_shard.get(file_idx, [])}
                 if listed - stored:
                     report.problems.append(f"{path}: {len(listed - stored)} indexed samples are "
                                            "not among the keys the shard recorded")
             for key, group in by_shard.get(file_idx, []):
-                if checked >= max_samples:
-                    break
-                checked += 1
-                if group not in f or not isinstance(f[group], h5py.Group):
-                    report.problems.append(f"{path}: sample {key!r}: group {group!r} is missing")
+                if key not in chosen:
                     continue
-                frames = frame_counts(f[group])
-                for ds in f[group].values():
-                    if isinstance(ds, h5py.Dataset):
-                        dtypes.add(str(ds.dtype))
-                        codecs.add(ds.compression or "none")
-                if "hidden_states" in frames:
-                    lengths.append(frames["hidden_states"])
-                    mel = frames.get("mel_spectrogram")
-                    if mel is not None and abs(mel - frames["hidden_states"]) > T_TOLERANCE:
-                        report.problems.append(
-                            f"{path}: sample {key!r}: hidden_states has {frames['hidden_states']} "
-                            f"frames but mel_spectrogram has {mel}")
+                try:
+                    arrays = SampleArrays(f, group, key)
+                except DataError as exc:
+                    report.problems.append(str(exc))
+                    continue
+                problems = sample_problems(arrays, dim=dim)
+                report.problems += problems
+                for name in arrays.datasets:
+                    dtypes.add(str(arrays.dtype(name)))
+                    codecs.add(f[group][name].compression or "none")
+                if not problems and FEATURE in arrays:
+                    dim = dim or arrays.shape(FEATURE)[1]
+                    lengths.append(arrays.shape(FEATURE)[0])
     report.lines.append(f"dtypes: {', '.join(sorted(dtypes)) or '-'}; compression: "
                         f"{', '.join(sorted(codecs)) or '-'}")
     if lengths:
         q = np.percentile(lengths, [0, 50, 90, 100])
         report.lines.append("frames per sample (T): min {:.0f}, median {:.0f}, p90 {:.0f}, "
                             "max {:.0f}, mean {:.1f}".format(*q, float(np.mean(lengths))))
-    if checked < len(index.entries):
-        report.lines.append(f"checked the first {checked} samples of {len(index.entries)}")
+    if len(chosen) < len(keys):
+        report.lines.append(f"checked {len(chosen)} of {len(keys)} samples, evenly spread "
+                            "(values read: NaN/Inf); rqf inspect --full checks every one")
+    else:
+        report.lines.append(f"checked all {len(keys)} samples (shapes, dtypes, NaN/Inf)")
     return report

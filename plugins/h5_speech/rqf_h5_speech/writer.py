@@ -36,11 +36,12 @@ import h5py
 import numpy as np
 
 from rqf.errors import DataError, RqfError
-from rqf.io import write_text_atomic
+from rqf.io import FolderLock, disk_full, is_disk_full, write_text_atomic
 from rqf_h5_speech.cache import (INDEX_NAME, KEYS_DATASET, SHARD_PATTERN, CacheIndex, check_key,
                                  shard_name)
 
 PARTIAL_SUFFIX = ".partial"
+LOCK_NAME = ".rqf-writer.lock"
 FORMAT_VERSION = "rqf-sharded-cache-1"
 IN_LIBRARY_CODECS = ("lzf", "zstd", "lz4", "blosc", "bitshuffle")
 CODECS = ("none", "gzip") + IN_LIBRARY_CODECS
@@ -144,7 +145,23 @@ class ShardedCacheWriter:
         if samples_per_file < 1:
             raise RqfError(f"samples_per_file: expected a positive number, got {samples_per_file}")
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise disk_full(self.directory) from None
+            raise
+        # one writer per cache, from before recovery until close(); readers never take it
+        self._folder_lock = FolderLock(self.directory, "cache writer", LOCK_NAME).acquire()
+        try:
+            self._setup(samples_per_file, use_float16, compression, compression_level, shuffle,
+                        num_workers, commit_every, commit_seconds, on_duplicate, attrs)
+        except BaseException:
+            self._folder_lock.release()
+            raise
+
+    def _setup(self, samples_per_file, use_float16, compression, compression_level, shuffle,
+               num_workers, commit_every, commit_seconds, on_duplicate, attrs) -> None:
         self.compression, self.level, self.shuffle = compression, compression_level, shuffle
         self.commit_every = commit_every or samples_per_file
         self.commit_seconds = commit_seconds
@@ -196,6 +213,7 @@ class ShardedCacheWriter:
         else:
             index = CacheIndex.empty(self.directory, samples_per_file, use_float16)
         referenced = set(index.shard_counts())
+        newest = max([index.current_file_idx, *referenced], default=0)
         adopted = False
         for file_idx in sorted(set(self._shard_indices_on_disk()) - referenced):
             path = self.directory / shard_name(file_idx)
@@ -206,6 +224,9 @@ class ShardedCacheWriter:
             except (OSError, KeyError):
                 warnings.warn(f"{path}: shard is not in the index and was not written by this "
                               "writer; left as it is", stacklevel=3)
+                continue
+            if file_idx < newest:  # every sample of it was replaced later: rqf's, and stale
+                path.unlink()
                 continue
             for key in keys:  # a commit whose index update was cut off
                 index.entries[key] = (file_idx, key)
@@ -279,28 +300,52 @@ class ShardedCacheWriter:
 
     def _write_sample(self, key: str, prepared: list[_Array]) -> None:
         with self._lock:
-            if self._file is None:
-                self._open_shard()
-            assert self._file is not None
-            if key in self._file:
-                del self._file[key]
-            group = self._file.require_group(key)
-            for arr in prepared:
-                if arr.chunk is not None:
-                    ds = group.create_dataset(arr.name, arr.shape, arr.dtype, chunks=arr.shape,
-                                              shuffle=self._shuffles(arr.dtype), **self._filter)
-                    ds.id.write_direct_chunk((0,) * len(arr.shape), arr.chunk)
-                elif self._filter and arr.data is not None and arr.data.size:
-                    group.create_dataset(arr.name, data=arr.data, chunks=arr.shape, **self._filter)
-                else:
-                    group.create_dataset(arr.name, data=arr.data)
-            self._file_keys.append(key)
-            self.written += 1
-            due = len(self._file_keys) >= min(self.commit_every, self.samples_per_file) or (
-                self.commit_seconds is not None
-                and time.monotonic() - self._opened_at >= self.commit_seconds)
-            if due:
-                self._commit_locked()
+            try:
+                self._write_sample_locked(key, prepared)
+            except Exception as exc:
+                if not is_disk_full(exc, self.directory):
+                    raise
+                where = self._abandon_shard()
+                raise disk_full(where) from None
+
+    def _abandon_shard(self) -> Path:
+        """Drop the shard being filled after a failed write (it was never committed)."""
+        path = self.directory / (shard_name(self._file_idx) + PARTIAL_SUFFIX)
+        if self._file is not None:
+            try:
+                self._file.close()
+            except Exception:  # the file is broken already; what matters is that it is gone
+                pass
+            self._file = None
+        path.unlink(missing_ok=True)
+        for key in self._file_keys:
+            self._pending_keys.discard(key)
+        self._file_keys = []
+        return path
+
+    def _write_sample_locked(self, key: str, prepared: list[_Array]) -> None:
+        if self._file is None:
+            self._open_shard()
+        assert self._file is not None
+        if key in self._file:
+            del self._file[key]
+        group = self._file.require_group(key)
+        for arr in prepared:
+            if arr.chunk is not None:
+                ds = group.create_dataset(arr.name, arr.shape, arr.dtype, chunks=arr.shape,
+                                          shuffle=self._shuffles(arr.dtype), **self._filter)
+                ds.id.write_direct_chunk((0,) * len(arr.shape), arr.chunk)
+            elif self._filter and arr.data is not None and arr.data.size:
+                group.create_dataset(arr.name, data=arr.data, chunks=arr.shape, **self._filter)
+            else:
+                group.create_dataset(arr.name, data=arr.data)
+        self._file_keys.append(key)
+        self.written += 1
+        due = len(self._file_keys) >= min(self.commit_every, self.samples_per_file) or (
+            self.commit_seconds is not None
+            and time.monotonic() - self._opened_at >= self.commit_seconds)
+        if due:
+            self._commit_locked()
 
     def _open_shard(self) -> None:
         self._file_idx = self._next_idx
@@ -318,6 +363,15 @@ class ShardedCacheWriter:
         self._raise_pending_error()
 
     def _commit_locked(self) -> None:
+        try:
+            self._commit_shard()
+        except Exception as exc:
+            if not is_disk_full(exc, self.directory):
+                raise
+            where = self._abandon_shard() if self._file is not None else self.index.path
+            raise disk_full(where) from None
+
+    def _commit_shard(self) -> None:
         if self._file is None:
             return
         f, keys = self._file, self._file_keys
@@ -333,11 +387,16 @@ class ShardedCacheWriter:
         final = self.directory / shard_name(self._file_idx)
         os.replace(partial, final)
         _fsync_dir(self.directory)
+        replaced = {self.index.entries[k][0] for k in keys if k in self.index.entries}
         for key in keys:
             self.index.entries[key] = (self._file_idx, key)
             self._pending_keys.discard(key)
         self.index.current_file_idx, self.index.current_file_count = self._file_idx, len(keys)
         self._save_index(self.index)
+        for file_idx in replaced - set(self.index.shard_counts()):
+            # every sample of that shard now lives in a newer one; readers that opened it
+            # keep their handle, the name is gone
+            (self.directory / shard_name(file_idx)).unlink(missing_ok=True)
 
     def _save_index(self, index: CacheIndex) -> None:
         write_text_atomic(index.path, json.dumps(index.to_json()))
@@ -371,6 +430,7 @@ class ShardedCacheWriter:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
                 self._pool = None
+            self._folder_lock.release()
         self._raise_pending_error()
 
     def __enter__(self) -> "ShardedCacheWriter":

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import yaml
 
 from rqf.errors import RqfError
 
@@ -23,12 +22,13 @@ def encode_with_run(run_dir: Path, out: Path, overrides: tuple[str, ...] = (),
     from rqf.params import validate_params
     from rqf.pipeline import build_data
     from rqf.plugins import get_plugins
+    from rqf.rundir import read_run_config
     from rqf_rqvae.model import RQVAEModel
 
     config_path = run_dir / "config.yaml"
     if not config_path.exists():
         raise RqfError(f"{run_dir}: not an rqf run directory (no config.yaml)")
-    config = apply_overrides(yaml.safe_load(config_path.read_text()) or {}, overrides)
+    config = apply_overrides(read_run_config(config_path), overrides)
     model = RQVAEModel.load(run_dir / "model.pt", device=device)
     registry = get_plugins().registry
     sections = {}

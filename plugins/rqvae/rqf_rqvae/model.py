@@ -13,7 +13,7 @@ import torch
 from rqf import Dataset, ItemVectors, Model, Param, RunContext, SequenceVectors
 from rqf.errors import ConfigError, DataError, RqfError
 from rqf.io import atomic_path
-from rqf.training import Trainer, TensorBatches, autocast, resolve_device
+from rqf.training import Trainer, TensorBatches, autocast, load_tensors, resolve_device
 from rqf.codes import (COLLISION_MODES, code_statistics, handle_collisions, plot_usage,
                        write_semantic_ids)
 from rqf_rqvae.module import ACTIVATIONS, RQVAE
@@ -87,6 +87,14 @@ class RQVAEModel(Model):
         Param("codes_dir", str, "codes", "folder, inside the run, for per-utterance tokens"),
         Param("plots", bool, True, "save a code-usage plot per level when matplotlib is there"),
     )
+
+    @classmethod
+    def run_outputs(cls, export: Mapping[str, Any]) -> tuple[str, ...]:
+        codes_dir = export.get("codes_dir", "codes")
+        if not codes_dir or "/" in codes_dir or "\\" in codes_dir or codes_dir.startswith("."):
+            raise ConfigError(f"export.codes_dir: expected a folder name inside the run folder, "
+                              f"got {codes_dir!r}")
+        return ("semantic_ids.h5", "code_usage.png", codes_dir)
 
     def __init__(self, data_info: Mapping[str, Any], **params: Any) -> None:
         from rqf.params import validate_params
@@ -393,12 +401,7 @@ class RQVAEModel(Model):
     @classmethod
     def load(cls, path: Path, device: str = "auto") -> "RQVAEModel":
         path = Path(path)
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise RqfError(f"{path}: model file not found") from None
-        except Exception as exc:
-            raise RqfError(f"{path}: not a readable rqvae model ({type(exc).__name__})") from None
+        payload = load_tensors(path, "rqvae model")
         if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
             raise RqfError(f"{path}: not an rqvae model file (expected format {MODEL_FORMAT!r})")
         config = dict(payload["config"])
