@@ -106,6 +106,17 @@ def tiny_pipeline(files: dict[str, Path], out: Path, **sections) -> dict:
     return config
 
 
+def speech_pipeline(cache: Path, out: Path) -> dict:
+    """Two-level tokens over a small speech cache, split by speaker."""
+    return {"output_dir": str(out),
+            "storage": {"type": "h5_sharded", "processed_dir": str(cache)},
+            "dataset": {"type": "speech_frames", "normalize": True},
+            "splitter": {"type": "speaker", "test_ratio": 0.25, "valid_ratio": 0.0},
+            "model": {"type": "rqvae", "levels": 2, "codebook_size": 8, "latent_dim": 4,
+                      "hidden_dims": [16]},
+            "train": {"epochs": 3, "batch_size": 32, "progress": False}}
+
+
 @pytest.fixture(autouse=True)
 def _fresh_plugins_and_seed():
     from rqf.plugins import reset_plugins

@@ -16,6 +16,7 @@ import torch
 
 import rqf
 import rqf_h5_speech
+from conftest import speech_pipeline
 from rqf.cli import main
 from rqf.errors import DataError
 from rqf_h5_speech import (H5ShardedStorage, ShardedCacheWriter, SpeechFramesDataset,
@@ -434,14 +435,7 @@ def test_dataloader_workers_open_their_own_handles(original_cache):
 
 def test_speech_tokens_pipeline_exports_a_readable_token_cache(original_cache, tmp_path):
     cache, _ = original_cache
-    config = {"output_dir": str(tmp_path / "run"),
-              "storage": {"type": "h5_sharded", "processed_dir": str(cache)},
-              "dataset": {"type": "speech_frames", "normalize": True},
-              "splitter": {"type": "speaker", "test_ratio": 0.25, "valid_ratio": 0.0},
-              "model": {"type": "rqvae", "levels": 2, "codebook_size": 8, "latent_dim": 4,
-                        "hidden_dims": [16]},
-              "train": {"epochs": 3, "batch_size": 32, "progress": False}}
-    result = rqf.run(config)
+    result = rqf.run(speech_pipeline(cache, tmp_path / "run"))
     assert result.metrics["split"]["speakers"] == {"train": 3, "test": 1}
     with H5ShardedStorage(result.artifacts["codes"]) as tokens:
         assert tokens.keys == KEYS

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from rqf.errors import DataError
-from rqf.io import atomic_path
+from rqf.io import atomic_h5, atomic_path
 
 COLLISION_MODES = ("suffix", "reassign", "balanced")
 FORMAT = "rqf-semantic-ids-1"
@@ -258,20 +258,19 @@ def write_semantic_ids(path: Path, item_ids: np.ndarray, codes: np.ndarray,
     unique = unique_codes(codes)
     lookup = np.lexsort(unique.T[::-1])
     suffix_size = int(unique[:, -1].max()) + 1 if len(unique) else 1
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("item_ids", data=np.asarray(item_ids, np.int64))
-            f.create_dataset("codes", data=codes.astype(np.int32))
-            f.create_dataset("unique_codes", data=unique.astype(np.int32))
-            f.create_dataset("lookup_order", data=lookup.astype(np.int64))
-            if raw_codes is not None:
-                f.create_dataset("raw_codes", data=np.asarray(raw_codes).astype(np.int32))
-            if codebooks is not None:
-                f.create_dataset("codebooks", data=codebooks.astype(np.float32))
-            f.attrs["format"] = FORMAT
-            f.attrs["suffix_size"] = suffix_size
-            for k, v in attrs.items():
-                f.attrs[k] = v
+    with atomic_h5(path) as f:
+        f.create_dataset("item_ids", data=np.asarray(item_ids, np.int64))
+        f.create_dataset("codes", data=codes.astype(np.int32))
+        f.create_dataset("unique_codes", data=unique.astype(np.int32))
+        f.create_dataset("lookup_order", data=lookup.astype(np.int64))
+        if raw_codes is not None:
+            f.create_dataset("raw_codes", data=np.asarray(raw_codes).astype(np.int32))
+        if codebooks is not None:
+            f.create_dataset("codebooks", data=codebooks.astype(np.float32))
+        f.attrs["format"] = FORMAT
+        f.attrs["suffix_size"] = suffix_size
+        for k, v in attrs.items():
+            f.attrs[k] = v
     return path
 
 
@@ -308,10 +307,30 @@ class SemanticIds:
                 raise DataError(f"{path}: {name} has {len(arr)} rows, item_ids has {n}")
             if not np.issubdtype(arr.dtype, np.integer):
                 raise DataError(f"{path}: {name} must hold integers, found {arr.dtype}")
+        if not np.issubdtype(self.item_ids.dtype, np.integer):
+            raise DataError(f"{path}: item_ids must hold integers, found {self.item_ids.dtype}")
         if self.unique_codes.shape[1] != self.codes.shape[1] + 1:
             raise DataError(f"{path}: unique_codes must have one level more than codes")
-        if n and (np.sort(self.lookup_order) != np.arange(n)).any():
+        if not n:
+            return
+        if (np.sort(self.lookup_order) != np.arange(n)).any():
             raise DataError(f"{path}: lookup_order is not a permutation of the rows")
+        ids = np.sort(self.item_ids)
+        if (ids[1:] == ids[:-1]).any():
+            raise DataError(f"{path}: item_ids repeats {int(ids[1:][ids[1:] == ids[:-1]][0])}")
+        size = self.attrs.get("codebook_size")
+        if self.codes.min() < 0 or (size is not None and self.codes.max() >= int(size)):
+            raise DataError(f"{path}: codes must lie in 0..{int(size) - 1 if size else 'n'}, "
+                            f"found {int(self.codes.min())}..{int(self.codes.max())}")
+        if (self.unique_codes[:, :-1] != self.codes).any():
+            raise DataError(f"{path}: unique_codes do not start with codes")
+        ordered = self.unique_codes[self.lookup_order]
+        step = np.diff(ordered, axis=0)
+        # each next row of the lookup order must be strictly greater, comparing level by level
+        first = np.argmax(step != 0, axis=1)
+        if (step[np.arange(len(step)), first] <= 0).any():
+            raise DataError(f"{path}: unique_codes are not unique, or lookup_order does not "
+                            "sort them")
 
     def of_item(self, item_id: int) -> np.ndarray:
         try:

@@ -116,6 +116,9 @@ def apply_overrides(config: dict[str, Any], overrides: Iterable[str]) -> dict[st
                 raise ConfigError(f"--set {item!r}: {'.'.join(keys[:depth + 1])} is not a section")
             node = child
         node[keys[-1]] = value
+    too_deep = _too_deep(config)
+    if too_deep:
+        raise ConfigError(f"--set: {too_deep}: nested more than {MAX_DEPTH} levels deep")
     return config
 
 

@@ -76,6 +76,28 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_h5(path: Path | str) -> Iterator[Any]:
+    """An HDF5 file built in memory, written to ``path`` under a temporary name and renamed.
+
+    HDF5 writes its buffers when objects are released, so a full disk met inside the library
+    surfaces late, from destructors, and can take the process down; built in memory, the one
+    write to disk is a plain one that fails cleanly. For files that fit in memory twice.
+    """
+    import io
+
+    import h5py
+
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        yield f
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as out:
+            out.write(buffer.getbuffer())
+            out.flush()
+            os.fsync(out.fileno())
+
+
 def temporaries_of(directory: Path, name: str) -> list[Path]:
     """The temporary files ``atomic_path`` makes for ``directory/name`` (left by a kill)."""
     return sorted(Path(directory).glob(f".{name}.*.tmp"))

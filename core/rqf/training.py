@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import pickle
 import random
 import re
 import time
@@ -265,13 +266,15 @@ def load_tensors(path: Path, what: str, map_location: Any = "cpu") -> Any:
         raise RqfError(f"{path}: expected a {what} file, found a directory") from None
     except Exception as exc:
         text = str(exc)
-        if "Unsupported global" in text:
+        if isinstance(exc, pickle.UnpicklingError) and ("GLOBAL" in text or "global" in text):
             raise RqfError(f"{path}: refused: it holds Python objects other than tensors and "
                            f"plain data, which rqf never writes; loading them could run "
                            "code") from None
         # torch's own text advises loading the file unrestricted: never repeat that
         detail = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
-        first = detail.group(1) if detail else (text.splitlines()[0][:160] if text else "")
+        first = detail.group(1) if detail else (
+            "" if isinstance(exc, pickle.UnpicklingError) or "weights_only" in text
+            else text.splitlines()[0][:160] if text else "")
         raise RqfError(f"{path}: not a readable {what}, corrupted or truncated "
                        f"({type(exc).__name__}{': ' + first if first else ''})") from None
 

@@ -16,6 +16,8 @@ import numpy as np
 from rqf.errors import DataError
 
 CHUNK_ROWS = 65536
+# values this large make float32 squared distances overflow (768-d: above ~7e17)
+MAX_ABS_VALUE = 1e15
 
 
 @dataclass
@@ -139,12 +141,24 @@ def check_item_file(f: h5py.File, path: Path, check_values: bool = True,
         probs.add("item_ids", f"{len(dup)} duplicate ids, e.g. {dup[:5].tolist()}")
     if check_values and emb.shape[0] == n:
         source = emb if embeddings is None else embeddings
-        bad_rows = [start + np.flatnonzero(~np.isfinite(source[start:start + CHUNK_ROWS]).all(axis=1))
-                    for start in range(0, n, CHUNK_ROWS)]  # streamed in chunks when lazy
+        bad_rows, huge_rows, peak = [], [], 0.0
+        for start in range(0, n, CHUNK_ROWS):  # streamed in chunks when lazy
+            chunk = np.abs(source[start:start + CHUNK_ROWS])
+            finite = np.isfinite(chunk).all(axis=1)
+            bad_rows.append(start + np.flatnonzero(~finite))
+            top = np.where(np.isfinite(chunk), chunk, 0).max(axis=1) if chunk.size else chunk
+            huge_rows.append(start + np.flatnonzero(top >= MAX_ABS_VALUE))
+            peak = max(peak, float(top.max()) if len(top) else 0.0)
         bad = np.concatenate(bad_rows) if bad_rows else np.zeros(0, np.int64)
+        huge = np.concatenate(huge_rows) if huge_rows else np.zeros(0, np.int64)
         if len(bad):
             probs.add("embeddings", f"{len(bad)} rows hold NaN or Inf, first at row {bad[0]} "
                       f"(item id {item_ids[bad[0]]})")
+        if len(huge):
+            probs.add("embeddings", f"{len(huge)} rows hold values of magnitude >= "
+                      f"{MAX_ABS_VALUE:.0e} (up to {peak:.3g}, first at row {huge[0]}, item id "
+                      f"{item_ids[huge[0]]}): unusable scale, distances between such vectors "
+                      "overflow float32; rescale the embeddings")
     meta = ItemMeta(n, emb.shape[1], item_ids, emb.dtype, feats is not None, max_len)
     return meta, probs
 

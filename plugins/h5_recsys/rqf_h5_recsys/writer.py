@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 
 from rqf.errors import DataError
-from rqf.io import atomic_path
+from rqf.io import atomic_h5
 
 
 def write_item_data(path: str | Path, item_ids: Sequence[int], embeddings: np.ndarray,
@@ -43,16 +43,15 @@ def write_item_data(path: str | Path, item_ids: Sequence[int], embeddings: np.nd
     feature_lengths = np.asarray(feature_lengths, dtype=np.int32)
     if features.shape[0] != len(ids) or feature_lengths.shape != (len(ids),):
         raise DataError(f"{path}: features: expected {len(ids)} rows")
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("item_ids", data=ids.astype(np.int64))
-            f.create_dataset("embeddings", data=emb.astype(np.float32))
-            f.create_dataset("features", data=features)
-            f.create_dataset("feature_lengths", data=feature_lengths)
-            f.attrs["n_items"] = len(ids)
-            f.attrs["embedding_dim"] = emb.shape[1]
-            f.attrs["max_feature_len"] = features.shape[1]
-            f.attrs["original_order_preserved"] = True
+    with atomic_h5(path) as f:
+        f.create_dataset("item_ids", data=ids.astype(np.int64))
+        f.create_dataset("embeddings", data=emb.astype(np.float32))
+        f.create_dataset("features", data=features)
+        f.create_dataset("feature_lengths", data=feature_lengths)
+        f.attrs["n_items"] = len(ids)
+        f.attrs["embedding_dim"] = emb.shape[1]
+        f.attrs["max_feature_len"] = features.shape[1]
+        f.attrs["original_order_preserved"] = True
     return path
 
 
@@ -79,20 +78,19 @@ def write_sequence_data(path: str | Path, user_ids: Sequence[str],
             if len(t) > 1 and (np.diff(t) < 0).any():
                 raise DataError(f"{path}: timestamps: user {u!r} has decreasing timestamps")
     all_items = np.concatenate(seqs) if seqs else np.zeros(0, np.int64)
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("user_ids", data=np.array([str(u) for u in user_ids], dtype=object),
-                             dtype=h5py.string_dtype())
-            f.create_dataset("sequences", data=_ragged(seqs), dtype=h5py.vlen_dtype(np.int64))
-            f.create_dataset("sequence_lengths", data=lengths)
-            if ts is not None:
-                f.create_dataset("timestamps", data=_ragged(ts), dtype=h5py.vlen_dtype(np.int64))
-            f.attrs["n_sequences"] = len(seqs)
-            f.attrs["max_sequence_length"] = int(lengths.max()) if len(seqs) else 0
-            f.attrs["total_items"] = int(total_items if total_items is not None
-                                         else len(np.unique(all_items)))
-            f.attrs["avg_sequence_length"] = float(lengths.mean()) if len(seqs) else 0.0
-            f.attrs["order_preserved"] = True
+    with atomic_h5(path) as f:
+        f.create_dataset("user_ids", data=np.array([str(u) for u in user_ids], dtype=object),
+                         dtype=h5py.string_dtype())
+        f.create_dataset("sequences", data=_ragged(seqs), dtype=h5py.vlen_dtype(np.int64))
+        f.create_dataset("sequence_lengths", data=lengths)
+        if ts is not None:
+            f.create_dataset("timestamps", data=_ragged(ts), dtype=h5py.vlen_dtype(np.int64))
+        f.attrs["n_sequences"] = len(seqs)
+        f.attrs["max_sequence_length"] = int(lengths.max()) if len(seqs) else 0
+        f.attrs["total_items"] = int(total_items if total_items is not None
+                                     else len(np.unique(all_items)))
+        f.attrs["avg_sequence_length"] = float(lengths.mean()) if len(seqs) else 0.0
+        f.attrs["order_preserved"] = True
     return path
 
 

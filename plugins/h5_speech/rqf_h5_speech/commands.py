@@ -25,12 +25,26 @@ def speech() -> None:
 @click.option("--level", default=4, show_default=True, help="Compression level for gzip/zstd.")
 @click.option("--workers", default=2, show_default=True, help="Compression worker threads.")
 @click.option("--no-verify", is_flag=True, help="Skip the sample-by-sample check.")
+@click.option("--rename", multiple=True, metavar="OLD=NEW",
+              help="Store the .npz array OLD under the name NEW, e.g. mel=mel_spectrogram.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def migrate_cmd(source: Path, target: Path, samples_per_file: int, keep_float32: bool,
-                compression: str, level: int, workers: int, no_verify: bool, debug: bool) -> None:
-    """Convert a per-sample SOURCE/<key>.npz cache into a sharded cache in TARGET."""
+                compression: str, level: int, workers: int, no_verify: bool,
+                rename: tuple[str, ...], debug: bool) -> None:
+    """Convert a per-sample SOURCE/<key>.npz cache into a sharded cache in TARGET.
+
+    Each .npz must hold hidden_states (T, dim) and may hold mel_spectrogram (T, 80) or
+    (1, T, 80); other arrays are kept as they are.
+    """
+    from rqf.errors import RqfError
     from rqf_h5_speech.migrate import migrate_npz
 
+    names = {}
+    for item in rename:
+        old, sep, new = item.partition("=")
+        if not sep or not old or not new:
+            raise RqfError(f"--rename {item!r}: expected OLD=NEW, e.g. mel=mel_spectrogram")
+        names[old] = new
     report = migrate_npz(source, target, samples_per_file, not keep_float32, compression, level,
-                         workers, verify=not no_verify)
+                         workers, verify=not no_verify, rename=names)
     click.echo(json.dumps(report))

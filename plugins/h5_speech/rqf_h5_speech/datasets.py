@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import zlib
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -15,7 +16,7 @@ from rqf.io import atomic_path
 from rqf_h5_speech.cache import SampleArrays
 from rqf_h5_speech.inspection import sample_problems, spread
 from rqf_h5_speech.storage import H5ShardedStorage
-from rqf_h5_speech.writer import ShardedCacheWriter
+from rqf_h5_speech.writer import PARTIAL_SUFFIX, ShardedCacheWriter
 
 COMMON_PARAMS = (
     Param("feature", str, "hidden_states", "array of each sample to learn from"),
@@ -141,19 +142,29 @@ class SpeechDataset(Dataset):
         samples_per_file = self.storage.index.samples_per_file if self.storage.index else 20000
 
         def open_writer(out_dir: Path, meta: dict[str, Any]) -> "CodesWriter":
-            return CodesWriter(ShardedCacheWriter(out_dir, samples_per_file=samples_per_file,
-                                                  use_float16=False, compression="none",
-                                                  num_workers=0, attrs=meta))
+            return CodesWriter(Path(out_dir), samples_per_file, meta)
 
         return SequenceVectors(keys=list(self.storage.keys), read=self.features,
                                open_writer=open_writer)
 
 
 class CodesWriter:
-    """Writes each utterance's (T, levels) code matrix as ``semantic_codes``."""
+    """Writes each utterance's (T, levels) code matrix as ``semantic_codes``.
 
-    def __init__(self, writer: ShardedCacheWriter) -> None:
-        self.writer = writer
+    The cache is written as ``<out>.partial`` and renamed to ``<out>`` once every utterance is
+    in it, so a killed export never looks finished; the next export starts the partial folder
+    over (under its writer lock, deleting only the files the writer makes). ``out`` itself is
+    never overwritten.
+    """
+
+    def __init__(self, out_dir: Path, samples_per_file: int, meta: dict[str, Any]) -> None:
+        self.out_dir = Path(out_dir)
+        if self.out_dir.exists():
+            raise DataError(f"{self.out_dir}: already exists; tokens are written to a new folder")
+        self.partial = self.out_dir.with_name(self.out_dir.name + PARTIAL_SUFFIX)
+        self.writer = ShardedCacheWriter(self.partial, samples_per_file=samples_per_file,
+                                         use_float16=False, compression="none", num_workers=0,
+                                         attrs=meta, start_over=True)
 
     def write(self, key: str, codes: np.ndarray) -> None:
         self.writer.write(key, {"semantic_codes": codes})
@@ -161,8 +172,10 @@ class CodesWriter:
     def __enter__(self) -> "CodesWriter":
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: Any, *exc: object) -> None:
         self.writer.close()
+        if exc_type is None:
+            os.replace(self.partial, self.out_dir)
 
 
 class UtterancesDataset(SpeechDataset):

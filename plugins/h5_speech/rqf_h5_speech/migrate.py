@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -30,12 +30,35 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
         raise DataError(f"{path}: not a readable .npz file ({exc})") from None
 
 
+REQUIRED = "hidden_states"
+# names a feature extractor may use for what the cache calls mel_spectrogram
+MEL_ALIASES = ("mel", "mels", "mel_spec", "melspec", "mel_spectrogram_80")
+
+
+def cache_arrays(path: Path, arrays: dict[str, np.ndarray],
+                 rename: Mapping[str, str]) -> dict[str, np.ndarray]:
+    """One .npz's arrays under the cache's names; a sample the cache could not use is an error."""
+    out = {rename.get(name, name): a for name, a in arrays.items()}
+    if REQUIRED not in out:
+        raise DataError(f"{path}: no {REQUIRED} array (found {', '.join(sorted(arrays))}); "
+                        "rename the feature array with --rename NAME=hidden_states")
+    alias = next((n for n in MEL_ALIASES if n in out), None)
+    if alias and "mel_spectrogram" not in out:
+        raise DataError(f"{path}: array {alias!r} would be stored as it is, but the cache's mel is "
+                        f"named mel_spectrogram; pass --rename {alias}=mel_spectrogram (or "
+                        f"--rename {alias}={alias}_raw to keep it unread)")
+    return out
+
+
 def migrate_npz(source: str | Path, target: str | Path, samples_per_file: int = 20000,
                 use_float16: bool = True, compression: str = "none", compression_level: int = 4,
-                num_workers: int = 2, verify: bool = True, progress: bool = True) -> dict[str, Any]:
+                num_workers: int = 2, verify: bool = True, progress: bool = True,
+                rename: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Write every ``<key>.npz`` below ``source`` into a sharded cache at ``target``.
 
-    Samples already in ``target`` are skipped, so an interrupted migration resumes.
+    Samples already in ``target`` are skipped, so an interrupted migration resumes. Every
+    sample needs ``hidden_states``; ``rename`` maps an .npz array name to the cache's (an
+    array called ``mel`` is refused unless renamed: the cache's mel is ``mel_spectrogram``).
     """
     from tqdm.auto import tqdm
 
@@ -48,15 +71,16 @@ def migrate_npz(source: str | Path, target: str | Path, samples_per_file: int = 
     with writer:
         for key, path in tqdm(files.items(), desc="migrating", unit="sample", disable=not progress):
             if key not in writer:
-                writer.write(key, load_npz(path))
+                writer.write(key, cache_arrays(path, load_npz(path), rename or {}))
     report: dict[str, Any] = {"source_samples": len(files), "written": writer.written,
                               "already_present": len(files) - writer.written}
     if verify:
-        report.update(verify_migration(files, Path(target), progress))
+        report.update(verify_migration(files, Path(target), progress, rename or {}))
     return report
 
 
-def verify_migration(files: dict[str, Path], target: Path, progress: bool = True) -> dict[str, Any]:
+def verify_migration(files: dict[str, Path], target: Path, progress: bool = True,
+                     rename: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Every source sample is in the cache with the same arrays, shapes and (float16) values."""
     from tqdm.auto import tqdm
 
@@ -67,7 +91,8 @@ def verify_migration(files: dict[str, Path], target: Path, progress: bool = True
                             f"{missing[:3]}")
         worst = 0.0
         for key, path in tqdm(files.items(), desc="verifying", unit="sample", disable=not progress):
-            original, stored = load_npz(path), storage.read(key)
+            original = cache_arrays(path, load_npz(path), rename or {})
+            stored = storage.read(key)
             if set(original) != set(stored):
                 raise DataError(f"{target}: sample {key!r} has arrays {sorted(stored)}, the .npz "
                                 f"has {sorted(original)}")

@@ -130,14 +130,16 @@ class ShardedCacheWriter:
 
     ``commit_every`` (samples) and ``commit_seconds`` bound what a crash can lose; a commit
     finishes the current shard, so shards then hold at most ``commit_every`` samples.
-    ``on_duplicate`` is ``error``, ``skip`` or ``replace``.
+    ``on_duplicate`` is ``error``, ``skip`` or ``replace``. ``start_over`` empties the folder
+    first, and only when every file in it is one a writer makes. One writer per cache: a
+    second one, in any process, is refused at open with the holder named.
     """
 
     def __init__(self, directory: str | Path, samples_per_file: int = 20000,
                  use_float16: bool = True, compression: str = "gzip", compression_level: int = 4,
                  shuffle: bool = False, num_workers: int = 4, commit_every: int | None = None,
                  commit_seconds: float | None = 600.0, on_duplicate: str = "error",
-                 attrs: Mapping[str, Any] | None = None) -> None:
+                 attrs: Mapping[str, Any] | None = None, start_over: bool = False) -> None:
         if compression not in CODECS:
             raise RqfError(f"compression: expected one of {', '.join(CODECS)}, got {compression!r}")
         if on_duplicate not in ("error", "skip", "replace"):
@@ -154,6 +156,8 @@ class ShardedCacheWriter:
         # one writer per cache, from before recovery until close(); readers never take it
         self._folder_lock = FolderLock(self.directory, "cache writer", LOCK_NAME).acquire()
         try:
+            if start_over:
+                self._remove_own_files()
             self._setup(samples_per_file, use_float16, compression, compression_level, shuffle,
                         num_workers, commit_every, commit_seconds, on_duplicate, attrs)
         except BaseException:
@@ -194,6 +198,19 @@ class ShardedCacheWriter:
         self.skipped = 0
 
     # -- recovery -------------------------------------------------------------------------
+    def _remove_own_files(self) -> None:
+        """Empty the cache for a new start: only when every file in it is one a writer makes."""
+        own = [p for p in self.directory.iterdir() if p.name == INDEX_NAME or p.name.startswith(
+            (".rqf-writer.lock", f".{INDEX_NAME}.")) or SHARD_PATTERN.match(p.name)
+            or SHARD_PATTERN.match(p.name.removesuffix(PARTIAL_SUFFIX))]
+        foreign = sorted(p.name for p in self.directory.iterdir() if p not in own)
+        if foreign:
+            raise DataError(f"{self.directory}: holds {', '.join(foreign[:3])}, which a cache "
+                            "writer does not make; not starting it over")
+        for p in own:
+            if not p.name.startswith(".rqf-writer.lock") and p.is_file():
+                p.unlink()
+
     def _shard_indices_on_disk(self) -> list[int]:
         return [int(SHARD_PATTERN.match(p.name).group(1)) for p in self.directory.iterdir()
                 if SHARD_PATTERN.match(p.name)]

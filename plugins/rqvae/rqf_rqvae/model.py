@@ -26,6 +26,7 @@ ARCHITECTURE_KEYS = ("input_dim", "levels", "codebook_size", "latent_dim", "hidd
 # code, a run is reported unhealthy
 HEALTHY_USAGE = 0.5
 HEALTHY_COLLISIONS = 0.2
+HEALTHY_REL_ERROR = 0.95  # at 1.0 the decoder outputs the mean: the codes carry nothing
 
 
 @dataclass
@@ -336,6 +337,11 @@ class RQVAEModel(Model):
                 warnings.append(f"codebook level {level} uses {used:.0%} of its codes (below "
                                 f"{HEALTHY_USAGE:.0%}): train longer (train.max_steps) or "
                                 "use fewer codes (model.codebook_size)")
+        if m.get("recon_rel_error", 0.0) >= HEALTHY_REL_ERROR:
+            fix = ("set model.normalize: standardize (the embeddings' scale may be far from 1)"
+                   if self.config["normalize"] == "none" else "train longer (train.max_steps)")
+            warnings.append(f"the decoder reconstructs almost nothing (relative error "
+                            f"{m['recon_rel_error']:.2f}): {fix}")
         if self.data_info.get("unit") == "item" and \
                 m.get("collision_rate", 0.0) > HEALTHY_COLLISIONS:
             fix = ("set model.collision_handling to reassign or balanced"
