@@ -27,15 +27,26 @@ def workspace(tmp_path_factory):
 
 def test_every_example_is_covered():
     assert {"quickstart.yaml", "swap_splitter.yaml", "movielens_temporal.yaml",
-            "amazon_auto.yaml", "speech_tokens.yaml"} <= set(PIPELINES)
+            "amazon_auto.yaml", "speech_tokens.yaml", "rqkmeans.yaml", "tiger.yaml",
+            "tiger_paper.yaml"} <= set(PIPELINES)
 
 
-@pytest.mark.parametrize("name", PIPELINES)
+# in order: tiger reads the IDs the rqkmeans example wrote
+ORDERED = sorted(PIPELINES, key=lambda name: name.startswith("tiger"))
+
+
+@pytest.mark.parametrize("name", ORDERED)
 def test_example_runs(workspace, name):
-    result = rqf.run(workspace / "examples" / name, ["train.epochs=1", "train.progress=false"])
+    overrides = ["train.epochs=1", "train.progress=false"]
+    if name.startswith("tiger"):  # a few steps, on the CPU
+        overrides += ["train.max_steps=5", "train.device=cpu", "train.precision=fp32"]
+    result = rqf.run(workspace / "examples" / name, overrides)
     assert result.run_dir.is_relative_to(workspace / "runs")
     assert (result.run_dir / "metrics.json").exists() and (result.run_dir / "report.md").exists()
-    if "codes" in result.artifacts:
+    if name.startswith("tiger"):
+        assert result.metrics["test"]["users"] == 1500 and "recall@10" in result.metrics["test"]
+        assert (result.run_dir / "recommendations.h5").exists()
+    elif "codes" in result.artifacts:
         assert any(Path(result.artifacts["codes"]).glob("features_*.h5"))
     else:
         with h5py.File(result.run_dir / "semantic_ids.h5") as f:

@@ -410,7 +410,7 @@ def test_a_run_that_reconstructs_nothing_says_so(tmp_path, recsys_files):
     config["storage"] = {"type": "h5_recsys", "items": str(items)}
     proc = rqf_proc("run", str(pipeline_file(tmp_path, config)))
     assert proc.returncode == 0
-    assert "warning: unhealthy result: the decoder reconstructs almost nothing" in proc.stderr
+    assert "warning: unhealthy result: the reconstruction keeps almost nothing" in proc.stderr
     assert "model.normalize: standardize" in proc.stderr
 
 

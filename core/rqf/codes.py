@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -107,6 +107,30 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 25, generator: torch.Generator 
         if bool(empty.any()):  # one sync per iteration, only on the initialisation path
             far = best.topk(int(empty.sum())).indices
             centroids[empty] = x[far]
+    return centroids
+
+
+def balanced_assignment(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Each row's codeword under equal code sizes: Sinkhorn-Knopp with uniform marginals on
+    the distances, then each row's most likely code (sizes near n/k, not exactly)."""
+    d = torch.cat([squared_distances(x[i:i + DISTANCE_CHUNK], centroids)
+                   for i in range(0, len(x), DISTANCE_CHUNK)]).cpu().numpy()
+    return torch.from_numpy(_balanced_scores(d).argmax(1)).to(x.device)
+
+
+def balanced_kmeans(x: torch.Tensor, k: int, iters: int = 25,
+                    generator: torch.Generator | None = None, rounds: int = 5) -> torch.Tensor:
+    """k-means whose clusters are kept near equal size: Lloyd's k-means, then ``rounds`` of
+    balanced assignment and centroid update."""
+    x = x.float()
+    centroids = kmeans(x, k, iters, generator)
+    for _ in range(rounds):
+        assign = balanced_assignment(x, centroids)
+        sums = torch.zeros_like(centroids).index_add_(0, assign, x)
+        counts = torch.zeros(k, device=x.device).index_add_(0, assign, torch.ones(len(x),
+                                                                                 device=x.device))
+        centroids = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None],
+                                centroids)
     return centroids
 
 
@@ -242,6 +266,41 @@ def handle_collisions(codes: np.ndarray, last_distances: np.ndarray | None,
     return out
 
 
+# below this share of a level's codes in use, or above this share of items on a shared
+# code, or with this much of the signal lost, a tokenizer's run is reported unhealthy
+HEALTHY_USAGE = 0.5
+HEALTHY_COLLISIONS = 0.2
+HEALTHY_REL_ERROR = 0.95  # at 1.0 the reconstruction is the mean: the codes carry nothing
+
+
+def code_health(m: Mapping[str, Any], collision_handling: str, items: bool = True,
+                normalize: str = "none", more_training: str = "more k-means iterations"
+                ) -> list[str]:
+    """One line per sign that codes are unhealthy, naming the setting to change.
+
+    ``m`` are code statistics plus ``recon_rel_error``; ``items``: codes are IDs (collisions
+    matter), not tokens.
+    """
+    warnings = []
+    for level, used in enumerate(m.get("utilization_of_reachable", [])):
+        if used < HEALTHY_USAGE:
+            warnings.append(f"codebook level {level} uses {used:.0%} of its codes (below "
+                            f"{HEALTHY_USAGE:.0%}): {more_training} or use fewer codes "
+                            "(model.codebook_size)")
+    if m.get("recon_rel_error", 0.0) >= HEALTHY_REL_ERROR:
+        fix = ("set model.normalize: standardize (the embeddings' scale may be far from 1)"
+               if normalize == "none" else more_training)
+        warnings.append(f"the reconstruction keeps almost nothing (relative error "
+                        f"{m['recon_rel_error']:.2f}): {fix}")
+    if items and m.get("collision_rate", 0.0) > HEALTHY_COLLISIONS:
+        fix = ("set model.collision_handling to reassign or balanced"
+               if collision_handling == "suffix" else
+               "more codes per level (model.codebook_size) or a level more (model.levels)")
+        warnings.append(f"{m['collision_rate']:.0%} of items share their code (above "
+                        f"{HEALTHY_COLLISIONS:.0%}): {fix}")
+    return warnings
+
+
 # --- the semantic_ids.h5 file ----------------------------------------------------------------
 
 
@@ -272,6 +331,17 @@ def write_semantic_ids(path: Path, item_ids: np.ndarray, codes: np.ndarray,
         for k, v in attrs.items():
             f.attrs[k] = v
     return path
+
+
+def sha256_of(path: Path | str) -> str:
+    """The SHA-256 of a file: which semantic IDs a consumer was trained on."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class SemanticIds:
@@ -353,6 +423,66 @@ class SemanticIds:
         if lo < len(self.lookup_order) and tuple(self.unique_codes[self.lookup_order[lo]]) == target:
             return int(self.item_ids[self.lookup_order[lo]])
         raise DataError(f"no item has semantic ID {list(target)}")
+
+
+class PrefixTrie:
+    """The valid semantic IDs as a trie, stepped a level at a time for whole batches.
+
+    Built from unique ID rows (n, L). Level ``l`` has a table (prefixes at ``l``, vocabulary of
+    ``l``) holding the child node of each (prefix node, token), or -1 where no ID continues
+    that way; node 0 is the root. A decoder asks ``allowed(l, nodes)`` for a mask of the
+    tokens that keep a beam on a valid ID, and ``step`` for the nodes one token further; after
+    the last level a node is a leaf, and ``rows[leaf]`` is the row (item) whose ID it spells.
+    """
+
+    def __init__(self, codes: np.ndarray) -> None:
+        codes = np.asarray(codes, np.int64)
+        if codes.ndim != 2 or not len(codes):
+            raise ValueError("a prefix trie needs a non-empty (n, levels) code matrix")
+        if codes.min() < 0:
+            raise ValueError("semantic ID tokens must be non-negative")
+        self.levels = codes.shape[1]
+        self.vocab = [int(codes[:, level].max()) + 1 for level in range(self.levels)]
+        node = np.zeros(len(codes), np.int64)
+        n_nodes = 1
+        self.children: list[torch.Tensor] = []
+        for level in range(self.levels):
+            pair = node * self.vocab[level] + codes[:, level]
+            uniq, child = np.unique(pair, return_inverse=True)
+            table = np.full((n_nodes, self.vocab[level]), -1, np.int64)
+            table[uniq // self.vocab[level], uniq % self.vocab[level]] = np.arange(len(uniq))
+            self.children.append(torch.from_numpy(table))
+            node, n_nodes = child.reshape(-1), len(uniq)
+        if n_nodes != len(codes):
+            raise ValueError(f"{len(codes) - n_nodes} semantic IDs are not unique; a trie over "
+                             "them could not tell those items apart (use unique_codes)")
+        self.rows = np.empty(n_nodes, np.int64)
+        self.rows[node] = np.arange(len(codes))
+
+    def to(self, device: torch.device | str) -> "PrefixTrie":
+        self.children = [t.to(device) for t in self.children]
+        return self
+
+    def allowed(self, level: int, nodes: torch.Tensor) -> torch.Tensor:
+        """(len(nodes), vocab of level) bool: tokens that continue a valid ID."""
+        return self.children[level][nodes] >= 0
+
+    def step(self, level: int, nodes: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """The nodes reached by ``tokens`` (-1 for a step off every valid ID)."""
+        return self.children[level][nodes, tokens]
+
+    def lookup(self, codes: np.ndarray) -> np.ndarray:
+        """The row each ID (n, L) spells, -1 for an ID that is not in the trie."""
+        codes = torch.as_tensor(np.asarray(codes, np.int64))
+        node = torch.zeros(len(codes), dtype=torch.long, device=self.children[0].device)
+        for level in range(self.levels):
+            tokens = codes[:, level].to(node.device)
+            ok = (node >= 0) & (tokens >= 0) & (tokens < self.vocab[level])
+            nxt = torch.full_like(node, -1)
+            nxt[ok] = self.step(level, node[ok], tokens[ok])
+            node = nxt
+        leaf = node.cpu().numpy()
+        return np.where(leaf >= 0, self.rows[np.maximum(leaf, 0)], -1)
 
 
 def plot_usage(codes: np.ndarray, codebook_size: int, path: Path) -> Path | None:

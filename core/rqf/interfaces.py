@@ -184,6 +184,9 @@ class Model(Component, ABC):
     export_params: ClassVar[Sequence[Param]] = ()
     # defaults for the ``train`` section that suit this model, under the user's values
     train_defaults: ClassVar[Mapping[str, Any]] = {}
+    # True for a model fit without the gradient loop (e.g. k-means): the train section's
+    # budget does not apply, there are no checkpoints, and --resume fits it again
+    gradient_free: ClassVar[bool] = False
 
     def __init__(self, data_info: Mapping[str, Any], **params: Any) -> None:
         self.data_info = dict(data_info)

@@ -15,7 +15,7 @@ import pickle
 import random
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -37,8 +37,9 @@ TRAIN_PARAMS = (
     Param("lr", float, 1e-3, "peak learning rate", min=0),
     Param("weight_decay", float, 0.0, "AdamW weight decay", min=0),
     Param("optimizer", str, "adamw", "optimizer", choices=("adamw", "adam", "sgd")),
-    Param("scheduler", str, "cosine", "learning-rate schedule after warm-up",
-          choices=("cosine", "constant")),
+    Param("scheduler", str, "cosine", "learning-rate schedule after warm-up: cosine (to 5%), "
+          "linear (to 0), inverse_sqrt (lr * sqrt(warmup / step)) or constant",
+          choices=("cosine", "linear", "inverse_sqrt", "constant")),
     Param("warmup_steps", int, 0, "linear warm-up steps", min=0),
     Param("device", str, "auto", "auto picks CUDA when available", choices=("auto", "cpu", "cuda")),
     Param("precision", str, "fp32", "autocast precision; fp16 adds gradient scaling",
@@ -51,6 +52,11 @@ TRAIN_PARAMS = (
           "passed since the last one (0: never by time)", min=0),
     Param("keep_checkpoints", int, 2, "how many step checkpoints to keep", min=1),
     Param("eval_every", int, 0, "validate every N steps (0: at the end of each epoch)", min=0),
+    Param("monitor", str, None, "a validation metric (e.g. valid_recall@10) whose best value "
+          "picks the weights a run keeps (checkpoints/best.pt); null: the last weights",
+          nullable=True),
+    Param("monitor_mode", str, "max", "whether a higher or lower monitor value is better",
+          choices=("max", "min")),
     Param("log_every", int, 50, "steps between loss read-outs (each one syncs the device)", min=1),
     Param("num_workers", int, 0, "DataLoader worker processes for streamed data", min=0),
     Param("progress", bool, True, "show a progress bar with the live loss"),
@@ -58,31 +64,15 @@ TRAIN_PARAMS = (
 )
 
 
-@dataclass
-class TrainConfig:
-    epochs: int | None = 10
-    max_steps: int | None = None
-    batch_size: int = 1024
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    optimizer: str = "adamw"
-    scheduler: str = "cosine"
-    warmup_steps: int = 0
-    device: str = "auto"
-    precision: str = "fp32"
-    grad_clip: float | None = 1.0
-    checkpoint_every: int = 1000
-    checkpoint_minutes: float = 5.0
-    keep_checkpoints: int = 2
-    eval_every: int = 0
-    log_every: int = 50
-    num_workers: int = 0
-    progress: bool = True
-    compile: bool | None = None
+def _from_mapping(cls, values: Mapping[str, Any] | None) -> "TrainConfig":
+    return cls(**validate_params(TRAIN_PARAMS, values, "train"))
 
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any] | None) -> "TrainConfig":
-        return cls(**validate_params(TRAIN_PARAMS, values, "train"))
+
+# the train section as attributes; its fields and defaults are TRAIN_PARAMS, declared once
+TrainConfig = make_dataclass(
+    "TrainConfig", [(p.name, Any, field(default=p.default)) for p in TRAIN_PARAMS],
+    namespace={"from_mapping": classmethod(_from_mapping),
+               "__doc__": "The validated train section of a pipeline (see TRAIN_PARAMS)."})
 
 
 # --- distributed -----------------------------------------------------------------------------
@@ -252,12 +242,22 @@ def save_checkpoint(path: Path, payload: Mapping[str, Any]) -> None:
         torch.save(dict(payload), tmp)
 
 
-def load_tensors(path: Path, what: str, map_location: Any = "cpu") -> Any:
+def load_tensors(path: Path, what: str, file_format: str | None = None,
+                 map_location: Any = "cpu") -> Any:
     """``torch.load`` restricted to tensors and plain data, with one-line errors.
 
     A file that holds other Python objects is refused without loading them (unpickling can run
-    code), and without torch's advice to load it unrestricted.
+    code), and without torch's advice to load it unrestricted. With ``file_format``, the file
+    must be a mapping whose ``format`` is that.
     """
+    payload = _load_tensors(path, what, map_location)
+    if file_format is not None and (not isinstance(payload, dict)
+                                    or payload.get("format") != file_format):
+        raise RqfError(f"{path}: not a {what} file (expected format {file_format!r})")
+    return payload
+
+
+def _load_tensors(path: Path, what: str, map_location: Any) -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
@@ -281,10 +281,7 @@ def load_tensors(path: Path, what: str, map_location: Any = "cpu") -> Any:
 
 def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by rqf; a clear error for anything else."""
-    payload = load_tensors(path, "rqf checkpoint", map_location)
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise RqfError(f"{path}: not an rqf checkpoint (expected format {CHECKPOINT_FORMAT!r})")
-    return payload
+    return load_tensors(path, "rqf checkpoint", CHECKPOINT_FORMAT, map_location)
 
 
 def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
@@ -296,6 +293,50 @@ def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
         if m:
             found.append((int(m.group(1)), p))
     return sorted(found)
+
+
+class BestWeights:
+    """The weights with the best ``monitor`` value seen at validation, kept in memory and in
+    ``checkpoints/best.pt`` (so a resumed run still knows them), restored at the end."""
+
+    def __init__(self, monitor: str | None, mode: str, directory: Path | None, is_main: bool,
+                 resume: bool = False) -> None:
+        self.monitor, self.mode, self.is_main = monitor, mode, is_main
+        self.path = directory / "best.pt" if directory else None
+        self.step: int | None = None
+        self.value: float | None = None
+        self.state: dict[str, torch.Tensor] | None = None
+        if monitor and resume and self.path is not None and self.path.exists():
+            payload = load_checkpoint(self.path)
+            if payload.get("monitor") == monitor:
+                self.step, self.value = int(payload["step"]), float(payload["value"])
+                self.state = payload["model"]
+
+    def offer(self, record: Mapping[str, Any], module: torch.nn.Module) -> None:
+        if not self.monitor:
+            return
+        if self.monitor not in record:
+            known = ", ".join(k for k in record if k != "step") or "none"
+            raise RqfError(f"train.monitor: {self.monitor!r} is not a validation metric of this "
+                           f"model (it reports: {known})")
+        value = float(record[self.monitor])
+        better = self.value is None or (value > self.value if self.mode == "max"
+                                        else value < self.value)
+        if not better or not math.isfinite(value):
+            return
+        self.step, self.value = int(record["step"]), value
+        self.state = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+        if self.is_main and self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(self.path, {"format": CHECKPOINT_FORMAT, "step": self.step,
+                                        "monitor": self.monitor, "value": value,
+                                        "model": self.state})
+
+    def restore(self, module: torch.nn.Module) -> bool:
+        if self.state is None:
+            return False
+        module.load_state_dict(self.state)
+        return True
 
 
 # --- the loop --------------------------------------------------------------------------------
@@ -311,6 +352,8 @@ class FitResult:
     samples: int
     resumed_from: int | None
     history: list[dict[str, Any]] = field(default_factory=list)
+    best_step: int | None = None     # with train.monitor: the step whose weights were kept
+    best_value: float | None = None
 
     @property
     def samples_per_second(self) -> float:
@@ -355,10 +398,16 @@ class Trainer:
         def factor(step: int) -> float:
             if warmup and step < warmup:
                 return (step + 1) / warmup
-            if kind == "constant" or total <= warmup:
+            if kind == "constant":
                 return 1.0
-            progress = (step - warmup) / max(1, total - warmup)
-            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+            if kind == "inverse_sqrt":
+                return math.sqrt(max(1, warmup) / (step + 1))
+            if total <= warmup:
+                return 1.0
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            if kind == "linear":
+                return max(0.0, 1.0 - progress)
+            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
 
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
@@ -431,6 +480,8 @@ class Trainer:
         if cfg.compile if cfg.compile is not None else device.type == "cuda":
             train_module = torch.compile(train_module)
 
+        best = BestWeights(cfg.monitor, cfg.monitor_mode, self.checkpoint_dir,
+                           self.info.is_main, resume=self.resume and resumed_from is not None)
         bar = _progress(total, step, enabled=cfg.progress and self.info.is_main)
         running = torch.zeros((), device=device)
         running_n, samples, start = 0, 0, time.perf_counter()
@@ -476,6 +527,7 @@ class Trainer:
                             record = {"step": step, **valid_fn(module)}
                         module.train()
                         history.append(record)
+                        best.offer(record, module)
                     if self._due_for_checkpoint(step, total, last_save):
                         self._save(step, module, optimizer, scheduler, scaler, history)
                         last_save = time.monotonic()
@@ -484,8 +536,11 @@ class Trainer:
         finally:
             bar.close()
         seconds = time.perf_counter() - start
+        if best.restore(module):
+            self.echo(f"kept the weights of step {best.step}: {cfg.monitor} = {best.value:.4g} "
+                      f"({'highest' if cfg.monitor_mode == 'max' else 'lowest'} on validation)")
         return FitResult(step, step // per_epoch if per_epoch else 0, seconds, samples,
-                         resumed_from, history)
+                         resumed_from, history, best.step, best.value)
 
     def _remove_stale_temporaries(self) -> None:
         # a kill during a checkpoint write leaves the temporary file atomic_path made

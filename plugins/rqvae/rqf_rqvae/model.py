@@ -14,7 +14,7 @@ from rqf import Dataset, ItemVectors, Model, Param, RunContext, SequenceVectors
 from rqf.errors import ConfigError, DataError, RqfError
 from rqf.io import atomic_path
 from rqf.training import Trainer, TensorBatches, autocast, load_tensors, resolve_device
-from rqf.codes import (COLLISION_MODES, code_statistics, handle_collisions, plot_usage,
+from rqf.codes import (COLLISION_MODES, code_health, code_statistics, handle_collisions, plot_usage,
                        write_semantic_ids)
 from rqf_rqvae.module import ACTIVATIONS, RQVAE
 
@@ -22,11 +22,6 @@ MODEL_FORMAT = "rqf-rqvae-1"
 CPU_ENCODE_BATCH = 4096
 ARCHITECTURE_KEYS = ("input_dim", "levels", "codebook_size", "latent_dim", "hidden_dims",
                      "activation", "distance", "normalize", "latent_norm")
-# below this share of a level's codes in use, or above this share of items on a shared
-# code, a run is reported unhealthy
-HEALTHY_USAGE = 0.5
-HEALTHY_COLLISIONS = 0.2
-HEALTHY_REL_ERROR = 0.95  # at 1.0 the decoder outputs the mean: the codes carry nothing
 
 
 @dataclass
@@ -330,26 +325,9 @@ class RQVAEModel(Model):
         return self._metrics(raw, codes, self._score(read, len(vectors), latents, codes))
 
     def health(self, metrics: Mapping[str, Any]) -> list[str]:
-        m = metrics.get("all") or {}
-        warnings = []
-        for level, used in enumerate(m.get("utilization_of_reachable", [])):
-            if used < HEALTHY_USAGE:
-                warnings.append(f"codebook level {level} uses {used:.0%} of its codes (below "
-                                f"{HEALTHY_USAGE:.0%}): train longer (train.max_steps) or "
-                                "use fewer codes (model.codebook_size)")
-        if m.get("recon_rel_error", 0.0) >= HEALTHY_REL_ERROR:
-            fix = ("set model.normalize: standardize (the embeddings' scale may be far from 1)"
-                   if self.config["normalize"] == "none" else "train longer (train.max_steps)")
-            warnings.append(f"the decoder reconstructs almost nothing (relative error "
-                            f"{m['recon_rel_error']:.2f}): {fix}")
-        if self.data_info.get("unit") == "item" and \
-                m.get("collision_rate", 0.0) > HEALTHY_COLLISIONS:
-            fix = ("set model.collision_handling to reassign or balanced"
-                   if self.config["collision_handling"] == "suffix" else
-                   "more codes per level (model.codebook_size) or a level more (model.levels)")
-            warnings.append(f"{m['collision_rate']:.0%} of items share their code (above "
-                            f"{HEALTHY_COLLISIONS:.0%}): {fix}")
-        return warnings
+        return code_health(metrics.get("all") or {}, self.config["collision_handling"],
+                           self.data_info.get("unit") == "item", self.config["normalize"],
+                           more_training="train longer (train.max_steps)")
 
     # -- export ---------------------------------------------------------------------------
     def export(self, dataset: Dataset, ctx: RunContext) -> dict[str, str]:
@@ -407,9 +385,7 @@ class RQVAEModel(Model):
     @classmethod
     def load(cls, path: Path, device: str = "auto") -> "RQVAEModel":
         path = Path(path)
-        payload = load_tensors(path, "rqvae model")
-        if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
-            raise RqfError(f"{path}: not an rqvae model file (expected format {MODEL_FORMAT!r})")
+        payload = load_tensors(path, "rqvae model", MODEL_FORMAT)
         config = dict(payload["config"])
         config.setdefault("latent_norm", False)  # models saved before it existed had none
         model = cls(payload["data_info"], **config)

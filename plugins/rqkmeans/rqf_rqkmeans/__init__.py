@@ -1,0 +1,5 @@
+"""rqf plugin: residual k-means semantic IDs."""
+
+from rqf_rqkmeans.model import RQKMeansModel
+
+__all__ = ["RQKMeansModel"]

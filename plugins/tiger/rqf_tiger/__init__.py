@@ -1,0 +1,8 @@
+"""rqf plugin: generative retrieval over semantic IDs, judged by Recall/NDCG@K."""
+
+from rqf_tiger.baselines import LastItemNNModel, MostPopModel
+from rqf_tiger.evaluation import ranking_metrics, read_recommendations, write_recommendations
+from rqf_tiger.model import TigerModel
+
+__all__ = ["LastItemNNModel", "MostPopModel", "TigerModel", "ranking_metrics",
+           "read_recommendations", "write_recommendations"]

@@ -1,0 +1,64 @@
+"""Floors measured by the same evaluator: most popular items, and the last item's neighbours."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from rqf import Dataset, ItemVectors, RunContext
+from rqf.errors import ConfigError
+from rqf_tiger.evaluation import HISTORY, TOP_K, NextItemModel, train_examples
+
+
+class MostPopModel(NextItemModel):
+    """Everyone gets the items most frequent in the training sequences."""
+
+    name = "mostpop"
+    params = (HISTORY, TOP_K)
+
+    def fit(self, train: Dataset, valid: Dataset | None, ctx: RunContext) -> dict[str, Any]:
+        ex = train_examples(train, 1)
+        items = np.concatenate([ex.history[:, 0], ex.target])  # every training position
+        ids, counts = np.unique(items[items >= 0], return_counts=True)
+        self.ranking = ids[np.argsort(-counts, kind="stable")]
+        return {"items": int(len(ids))}
+
+    def recommend(self, history: np.ndarray, k: int) -> np.ndarray:
+        top = np.full(k, -1, np.int64)
+        top[:min(k, len(self.ranking))] = self.ranking[:k]
+        return np.tile(top, (len(history), 1))
+
+
+class LastItemNNModel(NextItemModel):
+    """The items whose embeddings are nearest (cosine) to the user's last item, itself excluded."""
+
+    name = "lastitem_nn"
+    params = (HISTORY, TOP_K)
+
+    def fit(self, train: Dataset, valid: Dataset | None, ctx: RunContext) -> dict[str, Any]:
+        source = train.export_source()
+        if not isinstance(source, ItemVectors):
+            raise ConfigError("model.type: lastitem_nn needs item embeddings (an item file)")
+        self.ids = np.asarray(source.ids, np.int64)
+        vectors = torch.from_numpy(np.asarray(source.read(0, len(self.ids)), np.float32))
+        self.vectors = torch.nn.functional.normalize(vectors, dim=-1)
+        self.order = np.argsort(self.ids)
+        return {"items": int(len(self.ids))}
+
+    def recommend(self, history: np.ndarray, k: int) -> np.ndarray:
+        lengths = (history >= 0).sum(1)
+        last = history[np.arange(len(history)), np.maximum(lengths - 1, 0)]
+        pos = np.searchsorted(self.ids[self.order], last)
+        rows = self.order[np.minimum(pos, len(self.ids) - 1)]
+        known = self.ids[rows] == last
+        out = np.full((len(history), k), -1, np.int64)
+        for a in range(0, len(history), 4096):
+            r = torch.from_numpy(rows[a:a + 4096])
+            scores = self.vectors[r] @ self.vectors.T
+            scores[torch.arange(len(r)), r] = -float("inf")  # not the item itself
+            top = scores.topk(min(k, len(self.ids) - 1), dim=1).indices.numpy()
+            out[a:a + len(r), :top.shape[1]] = self.ids[top]
+        out[~known] = -1  # a last item without an embedding: nothing to be near
+        return out

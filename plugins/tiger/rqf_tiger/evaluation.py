@@ -1,0 +1,191 @@
+"""Next-item examples from a sequence view, ranking metrics, recommendations.h5, and the base
+every ranking model here shares, so baselines and TIGER are measured by one evaluator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import h5py
+import numpy as np
+
+from rqf import Dataset, Model, Param, RunContext, atomic_h5
+from rqf.errors import ConfigError, DataError
+
+KS = (5, 10)
+FORMAT = "rqf-recommendations-1"
+HISTORY = Param("history", int, 20, "most recent items of a user's history a model reads",
+                min=1)
+TOP_K = Param("top_k", int, 10, "items recommended per user (recommendations.h5 width)", min=10)
+
+
+@dataclass
+class Examples:
+    """Next-item examples: ``history`` (n, H) item ids, left-aligned, -1 padded; ``target``."""
+
+    users: np.ndarray
+    history: np.ndarray
+    target: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+
+def _sequences(view: Dataset) -> tuple[Any, Any]:
+    table, records = getattr(view, "table", None), None
+    try:
+        records = view.records  # type: ignore[attr-defined]
+    except AttributeError:
+        pass
+    if table is None or records is None:
+        raise ConfigError("dataset.type: next-item models read user sequences: use "
+                          "dataset: sequences (with storage.sequences) and a sequence splitter "
+                          "such as leave_last_out")
+    return table, records
+
+
+def _gather(table: Any, base: np.ndarray, begin: np.ndarray, end: np.ndarray,
+            width: int) -> np.ndarray:
+    """(n, width) item ids of positions [begin, end) of each row's sequence, -1 padded."""
+    n = len(base)
+    out = np.full((n, width), -1, np.int64)
+    lengths = end - begin
+    rows = np.repeat(np.arange(n), lengths)
+    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    cols = np.arange(int(lengths.sum())) - starts
+    out[rows, cols] = table.item_ids[np.repeat(base + begin, lengths) + cols]
+    return out
+
+
+def eval_examples(view: Dataset, history: int) -> Examples:
+    """One example per record with a target: its last ``history`` inputs -> the target."""
+    table, r = _sequences(view)
+    has = (r.target >= 0) & (r.end > r.start)
+    user, start, end, target = r.user[has], r.start[has], r.end[has], r.target[has]
+    base = table.offsets[user]
+    return Examples(user, _gather(table, base, np.maximum(start, end - history), end, history),
+                    table.item_ids[base + target])
+
+
+def train_examples(view: Dataset, history: int) -> Examples:
+    """Every next item inside each record's inputs: positions start+1 .. end-1 as targets."""
+    table, r = _sequences(view)
+    counts = np.maximum(r.end - r.start - 1, 0)
+    user = np.repeat(r.user, counts)
+    start = np.repeat(r.start, counts)
+    pos = start + 1 + (np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts))
+    base = table.offsets[user]
+    return Examples(user, _gather(table, base, np.maximum(start, pos - history), pos, history),
+                    table.item_ids[base + pos])
+
+
+def ranking_metrics(recommended: np.ndarray, target: np.ndarray, ks=KS) -> dict[str, float]:
+    """Recall@K and NDCG@K of ranked item ids (n, >=K) against one target item each.
+
+    A hit is the whole item: the target's id among the first K. With one relevant item the
+    ideal DCG is 1, so NDCG@K is 1/log2(rank + 1) for a hit at rank <= K, else 0.
+    """
+    recommended = np.asarray(recommended)
+    target = np.asarray(target)
+    out: dict[str, float] = {"users": int(len(target))}
+    if not len(target):
+        return out
+    hit = recommended == target[:, None]
+    rank = np.where(hit.any(1), hit.argmax(1), recommended.shape[1])  # 0-based
+    for k in ks:
+        if recommended.shape[1] < k:
+            raise ValueError(f"recall@{k} needs {k} recommendations per user, got "
+                             f"{recommended.shape[1]}")
+        out[f"recall@{k}"] = float((rank < k).mean())
+        out[f"ndcg@{k}"] = float(np.where(rank < k, 1.0 / np.log2(rank + 2.0), 0.0).mean())
+    return out
+
+
+def write_recommendations(path: Path, user_ids: np.ndarray, items: np.ndarray,
+                          attrs: Mapping[str, Any]) -> Path:
+    """``user_ids`` (vlen str, as in sequence.h5) and ``items`` (n, K) int64, best first."""
+    with atomic_h5(path) as f:
+        f.create_dataset("user_ids", data=np.array([str(u) for u in user_ids], dtype=object),
+                         dtype=h5py.string_dtype())
+        f.create_dataset("items", data=np.asarray(items, np.int64))
+        f.attrs["format"] = FORMAT
+        for k, v in attrs.items():
+            f.attrs[k] = v
+    return Path(path)
+
+
+def read_recommendations(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    try:
+        with h5py.File(path, "r") as f:
+            users = np.array([u.decode() if isinstance(u, bytes) else str(u)
+                              for u in f["user_ids"][()]], dtype=object)
+            items = f["items"][()]
+            attrs = dict(f.attrs)
+    except (OSError, KeyError) as exc:
+        raise DataError(f"{path}: not a readable recommendations.h5 ({exc})") from None
+    if items.ndim != 2 or len(items) != len(users):
+        raise DataError(f"{path}: items must be (n_users, K) with one row per user id")
+    return users, items, attrs
+
+
+class NextItemModel(Model):
+    """A model that ranks the next item of a user's history; metrics and export are shared.
+
+    Subclasses fit on the training view and implement ``recommend(history, k)``. Metrics of a
+    split are computed from exactly the (n, top_k) array that the test split's export writes.
+    """
+
+    gradient_free = True
+
+    def __init__(self, data_info: Mapping[str, Any], **params: Any) -> None:
+        config = {p.name: p.default for p in self.params}
+        config.update(params)
+        super().__init__(data_info, **config)
+        self._ranked: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def recommend(self, history: np.ndarray, k: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def evaluate(self, data: Dataset) -> dict[str, Any]:
+        ex = eval_examples(data, self.config["history"])
+        if not len(ex):
+            return {"users": 0}
+        items = self.recommend(ex.history, self.config["top_k"])
+        table, _ = _sequences(data)
+        self._ranked[getattr(data, "role", "all")] = (table.user_ids[ex.users], items)
+        return ranking_metrics(items, ex.target)
+
+    @classmethod
+    def run_outputs(cls, export: Mapping[str, Any]) -> tuple[str, ...]:
+        return ("recommendations.h5",)
+
+    def export_attrs(self) -> dict[str, Any]:
+        return {"model": self.name, "history": self.config["history"]}
+
+    def export(self, dataset: Dataset, ctx: RunContext) -> dict[str, str]:
+        artifacts = {}
+        if (ctx.run_dir / "model.pt").exists():
+            artifacts["model"] = str(ctx.run_dir / "model.pt")
+        if "test" in self._ranked:
+            users, items = self._ranked["test"]
+            artifacts["recommendations"] = str(write_recommendations(
+                ctx.run_dir / "recommendations.h5", users, items,
+                {**self.export_attrs(), "split": "test"}))
+        return artifacts
+
+    def summarize(self, metrics: Mapping[str, Any]) -> str:
+        lines = ["split   users    R@5     R@10    N@5     N@10"]
+        for role in ("valid", "test"):
+            m = metrics.get(role) or {}
+            if m.get("users"):
+                lines.append(f"{role:<7} {m['users']:6d}  {m['recall@5']:.4f}  {m['recall@10']:.4f}"
+                             f"  {m['ndcg@5']:.4f}  {m['ndcg@10']:.4f}")
+        return "\n".join(lines)
+
+    def save(self, path: Path) -> None:  # what a baseline needs is refit in seconds
+        raise NotImplementedError(f"{self.name} keeps no model file")
+
+    @classmethod
+    def load(cls, path: Path) -> "NextItemModel":
+        raise NotImplementedError(f"{cls.name} keeps no model file")

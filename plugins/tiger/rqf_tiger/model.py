@@ -1,0 +1,251 @@
+"""The ``tiger`` model: an encoder-decoder transformer that reads a user's history as semantic-ID
+tokens and generates the next item's full ID, decoded by beam search over valid IDs only."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from rqf import (Dataset, Param, RunContext, TensorBatches, Trainer, atomic_path, autocast,
+                 load_tensors)
+from rqf.codes import PrefixTrie, SemanticIds, sha256_of
+from rqf.errors import DataError, RqfError
+from rqf_tiger.decode import constrained_beam_search
+from rqf_tiger.evaluation import (HISTORY, TOP_K, NextItemModel, eval_examples, ranking_metrics,
+                                  train_examples)
+
+MODEL_FORMAT = "rqf-tiger-1"
+PAD, BOS = 0, 1
+
+
+class TigerNet(nn.Module):
+    """torch's nn.Transformer over ID tokens, with learned positions."""
+
+    def __init__(self, n_tokens: int, source_len: int, levels: int, d_model: int, heads: int,
+                 layers: int, ff: int, dropout: float) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(n_tokens, d_model, padding_idx=PAD)
+        self.source_pos = nn.Embedding(source_len, d_model)
+        self.target_pos = nn.Embedding(levels + 1, d_model)
+        with warnings.catch_warnings():  # pre-norm layers have no nested-tensor fast path
+            warnings.simplefilter("ignore", UserWarning)
+            self.transformer = nn.Transformer(d_model, heads, layers, layers, ff, dropout,
+                                              batch_first=True, norm_first=True)
+        self.head = nn.Linear(d_model, n_tokens)
+
+    def encode(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pad = source == PAD
+        x = self.embed(source) + self.source_pos.weight[:source.shape[1]]
+        return self.transformer.encoder(x, src_key_padding_mask=pad), pad
+
+    def decode(self, target: torch.Tensor, memory: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        t = target.shape[1]
+        y = self.embed(target) + self.target_pos.weight[:t]
+        causal = nn.Transformer.generate_square_subsequent_mask(t, device=y.device, dtype=y.dtype)
+        h = self.transformer.decoder(y, memory, tgt_mask=causal, tgt_is_causal=True,
+                                     memory_key_padding_mask=pad)
+        return self.head(h)
+
+    def decode_beams(self, tokens: torch.Tensor, memory: torch.Tensor, pad: torch.Tensor
+                     ) -> torch.Tensor:
+        """Next-token logits (B, W, vocab) of W beams per input, decoder inputs (B, W, t).
+
+        The beams are laid side by side in one target sequence, each attending only to its
+        own earlier tokens (a block-diagonal causal mask), so the memory is projected once
+        per input rather than once per beam.
+        """
+        b, w, t = tokens.shape
+        y = self.embed(tokens) + self.target_pos.weight[:t]
+        own = torch.arange(w * t, device=y.device)
+        allowed = (own[:, None] // t == own[None, :] // t) & (own[None, :] <= own[:, None])
+        mask = torch.zeros(w * t, w * t, device=y.device, dtype=y.dtype).masked_fill(
+            ~allowed, -float("inf"))
+        h = self.transformer.decoder(y.reshape(b, w * t, -1), memory, tgt_mask=mask,
+                                     memory_key_padding_mask=pad)
+        return self.head(h.reshape(b, w, t, -1)[:, :, -1])
+
+    def forward(self, source: torch.Tensor, target_in: torch.Tensor) -> torch.Tensor:
+        memory, pad = self.encode(source)
+        return self.decode(target_in, memory, pad)
+
+
+class TigerModel(NextItemModel):
+    """TIGER: generative retrieval of the next item's semantic ID (Rajput et al., 2023)."""
+
+    name = "tiger"
+    gradient_free = False
+    params = (
+        Param("semantic_ids", "path", help="semantic_ids.h5 of the items (from rqvae, rqkmeans, "
+              "...); its unique_codes, collision level included, are the IDs generated"),
+        HISTORY,
+        TOP_K,
+        Param("d_model", int, 64, "transformer width", min=8),
+        Param("heads", int, 4, "attention heads (d_model must divide by it)", min=1),
+        Param("layers", int, 2, "encoder layers, and as many decoder layers", min=1),
+        Param("ff", int, 256, "feed-forward width", min=8),
+        Param("dropout", float, 0.1, "dropout", min=0, max=1),
+        Param("beam", int, 20, "beams of the constrained search (>= top_k)", min=1),
+        Param("monitor_users", int, 2048, "validation users decoded after each epoch to pick "
+              "the best weights (0: all)", min=0),
+        Param("eval_batch_size", int, 256, "users decoded at once", min=1),
+    )
+    # A budget in steps (a 2-core CPU finishes ml100k in about 12 minutes; tiger_paper.yaml has
+    # the published size for a GPU); validation every 250 steps keeps the best weights.
+    train_defaults = {"epochs": None, "max_steps": 1000, "batch_size": 256, "lr": 2e-3,
+                      "weight_decay": 0.01, "warmup_steps": 200, "scheduler": "cosine",
+                      "eval_every": 250, "monitor": "valid_ndcg@10", "monitor_mode": "max"}
+
+    def __init__(self, data_info: Mapping[str, Any], **params: Any) -> None:
+        super().__init__(data_info, **params)
+        cfg = self.config
+        if cfg["d_model"] % cfg["heads"]:
+            raise RqfError(f"model.heads: d_model {cfg['d_model']} does not divide by "
+                           f"{cfg['heads']} heads")
+        if cfg["beam"] < cfg["top_k"]:
+            raise RqfError(f"model.beam: {cfg['beam']} beams cannot give top_k {cfg['top_k']} items")
+        self._load_ids(Path(cfg["semantic_ids"]))
+        self.net = TigerNet(self.n_tokens, cfg["history"] * self.levels, self.levels,
+                            cfg["d_model"], cfg["heads"], cfg["layers"], cfg["ff"], cfg["dropout"])
+        self.device = torch.device("cpu")
+        self.precision = "fp32"
+
+    # -- the vocabulary ---------------------------------------------------------------------
+    def _load_ids(self, path: Path) -> None:
+        ids = SemanticIds(path)
+        self.ids_path, self.ids_sha256 = path, sha256_of(path)
+        codes = ids.unique_codes.astype(np.int64)
+        self.levels = codes.shape[1]
+        self.trie = PrefixTrie(codes)
+        self.offsets = list(2 + np.r_[0, np.cumsum(self.trie.vocab)[:-1]])
+        self.n_tokens = 2 + int(sum(self.trie.vocab))
+        order = np.argsort(ids.item_ids)
+        self.item_ids = ids.item_ids[order].astype(np.int64)
+        tokens = codes[order] + np.asarray(self.offsets)[None, :]
+        # one row per item (sorted by id) and a last row of padding for an empty slot
+        self.item_tokens = torch.from_numpy(np.vstack([tokens, np.full(self.levels, PAD)]))
+        self.leaf_item = ids.item_ids[self.trie.rows].astype(np.int64)  # leaf -> item id
+
+    def _rows(self, items: np.ndarray, where: str) -> np.ndarray:
+        """Row of each item id in the vocabulary; -1 stays padding, unknown ids are an error."""
+        pos = np.searchsorted(self.item_ids, items).clip(0, len(self.item_ids) - 1)
+        known = self.item_ids[pos] == items
+        if not known[items >= 0].all():
+            missing = np.unique(items[(items >= 0) & ~known])
+            raise DataError(f"{self.ids_path}: {len(missing)} items of the {where} have no "
+                            f"semantic ID, e.g. {missing[:5].tolist()} (were the IDs made for "
+                            "this item file?)")
+        return np.where(items >= 0, pos, len(self.item_ids))
+
+    def _source(self, history_rows: torch.Tensor) -> torch.Tensor:
+        return self.item_tokens.to(history_rows.device)[history_rows].flatten(1)
+
+    # -- training -----------------------------------------------------------------------------
+    def fit(self, train: Dataset, valid: Dataset | None, ctx: RunContext) -> dict[str, Any]:
+        cfg = self.config
+        trainer = Trainer(ctx.train, ctx.run_dir, seed=ctx.seed, resume=ctx.resume, echo=ctx.echo,
+                          checkpoint_extra={"semantic_ids_sha256": self.ids_sha256,
+                                            "architecture": repr(self.net)})
+        device = self.device = trainer.device
+        self.precision = ctx.train.precision
+        ex = train_examples(train, cfg["history"])
+        if not len(ex):
+            raise RqfError("tiger: the training split holds no next-item examples (sequences of "
+                           "at least two items)")
+        history = torch.from_numpy(self._rows(ex.history, "training histories")).to(device)
+        target = torch.from_numpy(self._rows(ex.target, "training targets")).to(device)
+        valid_ex = eval_examples(valid, cfg["history"]) if valid is not None else None
+        if valid_ex is not None and cfg["monitor_users"] and len(valid_ex) > cfg["monitor_users"]:
+            pick = np.random.default_rng(ctx.seed).choice(len(valid_ex), cfg["monitor_users"],
+                                                          replace=False)
+            valid_ex.history, valid_ex.target = valid_ex.history[pick], valid_ex.target[pick]
+        self.net.to(device)
+        bos = torch.full((1, 1), BOS, dtype=torch.long, device=device)
+        item_tokens = self.item_tokens.to(device)
+        loss_fn_ce = nn.CrossEntropyLoss()
+
+        def loss_fn(module: nn.Module, batch: torch.Tensor):
+            source = item_tokens[history[batch]].flatten(1)
+            goal = item_tokens[target[batch]]
+            logits = module(source, torch.cat([bos.expand(len(batch), 1), goal[:, :-1]], 1))
+            return loss_fn_ce(logits.reshape(-1, logits.shape[-1]).float(), goal.reshape(-1)), {}
+
+        def valid_fn(module: nn.Module) -> dict[str, float]:
+            m = ranking_metrics(self.recommend(valid_ex.history, cfg["top_k"]), valid_ex.target)
+            return {f"valid_{k}": v for k, v in m.items() if k != "users"}
+
+        batches = TensorBatches(torch.arange(len(target), device=device), ctx.train.batch_size,
+                                seed=ctx.seed, device=device)
+        has_valid = valid_ex is not None and len(valid_ex) > 0
+        if not has_valid and ctx.train.monitor:
+            raise RqfError(f"train.monitor: {ctx.train.monitor} needs a validation split; set "
+                           "train.monitor: null to keep the last weights")
+        started = time.perf_counter()
+        result = trainer.fit(self.net, batches, loss_fn, valid_fn if has_valid else None)
+        self.net.eval()
+        if ctx.is_main:
+            self.save(ctx.run_dir / "model.pt")
+        return {"steps": result.steps, "seconds": round(time.perf_counter() - started, 3),
+                "training_examples": len(target), "best_step": result.best_step,
+                "best_value": result.best_value, "resumed_from": result.resumed_from,
+                "semantic_ids": str(self.ids_path), "semantic_ids_sha256": self.ids_sha256,
+                "device": str(device), "history": result.history}
+
+    # -- ranking ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def recommend(self, history: np.ndarray, k: int) -> np.ndarray:
+        """The top ``k`` items of each history: whole IDs from the constrained beam search."""
+        net, device, cfg = self.net, self.device, self.config
+        was_training = net.training
+        net.eval()
+        trie = self.trie.to(device)
+        rows = torch.from_numpy(self._rows(history, "histories"))
+        out = np.full((len(history), k), -1, np.int64)
+        bos = torch.full((1, 1), BOS, dtype=torch.long, device=device)
+        for a in range(0, len(history), cfg["eval_batch_size"]):
+            source = self._source(rows[a:a + cfg["eval_batch_size"]].to(device))
+            with autocast(device, self.precision):
+                memory, pad = net.encode(source)
+
+            def step_logits(tokens: torch.Tensor, expand: int) -> torch.Tensor:
+                beams = torch.cat([bos.expand(len(tokens), 1), tokens], 1)
+                with autocast(device, self.precision):
+                    logits = net.decode_beams(beams.reshape(len(memory), expand, -1), memory, pad)
+                return logits.reshape(len(tokens), -1)
+
+            leaves, _ = constrained_beam_search(step_logits, len(source), trie, self.offsets,
+                                                cfg["beam"], device)
+            leaves = leaves[:, :k].cpu().numpy()
+            found = leaves >= 0
+            out[a:a + len(leaves), :leaves.shape[1]] = np.where(
+                found, self.leaf_item[np.maximum(leaves, 0)], -1)
+        net.train(was_training)
+        return out
+
+    def export_attrs(self) -> dict[str, Any]:
+        return {**super().export_attrs(), "semantic_ids": str(self.ids_path),
+                "semantic_ids_sha256": self.ids_sha256}
+
+    # -- persistence ----------------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        with atomic_path(path) as tmp:
+            torch.save({"format": MODEL_FORMAT, "config": {k: (str(v) if isinstance(v, Path) else v)
+                                                           for k, v in self.config.items()},
+                        "data_info": dict(self.data_info), "semantic_ids_sha256": self.ids_sha256,
+                        "state_dict": {k: v.detach().cpu() for k, v in self.net.state_dict().items()}},
+                       tmp)
+
+    @classmethod
+    def load(cls, path: Path, device: str = "cpu") -> "TigerModel":
+        payload = load_tensors(Path(path), "tiger model", MODEL_FORMAT)
+        model = cls(payload["data_info"], **payload["config"])
+        if model.ids_sha256 != payload["semantic_ids_sha256"]:
+            raise RqfError(f"{path}: trained on other semantic IDs than {model.ids_path} holds now")
+        model.net.load_state_dict(payload["state_dict"])
+        model.net.eval()
+        return model

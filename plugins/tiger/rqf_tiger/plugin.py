@@ -1,0 +1,12 @@
+"""Hook implementations of the tiger plugin."""
+
+from rqf import hookimpl
+from rqf_tiger.baselines import LastItemNNModel, MostPopModel
+from rqf_tiger.model import TigerModel
+
+
+@hookimpl
+def register_models(register):
+    register(TigerModel)
+    register(MostPopModel)
+    register(LastItemNNModel)

@@ -1,0 +1,238 @@
+"""Past the IDs: the prefix trie, constrained beam search, ranking metrics, rqkmeans, the
+baselines and TIGER, and that recommendations.h5 gives exactly the metrics reported."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import rqf
+from conftest import clustered, tiny_pipeline
+from rqf.codes import PrefixTrie, SemanticIds, write_semantic_ids
+from rqf.training import TensorBatches, TrainConfig, Trainer
+from rqf_tiger import ranking_metrics, read_recommendations
+from rqf_tiger.decode import constrained_beam_search
+
+CODES = np.array([[0, 1, 0], [0, 1, 1], [2, 0, 0], [0, 3, 0], [2, 2, 5]])
+
+
+# --- the trie -------------------------------------------------------------------------------
+
+def test_trie_spells_every_id_and_only_those():
+    trie = PrefixTrie(CODES)
+    np.testing.assert_array_equal(trie.lookup(CODES), np.arange(5))
+    assert trie.lookup(np.array([[0, 1, 2], [1, 0, 0], [2, 2, 4], [0, 3, 0]])).tolist() == \
+        [-1, -1, -1, 3]
+    assert trie.allowed(0, torch.tensor([0])).tolist() == [[True, False, True]]
+    node = trie.step(0, torch.tensor([0]), torch.tensor([2]))
+    assert trie.allowed(1, node).tolist() == [[True, False, True, False]]
+    assert trie.step(0, torch.tensor([0]), torch.tensor([1])).item() == -1
+    with pytest.raises(ValueError, match="not unique"):
+        PrefixTrie(np.vstack([CODES, CODES[:1]]))
+
+
+# --- constrained beam search ----------------------------------------------------------------
+
+def fixed_logits(table: list[torch.Tensor], offsets: list[int], width: int):
+    """Next-token logits that depend only on the level: level l scores table[l]."""
+    def step(tokens: torch.Tensor, expand: int) -> torch.Tensor:
+        level = tokens.shape[1]
+        out = torch.full((len(tokens), width), -50.0)
+        out[:, offsets[level]:offsets[level] + len(table[level])] = table[level]
+        return out
+    return step
+
+
+def test_beam_search_returns_the_most_likely_valid_ids_in_order():
+    rng = np.random.default_rng(0)
+    codes = np.array(list(itertools.product(range(4), range(3), range(5))))
+    codes = codes[rng.permutation(len(codes))[:25]]  # a sparse set of valid IDs
+    trie = PrefixTrie(codes)
+    offsets = [2, 2 + 4, 2 + 4 + 3]
+    table = [torch.tensor(rng.normal(size=v), dtype=torch.float32) for v in trie.vocab]
+    nodes, scores = constrained_beam_search(fixed_logits(table, offsets, 20), 2, trie, offsets,
+                                            8, torch.device("cpu"))
+    # brute force: each level's log-softmax is over the tokens allowed after that prefix
+    def score(code):
+        total, prefix_rows = 0.0, codes
+        for level, c in enumerate(code):
+            allowed = np.unique(prefix_rows[:, level])
+            logp = torch.log_softmax(table[level][allowed], 0)
+            total += float(logp[list(allowed).index(c)])
+            prefix_rows = prefix_rows[prefix_rows[:, level] == c]
+        return total
+    expected = sorted(range(len(codes)), key=lambda i: -score(codes[i]))[:8]
+    for row in range(2):
+        assert trie.rows[nodes[row].numpy()].tolist() == expected
+        np.testing.assert_allclose(scores[row].numpy(), [score(codes[i]) for i in expected],
+                                   rtol=1e-5)
+
+
+def test_beam_search_never_leaves_the_valid_ids_even_when_the_model_wants_to():
+    trie = PrefixTrie(CODES)
+    offsets = [2, 5, 9]
+    # the model's favourite tokens are all invalid continuations
+    table = [torch.tensor([0.0, 9.0, 0.0]), torch.tensor([0.0, 0.0, 0.0, 0.0]),
+             torch.tensor([0.0, 0.0, 0.0, 0.0, 9.0, 0.0])]
+    nodes, scores = constrained_beam_search(fixed_logits(table, offsets, 20), 3, trie, offsets,
+                                            10, torch.device("cpu"))
+    found = nodes[nodes >= 0].numpy()
+    assert sorted(trie.rows[found[:5]].tolist()) == [0, 1, 2, 3, 4]  # all five, once each
+    assert (nodes[:, 5:] == -1).all() and torch.isinf(scores[:, 5:]).all()  # nothing invented
+
+
+# --- metrics ---------------------------------------------------------------------------------
+
+def test_ranking_metrics_on_hand_made_rankings():
+    ranked = np.array([[7, 3, 9, 1, 4, 5, 6, 8, 2, 0],    # target 7 at rank 1
+                       [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],   # target 6 at rank 6
+                       [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],   # target 11: a miss
+                       [5, 4, 3, 2, 1, 0, 9, 8, 7, 6]])   # target 2 at rank 4
+    m = ranking_metrics(ranked, np.array([7, 6, 11, 2]))
+    assert m["users"] == 4
+    assert m["recall@5"] == pytest.approx(2 / 4) and m["recall@10"] == pytest.approx(3 / 4)
+    assert m["ndcg@5"] == pytest.approx((1 + 1 / math.log2(5)) / 4)
+    assert m["ndcg@10"] == pytest.approx((1 + 1 / math.log2(7) + 1 / math.log2(5)) / 4)
+    with pytest.raises(ValueError, match="needs 10 recommendations"):
+        ranking_metrics(ranked[:, :5], np.array([7, 6, 11, 2]))
+
+
+# --- models through the pipeline ------------------------------------------------------------
+
+def sequence_pipeline(files, out, model, **train):
+    config = tiny_pipeline(files, out, dataset={"type": "sequences"},
+                           splitter={"type": "leave_last_out"}, model=model)
+    config["train"] = {"progress": False, "checkpoint_every": 0, **train}
+    return config
+
+
+def test_rqkmeans_makes_unique_ids_fast_and_balanced_evens_the_clusters(tmp_path, recsys_files):
+    result = rqf.run(sequence_pipeline(recsys_files, tmp_path / "plain",
+                                       {"type": "rqkmeans", "levels": 3, "codebook_size": 16}))
+    ids = SemanticIds(result.artifacts["semantic_ids"])
+    assert len(ids.item_ids) == 300 and result.metrics["all"]["collision_rate"] == 0.0
+    assert len({tuple(r) for r in ids.unique_codes}) == 300
+    assert result.metrics["fit"]["seconds"] < 30 and result.metrics["health"]["healthy"]
+    # skewed data: one dense cluster of 240 items and 60 spread ones
+    rng = np.random.default_rng(0)
+    skewed = np.vstack([rng.normal(size=(240, 16)) * 0.05 + 3, rng.normal(size=(60, 16))])
+    from conftest import write_seed_items
+
+    items = write_seed_items(tmp_path / "skewed.h5", np.arange(101, 401), skewed)
+    sizes = {}
+    for balanced in (False, True):
+        config = sequence_pipeline(recsys_files, tmp_path / f"b{balanced}",
+                                   {"type": "rqkmeans", "levels": 1, "codebook_size": 8,
+                                    "balanced": balanced, "normalize": "none",
+                                    "collision_handling": "suffix"})
+        config["storage"]["items"] = str(items)
+        config["splitter"] = {"type": "index", "test_ratio": 0.1}
+        config["dataset"] = {"type": "items"}
+        codes = SemanticIds(rqf.run(config).artifacts["semantic_ids"]).codes[:, 0]
+        sizes[balanced] = np.bincount(codes, minlength=8)
+    assert sizes[True].max() < sizes[False].max()
+    assert sizes[True].std() < 0.5 * sizes[False].std()
+
+
+def test_baselines_rank_as_they_say(tmp_path, recsys_files):
+    pop = rqf.run(sequence_pipeline(recsys_files, tmp_path / "pop", {"type": "mostpop"}))
+    users, items, attrs = read_recommendations(pop.run_dir / "recommendations.h5")
+    assert (items == items[0]).all() and len(set(items[0])) == 10  # one list, ten items
+    nn = rqf.run(sequence_pipeline(recsys_files, tmp_path / "nn", {"type": "lastitem_nn"}))
+    users, items, _ = read_recommendations(nn.run_dir / "recommendations.h5")
+    with h5py.File(recsys_files["items"]) as f:
+        ids, emb = f["item_ids"][()], f["embeddings"][()]
+    emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    with h5py.File(recsys_files["sequences"]) as f:
+        seqs = {u.decode(): s for u, s in zip(f["user_ids"][()], f["sequences"][()])}
+    last = seqs[users[0]][-2]  # the test history ends with the item before the target
+    sims = emb @ emb[list(ids).index(last)]
+    sims[list(ids).index(last)] = -np.inf
+    assert items[0].tolist() == ids[np.argsort(-sims)[:10]].tolist()
+
+
+@pytest.fixture
+def tiger_run(tmp_path, recsys_files):
+    ids = rqf.run(sequence_pipeline(recsys_files, tmp_path / "ids",
+                                    {"type": "rqkmeans", "levels": 2, "codebook_size": 16}))
+    model = {"type": "tiger", "semantic_ids": ids.artifacts["semantic_ids"], "d_model": 32,
+             "ff": 64, "layers": 1, "beam": 12}
+    result = rqf.run(sequence_pipeline(recsys_files, tmp_path / "tiger", model, max_steps=30,
+                                       eval_every=10, batch_size=32))
+    return result, ids.artifacts["semantic_ids"]
+
+
+def test_tiger_trains_decodes_valid_items_and_exports_exactly_its_metrics(tiger_run,
+                                                                          recsys_files):
+    from rqf.codes import sha256_of
+
+    result, ids_path = tiger_run
+    users, items, attrs = read_recommendations(result.run_dir / "recommendations.h5")
+    catalogue = set(range(101, 401))
+    assert items.shape == (len(users), 10)
+    assert all(set(row) <= catalogue and len(set(row)) == 10 for row in items)
+    # the test targets: each user's last item; metrics recomputed from the file agree
+    with h5py.File(recsys_files["sequences"]) as f:
+        last = {u.decode(): s[-1] for u, s in zip(f["user_ids"][()], f["sequences"][()])}
+    recomputed = ranking_metrics(items, np.array([last[u] for u in users]))
+    for key, value in recomputed.items():
+        assert result.metrics["test"][key] == pytest.approx(value)
+    assert attrs["semantic_ids"] == ids_path
+    assert attrs["semantic_ids_sha256"] == result.metrics["fit"]["semantic_ids_sha256"] \
+        == sha256_of(ids_path)
+    fit = result.metrics["fit"]
+    assert fit["best_step"] in (10, 20, 30) and (result.run_dir / "checkpoints" / "best.pt").exists()
+    assert [h["step"] for h in fit["history"]] == [10, 20, 30]
+    assert fit["best_value"] == max(h["valid_ndcg@10"] for h in fit["history"])
+
+
+def test_tiger_refuses_ids_that_miss_items_of_the_sequences(tmp_path, recsys_files):
+    ids = write_semantic_ids(tmp_path / "partial.h5", np.arange(101, 301),
+                             np.random.default_rng(0).integers(0, 8, (200, 2)), None,
+                             {"codebook_size": 8})
+    config = sequence_pipeline(recsys_files, tmp_path / "t", {"type": "tiger",
+                                                              "semantic_ids": str(ids)},
+                               max_steps=2)
+    with pytest.raises(rqf.DataError, match="items of the training .* have no semantic ID"):
+        rqf.run(config)
+
+
+# --- the training loop's seams used here ----------------------------------------------------
+
+def test_monitor_keeps_the_best_weights_and_schedules_shape_the_rate(tmp_path):
+    torch.manual_seed(0)
+    module = torch.nn.Linear(4, 1)
+    cfg = TrainConfig.from_mapping({"epochs": None, "max_steps": 12, "batch_size": 8,
+                                    "eval_every": 3, "monitor": "score", "progress": False,
+                                    "scheduler": "linear", "checkpoint_every": 0})
+    weights = {}
+
+    def valid_fn(m):
+        step = len(weights) * 3 + 3
+        weights[step] = m.weight.detach().clone()
+        return {"score": -abs(step - 6)}  # best at step 6
+
+    trainer = Trainer(cfg, tmp_path, seed=0)
+    result = trainer.fit(module, TensorBatches(torch.randn(40, 4), 8),
+                         lambda m, b: ((m(b) ** 2).mean(), {}), valid_fn)
+    assert result.best_step == 6 and result.best_value == 0
+    assert torch.equal(module.weight, weights[6])  # the kept weights are step 6's
+    lrs = {}
+    for kind in ("linear", "inverse_sqrt", "cosine"):
+        t = Trainer(TrainConfig.from_mapping({"scheduler": kind, "warmup_steps": 4,
+                                              "lr": 1.0}), None)
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        sched = t._scheduler(opt, 20)
+        lrs[kind] = []
+        for _ in range(20):
+            lrs[kind].append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+    assert lrs["linear"][3] == pytest.approx(1.0) and lrs["linear"][12] == pytest.approx(0.5)
+    assert lrs["inverse_sqrt"][15] == pytest.approx(math.sqrt(4 / 16))
+    assert lrs["cosine"][-1] > 0.05 - 1e-9
