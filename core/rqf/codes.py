@@ -350,6 +350,9 @@ class SemanticIds:
     def __init__(self, path: str | Path) -> None:
         path = Path(path)
         self.path = path
+        if not path.is_file():
+            raise DataError(f"{path}: semantic_ids.h5 not found (run the pipeline that makes the "
+                            "IDs first, e.g. examples/rqkmeans.yaml)")
         try:
             with h5py.File(path, "r") as f:
                 arrays = {}
