@@ -55,6 +55,8 @@ def main() -> None:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--device", default="auto")
     p.add_argument("--keep", help="keep the runs in this folder (default: a temporary one)")
+    p.add_argument("--rows", help="only the TIGER rows whose label contains one of these "
+                   "comma-separated words, e.g. 'balanced,random' (the floors always run)")
     args = p.parse_args()
     for name in args.datasets.split(","):
         folder = Path(args.data) / name
@@ -108,7 +110,10 @@ def table(name: str, folder: Path, work: Path, args) -> None:
                                         None, {"codebook_size": 256, "tokenizer": "random"}), 0.0)
     tiger = {"type": "tiger", "d_model": args.d_model, "layers": args.layers, "ff": args.ff,
              "heads": args.heads}
+    only = [w.strip() for w in args.rows.split(",")] if args.rows else None
     for label, (path, seconds) in ids.items():
+        if only and not any(w in label for w in only):
+            continue
         ranker(f"tiger on {label}", {**tiger, "semantic_ids": str(path)}, seconds,
                {"max_steps": args.steps, "eval_every": max(1, args.steps // 4),
                 "warmup_steps": min(200, args.steps // 5)})

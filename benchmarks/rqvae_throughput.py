@@ -64,7 +64,7 @@ def run(device: str, x: np.ndarray, held_out: np.ndarray, args) -> list[object]:
             torch.cuda.reset_peak_memory_stats()
         fit = model.fit(Vectors(x), None, ctx)
     # encoding: every item, timed after one warm-up batch
-    model.encode(x[:args.encode_batch])
+    model.codes_of(x[:args.encode_batch])
     if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -76,7 +76,7 @@ def run(device: str, x: np.ndarray, held_out: np.ndarray, args) -> list[object]:
         torch.cuda.synchronize()
         codes = codes.cpu().numpy()
     else:
-        codes = model.encode(x)
+        codes = model.codes_of(x)
     encode_s = time.perf_counter() - start
     quality = model.evaluate(Vectors(held_out))
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else peak_rss_mb() / 1024

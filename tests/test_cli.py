@@ -49,18 +49,33 @@ def test_debug_shows_the_traceback(tmp_path, recsys_files):
 
 
 @pytest.mark.parametrize("content, expected", [
-    ("- a\n- b\n", "is a list"),
-    ("name: [\n", "invalid YAML"),
+    ("- a\n- b\n", ["is a list"]),
+    ("name: [\n", ["invalid YAML"]),
     ("name: a\nstorage: {type: h5_recsys, items: missing.h5}\ndataset: items\nsplitter: index\n"
-     "model: rqvae\n", "missing.h5: file not found"),
-    ("name: a\nstorage: {type: nope}\n", "unknown storage 'nope'"),
+     "model: rqvae\n", ["missing.h5: file not found"]),
+    ("name: a\nstorage: {type: nope}\n", ["storage.type: unknown storage 'nope'",
+                                          "dataset: missing section", "splitter: missing section",
+                                          "model: missing section"]),
+    ("storage: {type: h5_recsys, itmes: a.h5}\ndataset: {type: items, extra: 1}\n"
+     "splitter: index\nmodel: {type: rqvae, levels: two, codebok_size: 8}\ntrian: {}\n",
+     ["trian: unknown top-level key; did you mean 'train'?",
+      "storage.itmes: unknown key; did you mean 'items'?",
+      "storage.items: missing required value", "dataset.extra: unknown key",
+      "model.codebok_size: unknown key; did you mean 'codebook_size'?",
+      "model.levels: expected int, got 'two'"]),
 ])
 def test_cli_errors(tmp_path, capsys, content, expected):
+    """Each problem of a pipeline is one line, and all of them are reported at once."""
     path = tmp_path / "p.yaml"
     path.write_text(content)
     code, _, err = call(capsys, "run", str(path))
     assert code == 2
-    assert expected in err and len(err.strip().splitlines()) == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == len(expected)
+    assert all(line.startswith("error: ") for line in lines)
+    for want in expected:
+        assert sum(want in line for line in lines) == 1, want
+    assert "Traceback" not in err
 
 
 def test_missing_pipeline_file(capsys, tmp_path):

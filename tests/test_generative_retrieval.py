@@ -111,34 +111,6 @@ def sequence_pipeline(files, out, model, **train):
     return config
 
 
-def test_rqkmeans_makes_unique_ids_fast_and_balanced_evens_the_clusters(tmp_path, recsys_files):
-    result = rqf.run(sequence_pipeline(recsys_files, tmp_path / "plain",
-                                       {"type": "rqkmeans", "levels": 3, "codebook_size": 16}))
-    ids = SemanticIds(result.artifacts["semantic_ids"])
-    assert len(ids.item_ids) == 300 and result.metrics["all"]["collision_rate"] == 0.0
-    assert len({tuple(r) for r in ids.unique_codes}) == 300
-    assert result.metrics["fit"]["seconds"] < 30 and result.metrics["health"]["healthy"]
-    # skewed data: one dense cluster of 240 items and 60 spread ones
-    rng = np.random.default_rng(0)
-    skewed = np.vstack([rng.normal(size=(240, 16)) * 0.05 + 3, rng.normal(size=(60, 16))])
-    from conftest import write_seed_items
-
-    items = write_seed_items(tmp_path / "skewed.h5", np.arange(101, 401), skewed)
-    sizes = {}
-    for balanced in (False, True):
-        config = sequence_pipeline(recsys_files, tmp_path / f"b{balanced}",
-                                   {"type": "rqkmeans", "levels": 1, "codebook_size": 8,
-                                    "balanced": balanced, "normalize": "none",
-                                    "collision_handling": "suffix"})
-        config["storage"]["items"] = str(items)
-        config["splitter"] = {"type": "index", "test_ratio": 0.1}
-        config["dataset"] = {"type": "items"}
-        codes = SemanticIds(rqf.run(config).artifacts["semantic_ids"]).codes[:, 0]
-        sizes[balanced] = np.bincount(codes, minlength=8)
-    assert sizes[True].max() < sizes[False].max()
-    assert sizes[True].std() < 0.5 * sizes[False].std()
-
-
 def test_baselines_rank_as_they_say(tmp_path, recsys_files):
     pop = rqf.run(sequence_pipeline(recsys_files, tmp_path / "pop", {"type": "mostpop"}))
     users, items, attrs = read_recommendations(pop.run_dir / "recommendations.h5")

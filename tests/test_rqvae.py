@@ -133,7 +133,7 @@ def test_items_are_encoded_the_same_after_save_and_load(tmp_path, recsys_files):
         raw, codes = f["raw_codes"][()], f["codes"][()]
     with h5py.File(recsys_files["items"]) as f:
         emb = f["embeddings"][()]
-    np.testing.assert_array_equal(model.encode(emb), raw)
+    np.testing.assert_array_equal(model.codes_of(emb), raw)
     # collision handling only ever changes the last level
     np.testing.assert_array_equal(codes[:, :-1], raw[:, :-1])
 
@@ -243,5 +243,5 @@ def test_cuda_training_and_encoding_match_cpu_codes(tmp_path, recsys_files):
     with h5py.File(recsys_files["items"]) as f:
         emb = f["embeddings"][()]
     with h5py.File(tmp_path / "run" / "semantic_ids.h5") as f:
-        agreement = (model.encode(emb) == f["codes"][()]).all(1).mean()
+        agreement = (model.codes_of(emb) == f["codes"][()]).all(1).mean()
     assert agreement > 0.95

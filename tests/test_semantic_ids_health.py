@@ -222,10 +222,10 @@ def test_split_metrics_equal_a_direct_evaluation(recsys_files, tmp_path):
     with h5py.File(recsys_files["items"]) as f:
         emb = f["embeddings"][()]
     rows = np.flatnonzero(np.isin(np.arange(101, 401), np.arange(101, 401)))
-    direct = model._metrics(model.encode(emb[rows]), model.encode(emb[rows]),
+    direct = model._metrics(model.codes_of(emb[rows]), model.codes_of(emb[rows]),
                             model._score(lambda a, b: emb[rows][a:b], len(rows),
                                          model._latents(lambda a, b: emb[rows][a:b], len(rows)),
-                                         model.encode(emb[rows])))
+                                         model.codes_of(emb[rows])))
     assert result.metrics["all"]["recon_mse"] == pytest.approx(direct["recon_mse"], rel=1e-5)
     assert result.metrics["all"]["utilization"] == direct["utilization"]
 
@@ -307,16 +307,14 @@ def test_resume_does_not_redo_the_initialisation(recsys_files, tmp_path, monkeyp
 
 
 def test_readme_encode_line_works_for_a_run_trained_on_sequences(recsys_files, tmp_path):
-    from rqf_rqvae.commands import encode_with_run
-
     config = tiny_pipeline(recsys_files, tmp_path / "run", dataset={"type": "sequences"},
                            splitter={"type": "leave_last_out"})
     rqf.run(config)
     rng = np.random.default_rng(5)
     new = write_seed_items(tmp_path / "new_items.h5", np.arange(7, 57),
                            rng.normal(size=(50, 16)).astype(np.float32))
-    out = encode_with_run(tmp_path / "run", tmp_path / "new.h5",
-                          (f"storage.items={new}", "storage.sequences=null"), "cpu")
+    out = rqf.encode(tmp_path / "run", tmp_path / "new.h5",
+                     (f"storage.items={new}", "storage.sequences=null"), "cpu")
     ids = SemanticIds(out)
     assert ids.codes.shape == (50, 2) and ids.item_ids.tolist() == list(range(7, 57))
     # training on sequences without a sequence file still stops with the fix named

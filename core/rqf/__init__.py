@@ -1,10 +1,14 @@
 """rqf: residual-quantized autoencoders over HDF5 embeddings, built from plugins."""
 
+from rqf.builtin import IndexSplitter, check_disjoint
+from rqf.data import (ArrayGroup, ItemRows, ItemSource, KeyedArrays, SequenceRecords,
+                      SequenceSource, SequenceTable, SequenceView, input_positions,
+                      missing_members, positions, read_rows, require)
 from rqf.errors import ConfigError, DataError, PluginError, RqfError
 from rqf.hookspecs import hookimpl
 from rqf.interfaces import (Dataset, InspectReport, ItemVectors, Model, RunContext,
                             SequenceVectors, Splitter, Storage)
-from rqf.params import Param
+from rqf.params import Param, validate_params
 
 __version__ = "0.1.0"
 
@@ -18,9 +22,14 @@ def run(config, overrides=(), force=False, resume=False, echo=None):
 
 # names whose modules import torch: loaded on first use, so `import rqf` stays light
 _LAZY = {"atomic_path": "rqf.io", "atomic_h5": "rqf.io", "write_json_atomic": "rqf.io",
+         "write_text_atomic": "rqf.io", "FolderLock": "rqf.io", "disk_full": "rqf.io",
+         "is_disk_full": "rqf.io",
          "load_tensors": "rqf.training", "Trainer": "rqf.training",
-         "TensorBatches": "rqf.training", "TrainConfig": "rqf.training",
-         "autocast": "rqf.training"}
+         "TensorBatches": "rqf.training", "LoaderBatches": "rqf.training",
+         "BatchSource": "rqf.training", "TrainingTask": "rqf.training",
+         "to_device": "rqf.training",
+         "TrainConfig": "rqf.training", "autocast": "rqf.training",
+         "resolve_device": "rqf.training"}
 
 
 def __getattr__(name):
@@ -31,7 +40,19 @@ def __getattr__(name):
     raise AttributeError(f"module 'rqf' has no attribute {name!r}")
 
 
-__all__ = ["ConfigError", "DataError", "Dataset", "InspectReport", "ItemVectors", "Model",
-           "Param", "PluginError", "RqfError", "RunContext", "SequenceVectors", "Splitter",
-           "Storage", "TensorBatches", "TrainConfig", "Trainer", "atomic_h5", "atomic_path", "hookimpl", "autocast", "load_tensors", "run",
-           "write_json_atomic", "__version__"]
+# the public API: plugins import these (and rqf.codes; rqf.testing in their tests)
+__all__ = sorted([
+    "ArrayGroup", "ConfigError", "DataError", "Dataset", "IndexSplitter", "InspectReport",
+    "ItemRows", "ItemSource", "ItemVectors", "KeyedArrays", "Model", "Param", "PluginError",
+    "RqfError", "RunContext", "SequenceRecords", "SequenceSource", "SequenceTable",
+    "SequenceVectors", "SequenceView", "Splitter", "Storage", "check_disjoint", "encode",
+    "hookimpl", "input_positions", "missing_members", "positions", "read_rows", "require", "run",
+    "validate_params", *_LAZY, "__version__"])
+
+
+def encode(run_dir, out, overrides=(), device="auto"):
+    """Encode the data of a finished run's pipeline (after ``overrides``) with its model into
+    ``out``; the Python twin of ``rqf encode``."""
+    from rqf.pipeline import encode as _encode
+
+    return _encode(run_dir, out, overrides=overrides, device=device)

@@ -32,14 +32,14 @@ class IndexSplitter(Splitter):
     )
 
     def split(self, dataset: Dataset) -> dict[str, Dataset]:
-        test_ratio = self.config.get("test_ratio", 0.2)
-        valid_ratio = self.config.get("valid_ratio", 0.0)
+        test_ratio = self.config["test_ratio"]
+        valid_ratio = self.config["valid_ratio"]
         if test_ratio + valid_ratio >= 1:
             raise ConfigError(f"splitter: test_ratio + valid_ratio must be below 1, got "
                               f"{test_ratio} + {valid_ratio}")
         n = len(dataset)
         order = np.arange(n)
-        if self.config.get("shuffle", False):
+        if self.config["shuffle"]:
             order = np.random.default_rng(self.seed).permutation(n)
         n_test = int(round(n * test_ratio))
         n_valid = int(round(n * valid_ratio))
@@ -58,7 +58,7 @@ class IndexSplitter(Splitter):
         self.report = {
             "splitter": "index",
             "counts": {role: len(view) for role, view in splits.items()},
-            "shuffled": bool(self.config.get("shuffle", False)),
+            "shuffled": bool(self.config["shuffle"]),
             "leakage_check": {"shared_keys": overlaps, "passed": True},
         }
         return splits

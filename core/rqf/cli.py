@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from rqf.errors import RqfError
+from rqf.errors import ConfigError, RqfError
 from rqf.io import is_disk_full
 
 EXIT_USER_ERROR = 2
@@ -119,6 +119,42 @@ def inspect(path: Path, full: bool, debug: bool) -> None:
 
 
 @cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Where to write the codes (a file or folder outside the run; the model "
+                   "decides, e.g. semantic_ids.h5 for items, a token cache for utterances).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+              help="Point the run's pipeline at new data, e.g. storage.items=new_items.h5.")
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def encode(run_dir: Path, out: Path, overrides: tuple[str, ...], device: str,
+           debug: bool) -> None:
+    """Encode data with the model trained in RUN_DIR (any model that makes codes)."""
+    from rqf.pipeline import encode as encode_run
+
+    click.echo(f"wrote {encode_run(run_dir, out, overrides, device)}")
+
+
+@cli.command()
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write the schema here instead of printing it.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def schema(out: Path | None, debug: bool) -> None:
+    """JSON Schema of a pipeline file for the installed plugins (for editors' completion)."""
+    from rqf.config import pipeline_schema
+    from rqf.plugins import get_plugins
+
+    text = json.dumps(pipeline_schema(get_plugins().registry), indent=2) + "\n"
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    from rqf.io import write_text_atomic
+
+    write_text_atomic(out, text)
+    click.echo(f"wrote {out}")
+
+
+@cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.argument("other", required=False, type=click.Path(path_type=Path))
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
@@ -179,7 +215,10 @@ def main(argv: list[str] | None = None) -> None:
     except RqfError as exc:
         if debug:
             raise
-        _echo_err(f"error: {_one_line(exc)}")
+        # a pipeline's problems are reported all at once, one line each
+        lines = str(exc).strip().splitlines() if isinstance(exc, ConfigError) else []
+        for line in lines or [_one_line(exc)]:
+            _echo_err(f"error: {line}")
         sys.exit(EXIT_USER_ERROR)
     except OSError as exc:
         if debug:

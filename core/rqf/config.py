@@ -141,37 +141,83 @@ class PipelineConfig:
 
 def validate_config(raw: Mapping[str, Any], registry: Registry, base_dir: Path,
                     train_params: Iterable[Param], source: Path | None = None) -> PipelineConfig:
+    """Resolve every section against its component's declared params, or raise one
+    ConfigError listing every problem found (a line each)."""
+    errors: list[str] = []
     for key in raw:
         if key not in TOP_LEVEL:
             hint = closest(str(key), TOP_LEVEL)
-            raise ConfigError(f"{key}: unknown top-level key"
-                              + (f"; did you mean {hint!r}?" if hint else
-                                 f" (accepted: {', '.join(TOP_LEVEL)})"))
+            errors.append(f"{key}: unknown top-level key"
+                          + (f"; did you mean {hint!r}?" if hint else
+                             f" (accepted: {', '.join(TOP_LEVEL)})"))
     top = validate_params(PIPELINE_PARAMS, {k: raw[k] for k in ("name", "output_dir", "seed")
-                                            if k in raw}, "", base_dir)
+                                            if k in raw}, "", base_dir, errors=errors)
     resolved: dict[str, Any] = dict(top)
     classes = {}
     for kind in COMPONENT_SECTIONS:
         section = raw.get(kind)
-        if section is None:
-            raise ConfigError(f"{kind}: missing section (it needs at least 'type')")
         if isinstance(section, str):
             section = {"type": section}
-        if not isinstance(section, Mapping):
-            raise ConfigError(f"{kind}: expected a mapping with 'type', got {section!r}")
-        if "type" not in section:
-            raise ConfigError(f"{kind}.type: missing (available: {', '.join(registry.names(kind))})")
-        cls = registry.get(kind, str(section["type"]), f"{kind}.type")
-        classes[kind] = cls
-        values = validate_params(cls.params, section, kind, base_dir, ignore=("type",))
-        resolved[kind] = {"type": cls.name, **values}
-    resolved["train"] = validate_params(tuple(train_params),
-                                        train_section(raw, classes["model"]), "train", base_dir)
-    if resolved["train"].get("epochs", 0) is None and not resolved["train"].get("max_steps"):
-        raise ConfigError("train: set epochs or max_steps (both are null)")
-    resolved["export"] = validate_params(classes["model"].export_params, _section(raw, "export"),
-                                         "export", base_dir)
+        if section is None:
+            errors.append(f"{kind}: missing section (it needs at least 'type')")
+        elif not isinstance(section, Mapping):
+            errors.append(f"{kind}: expected a mapping with 'type', got {section!r}")
+        elif "type" not in section:
+            errors.append(f"{kind}.type: missing (available: {', '.join(registry.names(kind))})")
+        else:
+            try:
+                cls = registry.get(kind, str(section["type"]), f"{kind}.type")
+            except ConfigError as exc:
+                errors.append(str(exc))
+                continue
+            classes[kind] = cls
+            values = validate_params(cls.params, section, kind, base_dir, ignore=("type",),
+                                     errors=errors)
+            resolved[kind] = {"type": cls.name, **values}
+    model = classes.get("model")
+    try:
+        train = train_section(raw, model) if model is not None else dict(_section(raw, "train"))
+        resolved["train"] = validate_params(tuple(train_params), train, "train", base_dir,
+                                            errors=errors)
+        if "train" in resolved and resolved["train"].get("epochs", 0) is None \
+                and not resolved["train"].get("max_steps"):
+            errors.append("train: set epochs or max_steps (both are null)")
+        export = _section(raw, "export")
+        if model is not None:
+            resolved["export"] = validate_params(model.export_params, export, "export",
+                                                 base_dir, errors=errors)
+    except ConfigError as exc:  # a section that is not a mapping
+        errors.append(str(exc))
+    if errors:
+        raise ConfigError("\n".join(errors))
     return PipelineConfig(resolved, source)
+
+
+def pipeline_schema(registry: Registry, train_params: Iterable[Param] | None = None) -> dict[str, Any]:
+    """JSON Schema of a pipeline file for the components in ``registry``."""
+    from rqf.params import json_schema, object_schema
+
+    if train_params is None:
+        from rqf.training import TRAIN_PARAMS as train_params
+    props: dict[str, Any] = {p.name: json_schema(p) for p in PIPELINE_PARAMS}
+    export: dict[str, Param] = {}
+    for kind in COMPONENT_SECTIONS:
+        variants = []
+        for entry in registry.entries(kind):
+            body = object_schema(entry.cls.params,
+                                 {"type": {"const": entry.name,
+                                           "description": entry.cls.summary()}}, ("type",))
+            variants.append(body)
+            if kind == "model":
+                export.update((p.name, p) for p in entry.cls.export_params)
+        names = [entry.name for entry in registry.entries(kind)]
+        props[kind] = {"anyOf": [{"type": "string", "enum": names}, *variants],
+                       "description": f"the {kind}: a registered name, with its parameters"}
+    props["train"] = object_schema(tuple(train_params))
+    props["export"] = object_schema(tuple(export.values()))
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": "rqf pipeline", "type": "object", "properties": props,
+            "required": list(COMPONENT_SECTIONS), "additionalProperties": False}
 
 
 BUDGET_KEYS = ("epochs", "max_steps")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from rqf.params import Param
+from rqf.params import Param, validate_params
 
 if TYPE_CHECKING:
     from rqf.training import TrainConfig
@@ -24,6 +24,12 @@ class Component:
 
     name: ClassVar[str] = ""
     params: ClassVar[Sequence[Param]] = ()
+
+    @classmethod
+    def resolve(cls, values: Mapping[str, Any], section: str) -> dict[str, Any]:
+        """``values`` checked against ``params``, every default filled in: what ``config``
+        holds, so a component reads ``self.config[name]`` and states no default twice."""
+        return validate_params(cls.params, values, section)
 
     @classmethod
     def summary(cls) -> str:
@@ -39,7 +45,7 @@ class Storage(Component, ABC):
     """
 
     def __init__(self, **params: Any) -> None:
-        self.config = params
+        self.config = self.resolve(params, "storage")
 
     @abstractmethod
     def open(self) -> "Storage":
@@ -114,7 +120,7 @@ class Dataset(Component, ABC):
 
     def __init__(self, storage: Storage, **params: Any) -> None:
         self.storage = storage
-        self.config = params
+        self.config = self.resolve(params, "dataset")
 
     @abstractmethod
     def __len__(self) -> int: ...
@@ -154,7 +160,7 @@ class Splitter(Component, ABC):
 
     def __init__(self, seed: int = 0, **params: Any) -> None:
         self.seed = seed
-        self.config = params
+        self.config = self.resolve(params, "splitter")
         self.report: dict[str, Any] = {}
 
     @abstractmethod
@@ -187,10 +193,13 @@ class Model(Component, ABC):
     # True for a model fit without the gradient loop (e.g. k-means): the train section's
     # budget does not apply, there are no checkpoints, and --resume fits it again
     gradient_free: ClassVar[bool] = False
+    # False for a model with nothing worth keeping (a baseline refit in seconds): the pipeline
+    # then writes no model.pt and ``rqf encode`` cannot reopen its runs
+    keeps_weights: ClassVar[bool] = True
 
     def __init__(self, data_info: Mapping[str, Any], **params: Any) -> None:
         self.data_info = dict(data_info)
-        self.config = params
+        self.config = self.resolve(params, "model")
 
     @abstractmethod
     def fit(self, train: Dataset, valid: Dataset | None, ctx: RunContext) -> dict[str, Any]:
@@ -204,12 +213,18 @@ class Model(Component, ABC):
     def export(self, dataset: Dataset, ctx: RunContext) -> dict[str, str]:
         """Write artifacts for every unit of ``dataset`` into ``ctx.run_dir``; name -> path."""
 
+    def encode(self, dataset: Dataset, out: Path) -> Path:
+        """Write this model's codes for every unit of ``dataset`` (its ``export_source()``)
+        to ``out``, a file or folder outside any run: what ``rqf encode`` calls."""
+        raise NotImplementedError(f"model {self.name!r} makes no codes to encode data with")
+
     @abstractmethod
-    def save(self, path: Path) -> None: ...
+    def save(self, path: Path) -> None:
+        """Write everything ``load`` needs; the pipeline calls it once fit has returned."""
 
     @classmethod
     @abstractmethod
-    def load(cls, path: Path) -> "Model": ...
+    def load(cls, path: Path, device: str = "auto") -> "Model": ...
 
     @classmethod
     def run_outputs(cls, export: Mapping[str, Any]) -> tuple[str, ...]:

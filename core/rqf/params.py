@@ -142,8 +142,15 @@ def validate_params(
     section: str,
     base_dir: Path | None = None,
     ignore: Iterable[str] = (),
+    errors: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Check ``values`` against ``params``; return every parameter with defaults filled in."""
+    """Check ``values`` against ``params``; return every parameter with defaults filled in.
+
+    Every problem is found, not only the first: they are appended to ``errors`` when given,
+    otherwise raised together as one ConfigError with a line each.
+    """
+    found: list[str] = [] if errors is None else errors
+    before = len(found)
     values = dict(values or {})
     for key in ignore:
         values.pop(key, None)
@@ -152,18 +159,56 @@ def validate_params(
         if key not in by_name:
             hint = closest(str(key), by_name)
             known = ", ".join(sorted(by_name)) or "none"
-            raise ConfigError(
-                (f"{section}.{key}" if section else str(key)) + ": unknown key"
-                + (f"; did you mean {hint!r}?" if hint else f" (accepted: {known})")
-            )
+            found.append((f"{section}.{key}" if section else str(key)) + ": unknown key"
+                         + (f"; did you mean {hint!r}?" if hint else f" (accepted: {known})"))
     resolved: dict[str, Any] = {}
     for p in params:
         key_path = f"{section}.{p.name}" if section else p.name
         if p.name in values:
-            resolved[p.name] = p.validate(values[p.name], key_path, base_dir)
+            try:
+                resolved[p.name] = p.validate(values[p.name], key_path, base_dir)
+            except ConfigError as exc:
+                found.append(str(exc))
         elif p.required:
-            raise ConfigError(f"{key_path}: missing required value ({p.help or p.type_name()})")
+            found.append(f"{key_path}: missing required value ({p.help or p.type_name()})")
         else:
             resolved[p.name] = p.default
+    if errors is None and len(found) > before:
+        raise ConfigError("\n".join(found))
     return resolved
 
+
+_JSON_TYPES = {int: "integer", float: "number", bool: "boolean", str: "string", "path": "string",
+               list: "array", dict: "object"}
+
+
+def json_schema(param: Param) -> dict[str, Any]:
+    """The JSON Schema of one parameter's values (for editors; rqf validates itself)."""
+    schema: dict[str, Any] = {"description": param.help} if param.help else {}
+    kind = _JSON_TYPES.get(param.type, "string")
+    if param.nullable or (param.default is None and not param.required):
+        schema["type"] = [kind, "null"]
+    else:
+        schema["type"] = kind
+    if param.type is list and param.item is not None:
+        schema["items"] = {"type": _JSON_TYPES.get(param.item, "string")}
+    if param.choices is not None:
+        schema["enum"] = list(param.choices) + ([None] if param.nullable else [])
+    if param.min is not None:
+        schema["minimum"] = param.min
+    if param.max is not None:
+        schema["maximum"] = param.max
+    if not param.required:
+        schema["default"] = param.default
+    return schema
+
+
+def object_schema(params: Sequence[Param], extra: Mapping[str, Any] | None = None,
+                  required: Sequence[str] = ()) -> dict[str, Any]:
+    """A closed JSON Schema object of ``params`` (plus ``extra`` properties)."""
+    props = {**(extra or {}), **{p.name: json_schema(p) for p in params}}
+    out: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": False}
+    need = [*required, *(p.name for p in params if p.required)]
+    if need:
+        out["required"] = need
+    return out

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from rqf.config import PipelineConfig, apply_overrides, load_yaml, validate_config
-from rqf.errors import ConfigError, RqfError
+from rqf.errors import ConfigError, DataError, RqfError
 from rqf.interfaces import Dataset, Model, RunContext, Splitter, Storage
 from rqf.io import write_json_atomic, write_text_atomic
 from rqf.plugins import Plugins, get_plugins
-from rqf.rundir import FINISHED_MARKER, RunFolder
+from rqf.rundir import FINISHED_MARKER, MODEL_FILE, RunFolder, read_run_config
 from rqf.training import TRAIN_PARAMS, TrainConfig, init_distributed, seed_everything
 
 
@@ -32,15 +32,19 @@ def resolve_config(config: str | Path | Mapping[str, Any], overrides: Iterable[s
     try:
         return validate_config(raw, plugins.registry, base_dir, TRAIN_PARAMS, source)
     except ConfigError as exc:
-        prefix = f"{source}: " if source else ""
-        raise ConfigError(prefix + _with_failures(str(exc), plugins)) from None
+        raise ConfigError(_with_failures(str(exc), plugins, f"{source}: " if source else "")) \
+            from None
 
 
-def _with_failures(message: str, plugins: Plugins) -> str:
-    if "unknown" in message and plugins.failures:
-        names = ", ".join(f"{f.name} ({f.error})" for f in plugins.failures)
-        message += f"; plugins that failed to load: {names}"
-    return message
+def _with_failures(message: str, plugins: Plugins, prefix: str = "") -> str:
+    """Each line of ``message`` after ``prefix``; an unknown name also lists broken plugins."""
+    lines = []
+    for line in message.splitlines():
+        if "unknown" in line and plugins.failures:
+            names = ", ".join(f"{f.name} ({f.error})" for f in plugins.failures)
+            line += f"; plugins that failed to load: {names}"
+        lines.append(prefix + line)
+    return "\n".join(lines)
 
 
 @dataclass
@@ -152,6 +156,8 @@ def run(config: str | Path | Mapping[str, Any], overrides: Iterable[str] = (),
         ctx.echo(f"{cfg['name']}: {parts.dataset.name} over {parts.storage.name}, split by "
                  f"{parts.splitter.name} {counts}, model {parts.model.name}")
         fit = parts.model.fit(parts.splits["train"], parts.splits.get("valid"), ctx)
+        if info.is_main and parts.model.keeps_weights:
+            parts.model.save(out / MODEL_FILE)
         metrics: dict[str, Any] = {"name": cfg["name"], "split": parts.splitter.report,
                                    "fit": fit}
         artifacts: dict[str, str] = {}
@@ -178,6 +184,43 @@ def run(config: str | Path | Mapping[str, Any], overrides: Iterable[str] = (),
     finally:
         folder.close()
         parts.storage.close()
+
+
+def encode(run_dir: str | Path, out: str | Path, overrides: Iterable[str] = (),
+           device: str = "auto") -> Path:
+    """Reopen a finished run and encode the data its pipeline names (after ``overrides``,
+    e.g. ``storage.items=new.h5``) with its model, into ``out``; the model decides the format."""
+    run_dir, out = Path(run_dir), Path(out)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise RqfError(f"{run_dir}: not an rqf run folder (no config.yaml)")
+    plugins = get_plugins()
+    plugins.check_conflicts()
+    raw = apply_overrides(read_run_config(config_path), overrides)
+    try:
+        cfg = validate_config(raw, plugins.registry, Path.cwd(), TRAIN_PARAMS, None)
+    except ConfigError as exc:
+        raise ConfigError(_with_failures(str(exc), plugins, f"{config_path}: ")) from None
+    cls = plugins.registry.get("model", cfg["model"]["type"])
+    model_path = run_dir / MODEL_FILE
+    if not cls.keeps_weights:
+        raise RqfError(f"{run_dir}: model {cls.name!r} keeps no weights and makes no codes; "
+                       "there is nothing to encode with")
+    if not model_path.is_file():
+        raise RqfError(f"{model_path}: missing (the run has not finished training; "
+                       "rqf run --resume finishes it)")
+    if out.resolve().parent == run_dir.resolve() or run_dir.resolve() in out.resolve().parents:
+        raise RqfError(f"--out {out}: inside the run folder {run_dir}; write elsewhere (a run's "
+                       "own exports are redone by rqf run --resume)")
+    model = cls.load(model_path, device=device)
+    storage, dataset = build_data(cfg["storage"], cfg["dataset"], plugins)
+    with storage:
+        want, got = getattr(model, "data_info", {}).get("input_dim"), \
+            dataset.describe().get("input_dim")
+        if want is not None and got is not None and want != got:
+            raise DataError(f"the data is {got}-d but the model in {run_dir} expects "
+                            f"{want}-d input")
+        return Path(model.encode(dataset, out))
 
 
 def _barrier(info) -> None:

@@ -22,7 +22,8 @@ MARKER = ".rqf-run.json"
 MARKER_FORMAT = "rqf-run-1"
 LOCK_NAME = ".rqf-run.lock"
 FINISHED_MARKER = "metrics.json"
-CORE_OUTPUTS = ("config.yaml", "metrics.json", "report.md", "checkpoints", "model.pt")
+MODEL_FILE = "model.pt"
+CORE_OUTPUTS = ("config.yaml", "metrics.json", "report.md", "checkpoints", MODEL_FILE)
 # written after training: stale once training goes on, so a resume removes them first
 RESULTS = ("metrics.json", "report.md")
 # train keys a resume may change: they decide how long, where and how visibly training

@@ -17,7 +17,7 @@ import re
 import time
 from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Protocol
 
 import numpy as np
 import torch
@@ -57,8 +57,12 @@ TRAIN_PARAMS = (
           nullable=True),
     Param("monitor_mode", str, "max", "whether a higher or lower monitor value is better",
           choices=("max", "min")),
+    Param("accumulate", int, 1, "batches whose gradients are summed into one optimizer step "
+          "(an effective batch of accumulate x batch_size per process)", min=1),
     Param("log_every", int, 50, "steps between loss read-outs (each one syncs the device)", min=1),
-    Param("num_workers", int, 0, "DataLoader worker processes for streamed data", min=0),
+    Param("num_workers", int, 0, "DataLoader worker processes of a model that streams its "
+          "samples (rqf.LoaderBatches); models that train from one tensor in memory (rqvae, "
+          "tiger) start none", min=0),
     Param("progress", bool, True, "show a progress bar with the live loss"),
     Param("compile", bool, None, "torch.compile the model (null: only on CUDA)", nullable=True),
 )
@@ -140,6 +144,14 @@ def autocast(device: torch.device, precision: str):
 # --- batch sources ---------------------------------------------------------------------------
 
 
+def batch_bounds(n: int, batch_size: int, drop_last: bool = False) -> np.ndarray:
+    """Start/stop offsets of the batches of ``n`` samples: every sample in near-equal batches
+    of at most ``batch_size`` (1,650 at 1,024 make two of 825), or only full batches."""
+    count = n // batch_size if drop_last else math.ceil(n / batch_size)
+    used = count * batch_size if drop_last else n
+    return np.linspace(0, used, count + 1).round().astype(np.int64)
+
+
 class TensorBatches:
     """Batches drawn from one tensor by a seeded permutation per epoch.
 
@@ -165,15 +177,10 @@ class TensorBatches:
             raise RqfError(f"{len(data)} training samples cannot be shared by "
                            f"{self.info.world_size} processes")
         self.batch_size = min(batch_size, self.per_rank)
-        self.drop_last = drop_last
-        n = len(self)
-        used = n * self.batch_size if drop_last else self.per_rank
-        self._bounds = np.linspace(0, used, n + 1).round().astype(np.int64)
+        self._bounds = batch_bounds(self.per_rank, self.batch_size, drop_last)
 
     def __len__(self) -> int:
-        if self.drop_last:
-            return self.per_rank // self.batch_size
-        return math.ceil(self.per_rank / self.batch_size)
+        return len(self._bounds) - 1
 
     def _order(self, epoch: int) -> torch.Tensor:
         n = len(self.data)
@@ -206,6 +213,114 @@ class TensorBatches:
             pending = nxt
         if pending is not None:
             yield pending
+
+
+class BatchSource(Protocol):
+    """What ``Trainer.fit`` draws batches from: a fixed number of batches per epoch, and each
+    epoch's batches in an order fixed by the epoch number, so ``skip`` resumes exactly."""
+
+    def __len__(self) -> int: ...
+
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[Any]:
+        """The batches of ``epoch`` after the first ``skip``, on the training device."""
+
+
+def to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:
+    """``batch`` (tensors, or mappings / lists / tuples of them) moved to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=non_blocking)
+    if isinstance(batch, Mapping):
+        return {k: to_device(v, device, non_blocking) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device, non_blocking) for v in batch)
+    return batch
+
+
+class LoaderBatches:
+    """Batches of a map-style dataset read by a torch ``DataLoader``.
+
+    For data that is read per sample (from a file, in worker processes) rather than held in
+    one tensor. The order is a ``DistributedSampler`` permutation seeded by ``seed`` and the
+    epoch, so every rank takes its own disjoint share under ``torchrun`` and a resumed run
+    sees the same batches (the skipped ones are never read). ``num_workers`` worker processes
+    read ahead (the storage reopens its files in each); ``collate`` makes a batch of samples
+    (torch's default collation when None). Batches are near-equal in size unless
+    ``drop_last``, as with ``TensorBatches``.
+    """
+
+    def __init__(self, dataset: Any, batch_size: int, seed: int = 0, shuffle: bool = True,
+                 num_workers: int = 0, collate: Callable[[list[Any]], Any] | None = None,
+                 device: torch.device | None = None, drop_last: bool = False,
+                 info: DistInfo | None = None) -> None:
+        from torch.utils.data import DistributedSampler
+
+        self.dataset = dataset
+        self.info = info or dist_info()
+        if len(dataset) < self.info.world_size:
+            raise RqfError(f"{len(dataset)} training samples cannot be shared by "
+                           f"{self.info.world_size} processes")
+        self.sampler = DistributedSampler(dataset, num_replicas=self.info.world_size,
+                                          rank=self.info.rank, shuffle=shuffle, seed=seed,
+                                          drop_last=True)
+        self.per_rank = self.sampler.num_samples
+        self.batch_size = min(batch_size, self.per_rank)
+        self.num_workers = num_workers
+        self.collate = collate
+        self.device = device or torch.device("cpu")
+        self._bounds = batch_bounds(self.per_rank, self.batch_size, drop_last)
+
+    def __len__(self) -> int:
+        return len(self._bounds) - 1
+
+    def batch_indices(self, epoch: int) -> list[list[int]]:
+        """The sample indices of each of this rank's batches in ``epoch``."""
+        self.sampler.set_epoch(epoch)
+        order = list(self.sampler)
+        return [order[self._bounds[i]:self._bounds[i + 1]] for i in range(len(self))]
+
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[Any]:
+        from torch.utils.data import DataLoader
+        from torch.utils.data._utils.collate import default_collate
+
+        batches = self.batch_indices(epoch)[skip:]
+        if not batches:
+            return
+        pin = self.device.type == "cuda"
+        loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
+                            collate_fn=self.collate or default_collate, pin_memory=pin)
+        for batch in loader:
+            yield to_device(batch, self.device, non_blocking=pin)
+
+
+class TrainingTask:
+    """A model's side of the training seam: the module, a step, and optional hooks.
+
+    ``Trainer.fit_task(task, batches)`` calls ``training_step`` for every batch, averages
+    gradients over ``train.accumulate`` batches per optimizer step, calls ``after_step``
+    after each step and ``validation_metrics`` every ``eval_every`` steps (when a subclass
+    defines it); ``param_groups`` may give parts of the module their own optimizer settings
+    (e.g. no weight decay on embeddings).
+    """
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+
+    def training_step(self, module: torch.nn.Module, batch: Any
+                      ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The loss of ``batch`` (through ``module``, which may be wrapped by DDP or compile)
+        and values to show beside it."""
+        raise NotImplementedError
+
+    def validation_metrics(self, module: torch.nn.Module) -> dict[str, float]:
+        """Metrics on the validation split, named as ``train.monitor`` refers to them."""
+        raise NotImplementedError
+
+    def param_groups(self) -> list[dict[str, Any]] | None:
+        """Optimizer parameter groups (torch's format); None: one group of every parameter."""
+        return None
+
+    def after_step(self, step: int) -> None:
+        """Called after each optimizer step (e.g. to restart dead codes)."""
 
 
 # --- checkpoints -----------------------------------------------------------------------------
@@ -382,9 +497,10 @@ class Trainer:
     def checkpoint_dir(self) -> Path | None:
         return self.run_dir / "checkpoints" if self.run_dir else None
 
-    def _optimizer(self, module: torch.nn.Module) -> torch.optim.Optimizer:
+    def _optimizer(self, module: torch.nn.Module,
+                   groups: list[dict[str, Any]] | None = None) -> torch.optim.Optimizer:
         cfg = self.cfg
-        params = [p for p in module.parameters() if p.requires_grad]
+        params: Any = groups if groups else [p for p in module.parameters() if p.requires_grad]
         fused = {"fused": True} if self.device.type == "cuda" else {}
         if cfg.optimizer == "sgd":
             return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
@@ -439,13 +555,27 @@ class Trainer:
         return bool(cfg.checkpoint_minutes) and \
             time.monotonic() - last_save >= cfg.checkpoint_minutes * 60
 
-    def fit(self, module: torch.nn.Module, batches: Any, loss_fn: LossFn,
+    def fit_task(self, task: "TrainingTask", batches: BatchSource) -> FitResult:
+        """Train ``task.module`` through the task's hooks (see ``TrainingTask``)."""
+        validates = type(task).validation_metrics is not TrainingTask.validation_metrics
+        return self.fit(task.module, batches, task.training_step,
+                        task.validation_metrics if validates else None, task.after_step,
+                        param_groups=task.param_groups())
+
+    def fit(self, module: torch.nn.Module, batches: BatchSource, loss_fn: LossFn,
             valid_fn: Callable[[torch.nn.Module], dict[str, float]] | None = None,
-            after_step: Callable[[int], None] | None = None) -> FitResult:
+            after_step: Callable[[int], None] | None = None,
+            param_groups: list[dict[str, Any]] | None = None) -> FitResult:
+        """Optimise ``module`` on ``batches``; ``loss_fn(module, batch) -> (loss, logs)``.
+
+        One step is one optimizer update over ``train.accumulate`` batches; ``epochs``,
+        ``max_steps``, checkpoints and resume all count such steps.
+        """
         cfg, device = self.cfg, self.device
         module.to(device)
-        optimizer = self._optimizer(module)
-        per_epoch = len(batches)
+        optimizer = self._optimizer(module, param_groups)
+        n_batches, accumulate = len(batches), cfg.accumulate
+        per_epoch = math.ceil(n_batches / accumulate)
         total = self.total_steps(per_epoch)
         scheduler = self._scheduler(optimizer, total)
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
@@ -474,8 +604,9 @@ class Trainer:
                 self.echo(f"resuming from {latest.name} (step {step} of {total})")
 
         train_module: torch.nn.Module = module
+        ddp: Any = None
         if self.info.enabled:
-            train_module = torch.nn.parallel.DistributedDataParallel(
+            train_module = ddp = torch.nn.parallel.DistributedDataParallel(
                 module, device_ids=[device.index] if device.type == "cuda" else None)
         if cfg.compile if cfg.compile is not None else device.type == "cuda":
             train_module = torch.compile(train_module)
@@ -491,21 +622,31 @@ class Trainer:
         try:
             while step < total:
                 epoch, skip = divmod(step, per_epoch)
-                for batch in batches.epoch(epoch, skip=skip):
-                    with autocast(device, cfg.precision):
-                        loss, logs = loss_fn(train_module, batch)
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
+                first = skip * accumulate
+                optimizer.zero_grad(set_to_none=True)
+                for i, batch in enumerate(batches.epoch(epoch, skip=first), start=first):
+                    group = min(accumulate, n_batches - i // accumulate * accumulate)
+                    last = i % accumulate == group - 1
+                    # gradients of a group's earlier batches stay local under DDP
+                    sync = ddp.no_sync() if ddp is not None and not last \
+                        else contextlib.nullcontext()
+                    with sync:
+                        with autocast(device, cfg.precision):
+                            loss, logs = loss_fn(train_module, batch)
+                        scaler.scale(loss / group if group > 1 else loss).backward()
+                    samples += _batch_len(batch)
+                    running += loss.detach().float()
+                    running_n += 1
+                    if not last:
+                        continue
                     if cfg.grad_clip:
                         scaler.unscale_(optimizer)
                         torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
                     scaler.step(optimizer)
                     scaler.update()
                     scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
                     step += 1
-                    samples += _batch_len(batch)
-                    running += loss.detach().float()
-                    running_n += 1
                     if after_step is not None:
                         after_step(step)
                     if step % cfg.log_every == 0 or step == total:

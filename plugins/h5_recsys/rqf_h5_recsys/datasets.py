@@ -2,102 +2,35 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from rqf import Dataset, ItemVectors, Param
-from rqf.errors import ConfigError
-from rqf_h5_recsys.storage import H5RecsysStorage
+from rqf import (ConfigError, Dataset, ItemRows, ItemSource, ItemVectors, Param, SequenceRecords,
+                 SequenceSource, input_positions, positions, require)
 
 
-def _require(storage: Any, dataset: str) -> H5RecsysStorage:
-    if not isinstance(storage, H5RecsysStorage):
-        raise ConfigError(f"dataset.type: {dataset!r} reads an h5_recsys storage, "
-                          f"got {getattr(storage, 'name', type(storage).__name__)!r}")
-    return storage
+def _require(storage: Any, dataset: str, protocol: type) -> Any:
+    return require(storage, protocol, "dataset.type", repr(dataset))
 
 
-def positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Concatenated ranges [starts[i], starts[i] + lengths[i]) without a Python loop."""
-    lengths = np.asarray(lengths, dtype=np.int64)
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(0, np.int64)
-    shift = np.repeat(np.asarray(starts, np.int64) - np.cumsum(lengths) + lengths, lengths)
-    return shift + np.arange(total, dtype=np.int64)
-
-
-def item_export(storage: H5RecsysStorage) -> ItemVectors:
+def item_export(storage: ItemSource) -> ItemVectors:
     """Every item of the item file, whatever the dataset or split: what IDs are made for."""
     return ItemVectors(ids=storage.item_ids.copy(), read=storage.read_embedding_range)
 
 
-class ItemsDataset(Dataset):
+class ItemsDataset(ItemRows):
     """One sample per item: its id, embedding and feature tokens."""
 
     name = "items"
     params = ()
 
-    def __init__(self, storage: H5RecsysStorage, rows: np.ndarray | None = None) -> None:
-        super().__init__(_require(storage, "items"))
-        self.storage: H5RecsysStorage = storage
-        self.rows = np.arange(len(storage.item_ids)) if rows is None else np.asarray(rows)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.__getitems__([index])[0]
-
     def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
-        # a DataLoader batch in one read per array instead of one per item
-        rows = self.rows[np.asarray(indices, dtype=np.int64)]
-        features, lengths = self.storage.read_features(rows)
-        embeddings = self.storage.read_embeddings(rows)
-        ids = self.storage.item_ids[rows]
-        return [{"item_id": int(ids[i]), "embedding": embeddings[i], "features": features[i],
-                 "feature_length": int(lengths[i])} for i in range(len(rows))]
-
-    def describe(self) -> dict[str, Any]:
-        return {"input_dim": self.storage.embedding_dim, "unit": "item", "n_samples": len(self),
-                **self.storage.describe()}
-
-    def subset(self, indices: np.ndarray, role: str = "train") -> "ItemsDataset":
-        return ItemsDataset(self.storage, self.rows[np.asarray(indices, dtype=np.int64)])
-
-    def vectors(self) -> np.ndarray:
-        return self.storage.read_embeddings(self.rows)
-
-    def export_rows(self) -> np.ndarray:
-        return self.rows
-
-    def key_ids(self) -> np.ndarray:
-        return self.storage.item_ids[self.rows]
-
-    def export_source(self) -> ItemVectors:
-        return item_export(self.storage)
-
-
-@dataclass
-class SequenceRecords:
-    """What each sample of a sequence view is: user row, input positions [start, end), target.
-
-    Positions index into the user's own sequence; ``target`` is a position or -1.
-    """
-
-    user: np.ndarray
-    start: np.ndarray
-    end: np.ndarray
-    target: np.ndarray
-
-    @classmethod
-    def build(cls, user, start, end, target) -> "SequenceRecords":
-        return cls(*(np.asarray(a, dtype=np.int64) for a in (user, start, end, target)))
-
-    def __len__(self) -> int:
-        return len(self.user)
+        samples = super().__getitems__(indices)
+        features, lengths = self.storage.read_features(self.rows[np.asarray(indices, np.int64)])
+        for i, sample in enumerate(samples):
+            sample.update(features=features[i], feature_length=int(lengths[i]))
+        return samples
 
 
 class SequencesDataset(Dataset):
@@ -108,10 +41,10 @@ class SequencesDataset(Dataset):
         Param("max_seq_len", int, 200, "keep the most recent items of each input", min=1),
     )
 
-    def __init__(self, storage: H5RecsysStorage, max_seq_len: int = 200,
+    def __init__(self, storage: SequenceSource, max_seq_len: int = 200,
                  records: SequenceRecords | None = None, role: str = "all") -> None:
-        super().__init__(_require(storage, "sequences"), max_seq_len=max_seq_len)
-        self.storage: H5RecsysStorage = storage
+        super().__init__(_require(storage, "sequences", SequenceSource), max_seq_len=max_seq_len)
+        self.storage: SequenceSource = storage
         self.table = storage.table
         self.max_seq_len = max_seq_len
         self.role = role
@@ -183,8 +116,7 @@ class SequencesDataset(Dataset):
 
     def input_positions(self) -> np.ndarray:
         """Flat positions (into the storage's sequence arrays) of every input item."""
-        r = self.records
-        return positions(self.table.offsets[r.user] + r.start, r.end - r.start)
+        return input_positions(self)
 
     def target_positions(self) -> np.ndarray:
         """Flat positions of the held-out targets of this view (records with one)."""

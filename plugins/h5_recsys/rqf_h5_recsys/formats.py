@@ -13,7 +13,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from rqf.errors import DataError
+from rqf import DataError, SequenceTable
 
 CHUNK_ROWS = 65536
 # values this large make float32 squared distances overflow (768-d: above ~7e17)
@@ -161,23 +161,6 @@ def check_item_file(f: h5py.File, path: Path, check_values: bool = True,
                       "overflow float32; rescale the embeddings")
     meta = ItemMeta(n, emb.shape[1], item_ids, emb.dtype, feats is not None, max_len)
     return meta, probs
-
-
-@dataclass
-class SequenceTable:
-    """All sequences as flat arrays: user i owns positions offsets[i]:offsets[i+1]."""
-
-    user_ids: np.ndarray
-    offsets: np.ndarray
-    item_ids: np.ndarray
-    timestamps: np.ndarray | None
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-    def __len__(self) -> int:
-        return len(self.user_ids)
 
 
 def _flatten(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -7,8 +7,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from rqf import InspectReport
-from rqf.errors import DataError
+from rqf import DataError, InspectReport
 from rqf_h5_recsys.formats import (check_item_file, check_known_items, open_h5,
                                    read_sequence_file)
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from rqf.errors import ConfigError
+from rqf import ConfigError
 from rqf_h5_recsys.datasets import SequencesDataset
 from rqf_h5_recsys.splitters import AutoSplitter, LeaveLastOutSplitter, TemporalSplitter
 from rqf_h5_recsys.storage import H5RecsysStorage

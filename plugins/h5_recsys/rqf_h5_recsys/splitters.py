@@ -11,17 +11,15 @@ from typing import Any
 
 import numpy as np
 
-from rqf import Dataset, Param, Splitter
-from rqf.builtin import IndexSplitter
-from rqf.errors import ConfigError, DataError
-from rqf_h5_recsys.datasets import SequenceRecords, SequencesDataset, positions
+from rqf import (ConfigError, DataError, Dataset, IndexSplitter, Param, SequenceRecords,
+                 SequenceView, Splitter, input_positions, missing_members, positions)
 
 
-def _sequences(dataset: Dataset, splitter: str) -> SequencesDataset:
-    if not isinstance(dataset, SequencesDataset):
+def _sequences(dataset: Dataset, splitter: str) -> SequenceView:
+    if missing_members(dataset, SequenceView):
         raise ConfigError(f"splitter.type: {splitter!r} splits user sequences; use "
                           f"dataset.type: sequences (got {dataset.name!r}), or the 'index' splitter")
-    return dataset
+    return dataset  # type: ignore[return-value]
 
 
 def leaked_targets(train: SequenceRecords, held_out: SequenceRecords, n_users: int) -> int:
@@ -32,14 +30,14 @@ def leaked_targets(train: SequenceRecords, held_out: SequenceRecords, n_users: i
     return int((train_end[held_out.user[has]] > held_out.target[has]).sum())
 
 
-def _leakage_report(splits: dict[str, SequencesDataset], n_users: int) -> dict[str, Any]:
+def _leakage_report(splits: dict[str, SequenceView], n_users: int) -> dict[str, Any]:
     train = splits["train"].records
     counts = {role: leaked_targets(train, view.records, n_users)
               for role, view in splits.items() if role != "train"}
     return {"targets_in_training_input": counts, "passed": not any(counts.values())}
 
 
-def _views(dataset: SequencesDataset, records: dict[str, SequenceRecords]) -> dict[str, SequencesDataset]:
+def _views(dataset: SequenceView, records: dict[str, SequenceRecords]) -> dict[str, SequenceView]:
     return {role: dataset.with_records(r, role) for role, r in records.items() if len(r)}
 
 
@@ -59,7 +57,7 @@ class LeaveLastOutSplitter(Splitter):
         data = _sequences(dataset, self.name)
         n = data.records.end - data.records.start
         user, start = data.records.user, data.records.start
-        protocol = self.config.get("protocol", "standard")
+        protocol = self.config["protocol"]
         if protocol == "seed":
             has_valid = n >= 2
             records = {
@@ -101,6 +99,11 @@ class LeaveLastOutSplitter(Splitter):
         return splits
 
 
+def _where(view: Any) -> str:
+    storage = getattr(view, "storage", None)
+    return str(getattr(storage, "sequences_path", None) or getattr(storage, "name", "sequences"))
+
+
 CUTOFF_QUANTILE = Param("cutoff_quantile", float, 0.8,
                         "cut-off at this quantile of all interaction timestamps", min=0, max=1)
 
@@ -122,13 +125,13 @@ class TemporalSplitter(Splitter):
         data = _sequences(dataset, self.name)
         ts = data.table.timestamps
         if ts is None:
-            raise DataError(f"{data.storage.sequences_path}: timestamps: the temporal splitter "
+            raise DataError(f"{_where(data)}: timestamps: the temporal splitter "
                             "needs per-interaction timestamps and this file has none (use "
                             "splitter.type: auto or index)")
-        q = self.config.get("cutoff_quantile", 0.8)
-        cut = self.config.get("cutoff_time")
+        q = self.config["cutoff_quantile"]
+        cut = self.config["cutoff_time"]
         cut = int(np.quantile(ts, q, method="higher")) if cut is None else int(cut)
-        vq = self.config.get("valid_quantile")
+        vq = self.config["valid_quantile"]
         valid_cut = int(np.quantile(ts, vq, method="higher")) if vq is not None else None
         if valid_cut is not None and valid_cut > cut:
             raise ConfigError(f"splitter.valid_quantile: {vq} gives a cut-off after the test "
@@ -167,7 +170,7 @@ class TemporalSplitter(Splitter):
             dropped["valid"] = {"users": int((~has_valid).sum()),
                                 "why": "no interaction between the two cut-offs or no history"}
         splits = _views(data, records)
-        train_pos = splits["train"].input_positions() if "train" in splits else np.zeros(0, int)
+        train_pos = input_positions(splits["train"]) if "train" in splits else np.zeros(0, int)
         last_train_time = int(ts[train_pos].max()) if len(train_pos) else None
         train_cut = valid_cut if valid_cut is not None else cut
         leakage = _leakage_report(splits, len(data.table))
@@ -198,10 +201,10 @@ class AutoSplitter(Splitter):
         inner: Splitter
         if data.table.timestamps is not None:
             inner = TemporalSplitter(seed=self.seed,
-                                     cutoff_quantile=self.config.get("cutoff_quantile", 0.8))
+                                     cutoff_quantile=self.config["cutoff_quantile"])
             reason = "the sequences have timestamps"
         else:
-            inner = IndexSplitter(seed=self.seed, test_ratio=self.config.get("test_ratio", 0.2))
+            inner = IndexSplitter(seed=self.seed, test_ratio=self.config["test_ratio"])
             reason = "the sequences have no timestamps"
         splits = inner.split(data)
         self.report = {**inner.report, "splitter": self.name, "chose": inner.name,

@@ -10,8 +10,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from rqf import InspectReport, Param, Storage
-from rqf.errors import DataError
+from rqf import DataError, InspectReport, Param, Storage, read_rows
 from rqf_h5_recsys.formats import (ItemMeta, SequenceTable, check_item_file, check_known_items,
                                    open_h5, read_sequence_file, rows_of)
 
@@ -140,9 +139,8 @@ class H5RecsysStorage(Storage):
         rows = np.asarray(rows, dtype=np.int64)
         if self._embeddings is not None:
             return self._embeddings[rows]
-        uniq, inverse = np.unique(rows, return_inverse=True)
-        block = self._handle()["embeddings"][uniq]  # h5py wants increasing indices
-        return block.astype(np.float32, copy=False)[inverse]
+        # slices, never an h5py point selection: that is many times slower on large files
+        return read_rows(self.read_embedding_range, rows)
 
     def read_embedding_range(self, start: int, stop: int) -> np.ndarray:
         if self._embeddings is not None:
@@ -158,10 +156,9 @@ class H5RecsysStorage(Storage):
                     np.zeros(len(rows), np.int32))
         if self._features is not None:
             return self._features[0][rows], self._features[1][rows]
-        uniq, inverse = np.unique(rows, return_inverse=True)
         f = self._handle()
-        return (f["features"][uniq][inverse].astype(np.int32),
-                f["feature_lengths"][uniq][inverse].astype(np.int32))
+        return (read_rows(lambda a, b: f["features"][a:b], rows).astype(np.int32),
+                read_rows(lambda a, b: f["feature_lengths"][a:b], rows).astype(np.int32))
 
     def describe(self) -> dict[str, Any]:
         meta = self._meta()

@@ -13,8 +13,7 @@ from typing import Sequence
 import h5py
 import numpy as np
 
-from rqf.errors import DataError
-from rqf.io import atomic_h5
+from rqf import DataError, atomic_h5
 
 
 def write_item_data(path: str | Path, item_ids: Sequence[int], embeddings: np.ndarray,

@@ -19,7 +19,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from rqf.errors import DataError
+from rqf import DataError
 
 INDEX_NAME = "hdf5_index.json"
 SHARD_PATTERN = re.compile(r"^features_(\d{5,})\.h5$")

@@ -36,7 +36,7 @@ def migrate_cmd(source: Path, target: Path, samples_per_file: int, keep_float32:
     Each .npz must hold hidden_states (T, dim) and may hold mel_spectrogram (T, 80) or
     (1, T, 80); other arrays are kept as they are.
     """
-    from rqf.errors import RqfError
+    from rqf import RqfError
     from rqf_h5_speech.migrate import migrate_npz
 
     names = {}

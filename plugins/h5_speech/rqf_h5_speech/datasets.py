@@ -10,12 +10,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from rqf import Dataset, Param, SequenceVectors
-from rqf.errors import ConfigError, DataError
-from rqf.io import atomic_path
+from rqf import (DataError, Dataset, KeyedArrays, Param, SequenceVectors,
+                 atomic_path, require)
 from rqf_h5_speech.cache import SampleArrays
 from rqf_h5_speech.inspection import sample_problems, spread
-from rqf_h5_speech.storage import H5ShardedStorage
 from rqf_h5_speech.writer import PARTIAL_SUFFIX, ShardedCacheWriter
 
 COMMON_PARAMS = (
@@ -33,20 +31,19 @@ CHECKED_AT_BUILD = 256  # samples whose values are read when a dataset is built
 class SpeechDataset(Dataset):
     """Shared parts of the speech datasets: keys, feature reading, normalisation."""
 
-    def __init__(self, storage: H5ShardedStorage, feature: str = "hidden_states",
+    def __init__(self, storage: KeyedArrays, feature: str = "hidden_states",
                  normalize: bool = False, stats_file: str | None = None,
                  keys: list[str] | None = None, stats: tuple[np.ndarray, np.ndarray] | None = None,
                  **params: Any) -> None:
-        if not isinstance(storage, H5ShardedStorage):
-            raise ConfigError(f"dataset.type: {self.name!r} reads an h5_sharded storage, got "
-                              f"{getattr(storage, 'name', type(storage).__name__)!r}")
+        require(storage, KeyedArrays, "dataset.type", repr(self.name))
         super().__init__(storage, feature=feature, normalize=normalize, stats_file=stats_file,
                          **params)
-        self.storage: H5ShardedStorage = storage
+        self.storage: KeyedArrays = storage
+        self.where = str(getattr(storage, "directory", None) or storage.name)
         self.feature = feature
         self.keys = list(storage.keys if keys is None else keys)
         if not self.keys:
-            raise DataError(f"{storage.directory}: the cache holds no samples")
+            raise DataError(f"{self.where}: the cache holds no samples")
         self._dim = self._feature_dim()
         if keys is None:  # the whole cache, once: views share what was checked
             self._check_spread(CHECKED_AT_BUILD)
@@ -78,7 +75,7 @@ class SpeechDataset(Dataset):
 
     def _finite(self, key: str, name: str, values: np.ndarray) -> np.ndarray:
         if not np.isfinite(values).all():
-            raise DataError(f"{self.storage.directory}: sample {key!r}: {name} holds "
+            raise DataError(f"{self.where}: sample {key!r}: {name} holds "
                             f"{int((~np.isfinite(values)).sum())} NaN or Inf values")
         return values
 
@@ -139,7 +136,8 @@ class SpeechDataset(Dataset):
         return self._clone([self.keys[i] for i in np.asarray(indices, dtype=np.int64)])
 
     def export_source(self) -> SequenceVectors:
-        samples_per_file = self.storage.index.samples_per_file if self.storage.index else 20000
+        index = getattr(self.storage, "index", None)
+        samples_per_file = index.samples_per_file if index else 20000
 
         def open_writer(out_dir: Path, meta: dict[str, Any]) -> "CodesWriter":
             return CodesWriter(Path(out_dir), samples_per_file, meta)
@@ -211,7 +209,7 @@ class UtterancesDataset(SpeechDataset):
             t = self._frames(key, arrays)
             if with_mel:
                 if "mel_spectrogram" not in arrays:
-                    raise DataError(f"{self.storage.directory}: sample {key!r} has no "
+                    raise DataError(f"{self.where}: sample {key!r} has no "
                                     "mel_spectrogram (the others in its batch have one)")
                 t = min(t, arrays.shape("mel_spectrogram")[-2])  # within T_TOLERANCE: checked
             lengths[i] = t
@@ -293,7 +291,7 @@ class SpeechFramesDataset(SpeechDataset):
 
     def _selected(self, key: str) -> np.ndarray:
         x = self.features(key)
-        cap = self.config.get("frames_per_utterance", 100)
+        cap = self.config["frames_per_utterance"]
         if len(x) <= cap:
             return x
         rng = np.random.default_rng(zlib.crc32(key.encode()))  # the same frames every run
@@ -305,7 +303,7 @@ class SpeechFramesDataset(SpeechDataset):
 
     def describe(self) -> dict[str, Any]:
         return {"input_dim": self._dim, "unit": "frame", "n_samples": len(self),
-                "frames_per_utterance": self.config.get("frames_per_utterance", 100),
+                "frames_per_utterance": self.config["frames_per_utterance"],
                 **self.storage.describe()}
 
     def vectors(self) -> np.ndarray:

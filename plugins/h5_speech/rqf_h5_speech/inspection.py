@@ -7,8 +7,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from rqf import InspectReport
-from rqf.errors import DataError
+from rqf import DataError, InspectReport
 from rqf_h5_speech.cache import KEYS_DATASET, CacheIndex, SampleArrays, shard_name
 
 T_TOLERANCE = 2  # mel is about one frame longer than the semantic features

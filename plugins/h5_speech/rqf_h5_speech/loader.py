@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, SequentialSampler
 
-from rqf.errors import ConfigError
+from rqf import ConfigError
 from rqf_h5_speech.datasets import UtterancesDataset
 from rqf_h5_speech.storage import H5ShardedStorage
 

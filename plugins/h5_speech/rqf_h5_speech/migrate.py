@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from rqf.errors import DataError
+from rqf import DataError
 from rqf_h5_speech.storage import H5ShardedStorage
 from rqf_h5_speech.writer import ShardedCacheWriter
 

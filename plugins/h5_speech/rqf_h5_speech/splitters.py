@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rqf import Dataset, Param, Splitter
-from rqf.builtin import check_disjoint
-from rqf.errors import ConfigError, DataError
+from rqf import ConfigError, DataError, Dataset, Param, Splitter, check_disjoint
 from rqf_h5_speech.datasets import SpeechDataset
 
 
@@ -24,7 +22,7 @@ class SpeakerSplitter(Splitter):
     def split(self, dataset: Dataset) -> dict[str, Dataset]:
         if not isinstance(dataset, SpeechDataset):
             raise ConfigError(f"splitter.type: 'speaker' splits speech datasets, got {dataset.name!r}")
-        level = self.config.get("speaker_level", 1)
+        level = self.config["speaker_level"]
         speakers = []
         for key in dataset.keys:
             parts = key.split("/")
@@ -34,8 +32,8 @@ class SpeakerSplitter(Splitter):
             speakers.append(parts[level])
         unique = np.array(sorted(set(speakers)))
         order = np.random.default_rng(self.seed).permutation(len(unique))
-        n_test = int(round(len(unique) * self.config.get("test_ratio", 0.1)))
-        n_valid = int(round(len(unique) * self.config.get("valid_ratio", 0.1)))
+        n_test = int(round(len(unique) * self.config["test_ratio"]))
+        n_valid = int(round(len(unique) * self.config["valid_ratio"]))
         if n_test + n_valid >= len(unique):
             raise ConfigError(f"splitter: {len(unique)} speakers leave none to train on")
         role_of = {}

@@ -7,8 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from rqf import InspectReport, Param, Storage
-from rqf.errors import DataError
+from rqf import DataError, InspectReport, Param, Storage
 from rqf_h5_speech.cache import (INDEX_NAME, SHARD_PATTERN, CacheIndex, SampleArrays, ShardHandles,
                                  shard_name)
 

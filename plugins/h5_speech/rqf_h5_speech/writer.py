@@ -35,8 +35,7 @@ from typing import Any, Callable, Mapping
 import h5py
 import numpy as np
 
-from rqf.errors import DataError, RqfError
-from rqf.io import FolderLock, disk_full, is_disk_full, write_text_atomic
+from rqf import DataError, FolderLock, RqfError, disk_full, is_disk_full, write_text_atomic
 from rqf_h5_speech.cache import (INDEX_NAME, KEYS_DATASET, SHARD_PATTERN, CacheIndex, check_key,
                                  shard_name)
 

@@ -10,11 +10,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rqf import Dataset, ItemVectors, Model, Param, RunContext, atomic_path, load_tensors
+from rqf import (ConfigError, Dataset, ItemVectors, Model, Param, RqfError, RunContext,
+                 atomic_path, load_tensors)
 from rqf.codes import (COLLISION_MODES, balanced_kmeans, code_health, code_statistics,
                        handle_collisions, kmeans, nearest, plot_usage, squared_distances,
                        write_semantic_ids)
-from rqf.errors import ConfigError, RqfError
 
 MODEL_FORMAT = "rqf-rqkmeans-1"
 ENCODE_CHUNK = 65536
@@ -83,8 +83,6 @@ class RQKMeansModel(Model):
             residual = residual - self.codebooks[level][nearest(residual, self.codebooks[level])[1]]
             ctx.echo(f"rqkmeans: level {level + 1}/{cfg['levels']} clustered")
         self._coded = None
-        if ctx.is_main:
-            self.save(ctx.run_dir / "model.pt")
         return {"seconds": round(time.perf_counter() - start, 3), "training_vectors": len(x),
                 "remaining_energy": float((residual ** 2).sum() / max(float((self._prepare(x) ** 2)
                                                                             .sum()), 1e-12))}
@@ -172,6 +170,13 @@ class RQKMeansModel(Model):
         attrs = {"levels": self.config["levels"], "codebook_size": self.config["codebook_size"],
                  "collision_handling": self.config["collision_handling"], "tokenizer": self.name}
         return write_semantic_ids(path, ids, codes, self.codebooks.numpy(), attrs, raw_codes=raw)
+
+    def encode(self, dataset: Dataset, out: Path) -> Path:
+        source = dataset.export_source()
+        if not isinstance(source, ItemVectors):
+            raise RqfError(f"model 'rqkmeans' codes items; dataset {dataset.name!r} exports "
+                           "utterances (use model: rqvae for frame tokens)")
+        return self.export_items(source, out)
 
     def export_items(self, source: ItemVectors, path: Path) -> Path:
         """Semantic IDs of every item of ``source`` (new data)."""

@@ -6,46 +6,12 @@ from pathlib import Path
 
 import click
 
-from rqf.errors import RqfError
+from rqf import RqfError
 
 
 @click.group("rqvae")
 def rqvae() -> None:
     """Use a trained RQ-VAE run: encode data, look up semantic IDs."""
-
-
-def encode_with_run(run_dir: Path, out: Path, overrides: tuple[str, ...] = (),
-                    device: str = "auto") -> Path:
-    """Encode the data named by the run's pipeline (after ``overrides``) with its model."""
-    from rqf.config import apply_overrides
-    from rqf.interfaces import ItemVectors
-    from rqf.params import validate_params
-    from rqf.pipeline import build_data
-    from rqf.plugins import get_plugins
-    from rqf.rundir import read_run_config
-    from rqf_rqvae.model import RQVAEModel
-
-    config_path = run_dir / "config.yaml"
-    if not config_path.exists():
-        raise RqfError(f"{run_dir}: not an rqf run directory (no config.yaml)")
-    config = apply_overrides(read_run_config(config_path), overrides)
-    model = RQVAEModel.load(run_dir / "model.pt", device=device)
-    registry = get_plugins().registry
-    sections = {}
-    for kind in ("storage", "dataset"):  # overrides may have changed them: validate again
-        cls = registry.get(kind, config[kind]["type"], f"{kind}.type")
-        sections[kind] = {"type": cls.name, **validate_params(
-            cls.params, {k: v for k, v in config[kind].items() if k != "type"}, kind, Path.cwd())}
-    storage, dataset = build_data(sections["storage"], sections["dataset"])
-    with storage:
-        dim = dataset.describe().get("input_dim")
-        if dim != model.input_dim:
-            raise RqfError(f"the data is {dim}-d but the model in {run_dir} expects "
-                           f"{model.input_dim}-d input")
-        source = dataset.export_source()
-        if isinstance(source, ItemVectors):
-            return model.export_items(source, out)
-        return model.export_sequences(source, out)
 
 
 @rqvae.command("encode")
@@ -58,9 +24,10 @@ def encode_with_run(run_dir: Path, out: Path, overrides: tuple[str, ...] = (),
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def encode_cmd(run_dir: Path, out: Path, overrides: tuple[str, ...], device: str,
                debug: bool) -> None:
-    """Encode data with the model trained in RUN_DIR."""
-    path = encode_with_run(run_dir, out, overrides, device)
-    click.echo(f"wrote {path}")
+    """Encode data with the model trained in RUN_DIR (the same as rqf encode)."""
+    import rqf
+
+    click.echo(f"wrote {rqf.encode(run_dir, out, overrides, device)}")
 
 
 @rqvae.command("lookup")

@@ -10,10 +10,9 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from rqf import Dataset, ItemVectors, Model, Param, RunContext, SequenceVectors
-from rqf.errors import ConfigError, DataError, RqfError
-from rqf.io import atomic_path
-from rqf.training import Trainer, TensorBatches, autocast, load_tensors, resolve_device
+from rqf import (ConfigError, DataError, Dataset, ItemVectors, Model, Param, RqfError, RunContext,
+                 SequenceVectors, TensorBatches, Trainer, atomic_path, autocast, load_tensors,
+                 resolve_device)
 from rqf.codes import (COLLISION_MODES, code_health, code_statistics, handle_collisions, plot_usage,
                        write_semantic_ids)
 from rqf_rqvae.module import ACTIVATIONS, RQVAE
@@ -93,10 +92,8 @@ class RQVAEModel(Model):
         return ("semantic_ids.h5", "code_usage.png", codes_dir)
 
     def __init__(self, data_info: Mapping[str, Any], **params: Any) -> None:
-        from rqf.params import validate_params
-
-        params = validate_params(self.params, params, "model")
         super().__init__(data_info, **params)
+        params = self.config
         input_dim = data_info.get("input_dim")
         if not isinstance(input_dim, int) or input_dim <= 0:
             raise ConfigError("model: the dataset does not report a positive input_dim")
@@ -196,8 +193,6 @@ class RQVAEModel(Model):
         result = trainer.fit(net, batches, loss_fn, valid_fn if valid_tensor is not None else None,
                              after_step)
         net.eval()
-        if ctx.is_main:
-            self.save(ctx.run_dir / "model.pt")
         return {"steps": result.steps, "seconds": round(result.seconds, 3),
                 "kmeans_init_seconds": round(init_seconds, 3),
                 "items_per_second": round(result.samples_per_second, 1),
@@ -218,7 +213,7 @@ class RQVAEModel(Model):
         return ((s, min(s + bs, n)) for s in range(0, n, bs))
 
     @torch.no_grad()
-    def encode(self, vectors: np.ndarray) -> np.ndarray:
+    def codes_of(self, vectors: np.ndarray) -> np.ndarray:
         """(n, levels) nearest codes of raw input vectors (no collision handling)."""
         self.net.eval().to(self.device)
         out = []
@@ -353,8 +348,14 @@ class RQVAEModel(Model):
             artifacts["codes"] = str(self.export_sequences(source, out))
         return artifacts
 
+    def encode(self, dataset: Dataset, out: Path) -> Path:
+        source = dataset.export_source()
+        if isinstance(source, ItemVectors):
+            return self.export_items(source, out)
+        return self.export_sequences(source, out)
+
     def export_items(self, source: ItemVectors, path: Path) -> Path:
-        """Semantic IDs of every item of ``source`` (new data, e.g. ``rqf rqvae encode``)."""
+        """Semantic IDs of every item of ``source`` (new data, e.g. ``rqf encode``)."""
         n = len(source.ids)
         raw, codes = self._assign(self._latents(source.read, n))
         return self._write_ids(source.ids, raw, codes, path)
@@ -371,7 +372,7 @@ class RQVAEModel(Model):
         dtype = np.int16 if self.config["codebook_size"] <= np.iinfo(np.int16).max else np.int32
         with source.open_writer(out_dir, meta) as writer:
             for key in source.keys:
-                writer.write(key, self.encode(source.read(key)).astype(dtype))
+                writer.write(key, self.codes_of(source.read(key)).astype(dtype))
         return out_dir
 
     # -- persistence ----------------------------------------------------------------------

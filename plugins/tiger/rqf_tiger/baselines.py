@@ -7,8 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rqf import Dataset, ItemVectors, RunContext
-from rqf.errors import ConfigError
+from rqf import ConfigError, Dataset, ItemVectors, RunContext
 from rqf_tiger.evaluation import HISTORY, TOP_K, NextItemModel, train_examples
 
 

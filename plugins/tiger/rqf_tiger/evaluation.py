@@ -10,8 +10,8 @@ from typing import Any, Mapping
 import h5py
 import numpy as np
 
-from rqf import Dataset, Model, Param, RunContext, atomic_h5
-from rqf.errors import ConfigError, DataError
+from rqf import (ConfigError, DataError, Dataset, Model, Param, RunContext, SequenceView,
+                 atomic_h5, missing_members)
 
 KS = (5, 10)
 FORMAT = "rqf-recommendations-1"
@@ -33,16 +33,12 @@ class Examples:
 
 
 def _sequences(view: Dataset) -> tuple[Any, Any]:
-    table, records = getattr(view, "table", None), None
-    try:
-        records = view.records  # type: ignore[attr-defined]
-    except AttributeError:
-        pass
-    if table is None or records is None:
+    if missing_members(view, SequenceView):
         raise ConfigError("dataset.type: next-item models read user sequences: use "
                           "dataset: sequences (with storage.sequences) and a sequence splitter "
                           "such as leave_last_out")
-    return table, records
+    records = view.records  # type: ignore[attr-defined]
+    return view.table, records  # type: ignore[attr-defined]
 
 
 def _gather(table: Any, base: np.ndarray, begin: np.ndarray, end: np.ndarray,
@@ -137,6 +133,7 @@ class NextItemModel(Model):
     """
 
     gradient_free = True
+    keeps_weights = False
 
     def __init__(self, data_info: Mapping[str, Any], **params: Any) -> None:
         config = {p.name: p.default for p in self.params}
@@ -187,5 +184,5 @@ class NextItemModel(Model):
         raise NotImplementedError(f"{self.name} keeps no model file")
 
     @classmethod
-    def load(cls, path: Path) -> "NextItemModel":
+    def load(cls, path: Path, device: str = "auto") -> "NextItemModel":
         raise NotImplementedError(f"{cls.name} keeps no model file")

@@ -12,10 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from rqf import (Dataset, Param, RunContext, TensorBatches, Trainer, atomic_path, autocast,
-                 load_tensors)
+from rqf import (DataError, Dataset, Param, RqfError, RunContext, TensorBatches, Trainer,
+                 atomic_path, autocast, load_tensors)
 from rqf.codes import PrefixTrie, SemanticIds, sha256_of
-from rqf.errors import DataError, RqfError
 from rqf_tiger.decode import constrained_beam_search
 from rqf_tiger.evaluation import (HISTORY, TOP_K, NextItemModel, eval_examples, ranking_metrics,
                                   train_examples)
@@ -80,6 +79,7 @@ class TigerModel(NextItemModel):
 
     name = "tiger"
     gradient_free = False
+    keeps_weights = True
     params = (
         Param("semantic_ids", "path", help="semantic_ids.h5 of the items (from rqvae, rqkmeans, "
               "...); its unique_codes, collision level included, are the IDs generated"),
@@ -188,8 +188,6 @@ class TigerModel(NextItemModel):
         started = time.perf_counter()
         result = trainer.fit(self.net, batches, loss_fn, valid_fn if has_valid else None)
         self.net.eval()
-        if ctx.is_main:
-            self.save(ctx.run_dir / "model.pt")
         return {"steps": result.steps, "seconds": round(time.perf_counter() - started, 3),
                 "training_examples": len(target), "best_step": result.best_step,
                 "best_value": result.best_value, "resumed_from": result.resumed_from,

@@ -1,0 +1,258 @@
+"""Data protocols: what datasets and splitters read, whatever the storage holds its arrays in.
+
+A storage that has the members of ``ItemSource`` (item vectors by row) or ``SequenceSource``
+(that, plus user sequences as a ``SequenceTable``) is read by every dataset written against
+them (``items``, ``sequences``), and the views those datasets make (``SequenceView``) by every
+splitter written against that (``leave_last_out``, ``temporal``, ``auto``). ``KeyedArrays`` is
+the utterance-like counterpart: named arrays per key. Nothing here knows a file format.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+from rqf.errors import ConfigError
+from rqf.interfaces import Dataset, ItemVectors
+
+# rows closer than this are read as one slice (the rows between are read and dropped)
+MAX_GAP_ROWS = 256
+# at most this many rows per slice read
+BLOCK_ROWS = 1 << 16
+
+
+def read_rows(read_range: Callable[[int, int], np.ndarray], rows: np.ndarray,
+              max_gap: int = MAX_GAP_ROWS, block: int = BLOCK_ROWS) -> np.ndarray:
+    """Rows ``rows`` (any order, repeats allowed) of a row-major array read only in slices.
+
+    ``read_range(start, stop)`` returns rows [start, stop). Sorted distinct rows are grouped
+    into runs whose gaps are at most ``max_gap`` and each run is read in slices of at most
+    ``block`` rows: on HDF5 this is many times faster than a fancy selection of the same rows.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) == 0:
+        return read_range(0, 0)
+    uniq, inverse = np.unique(rows, return_inverse=True)
+    breaks = np.flatnonzero(np.diff(uniq) > max_gap) + 1
+    parts = []
+    for run in np.split(uniq, breaks):
+        lo, hi = int(run[0]), int(run[-1]) + 1
+        for start in range(lo, hi, block):
+            stop = min(start + block, hi)
+            want = run[(run >= start) & (run < stop)]
+            if len(want):
+                parts.append(np.asarray(read_range(start, stop))[want - start])
+    return np.concatenate(parts)[inverse]
+
+
+def positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenated ranges [starts[i], starts[i] + lengths[i]) without a Python loop."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, np.int64)
+    shift = np.repeat(np.asarray(starts, np.int64) - np.cumsum(lengths) + lengths, lengths)
+    return shift + np.arange(total, dtype=np.int64)
+
+
+@dataclass
+class SequenceTable:
+    """All user sequences as flat arrays: user i owns positions offsets[i]:offsets[i+1].
+
+    ``user_ids`` (n_users,) str, ``offsets`` (n_users + 1,) int64, ``item_ids`` and the
+    optional ``timestamps`` (n_interactions,) int64, in each user's order.
+    """
+
+    user_ids: np.ndarray
+    offsets: np.ndarray
+    item_ids: np.ndarray
+    timestamps: np.ndarray | None = None
+
+    @classmethod
+    def from_lists(cls, user_ids: Sequence[str], sequences: Sequence[Sequence[int]],
+                   timestamps: Sequence[Sequence[int]] | None = None) -> "SequenceTable":
+        lengths = np.fromiter((len(s) for s in sequences), np.int64, len(sequences))
+        offsets = np.zeros(len(sequences) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+
+        def flat(rows):
+            return np.concatenate([np.asarray(r, np.int64) for r in rows]) if len(rows) \
+                else np.zeros(0, np.int64)
+
+        return cls(np.asarray(user_ids, dtype=object), offsets, flat(sequences),
+                   None if timestamps is None else flat(timestamps))
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+
+@dataclass
+class SequenceRecords:
+    """The samples of a sequence view: user row, input positions [start, end), target.
+
+    Positions index into the user's own sequence; ``target`` is a position or -1.
+    """
+
+    user: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+    target: np.ndarray
+
+    @classmethod
+    def build(cls, user, start, end, target) -> "SequenceRecords":
+        return cls(*(np.asarray(a, dtype=np.int64) for a in (user, start, end, target)))
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+
+class ItemSource(Protocol):
+    """A storage of item vectors: row r holds item ``item_ids[r]``."""
+
+    item_ids: np.ndarray  # (n_items,) int64, distinct
+    embedding_dim: int
+
+    def read_embeddings(self, rows: np.ndarray) -> np.ndarray:
+        """float32 (len(rows), embedding_dim); any order, repeats allowed."""
+
+    def read_embedding_range(self, start: int, stop: int) -> np.ndarray:
+        """float32 rows [start, stop)."""
+
+    def read_features(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """int32 (len(rows), width) feature tokens and their (len(rows),) lengths."""
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+class SequenceSource(ItemSource, Protocol):
+    """Item vectors plus user sequences over them (``table`` is None when there are none)."""
+
+    table: SequenceTable | None
+    sequence_rows: np.ndarray | None  # item row of every position of table.item_ids
+
+
+class ArrayGroup(Protocol):
+    """The named arrays of one key, opened but not read: metadata first, values on demand."""
+
+    def __contains__(self, name: str) -> bool: ...
+
+    def shape(self, name: str) -> tuple[int, ...]: ...
+
+    def dtype(self, name: str) -> np.dtype: ...
+
+    def read(self, name: str) -> np.ndarray: ...
+
+    def read_into(self, name: str, out: np.ndarray) -> None:
+        """The first ``out.shape[0]`` frames of a (..., T, dim) array, into ``out``."""
+
+
+class KeyedArrays(Protocol):
+    """Named arrays per key (an utterance, a document), read one key at a time."""
+
+    keys: Sequence[str]
+
+    def arrays(self, key: str) -> ArrayGroup: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+class SequenceView(Protocol):
+    """A dataset view over user sequences, what sequence splitters and next-item models read."""
+
+    table: SequenceTable
+    records: SequenceRecords
+
+    def with_records(self, records: SequenceRecords, role: str) -> Any:
+        """The same data with other samples; ``role`` is train, valid, test or all."""
+
+
+class ItemRows(Dataset):
+    """A view of rows of an ``ItemSource``: one sample per item (its id and embedding).
+
+    A base for item datasets: a subclass names itself and may add to each sample (override
+    ``__getitems__``); splitting, training vectors and export work on the rows alone.
+    """
+
+    def __init__(self, storage: ItemSource, rows: np.ndarray | None = None,
+                 **params: Any) -> None:
+        require(storage, ItemSource, "dataset.type", repr(self.name))
+        super().__init__(storage, **params)  # type: ignore[arg-type]
+        self.storage: ItemSource = storage  # type: ignore[assignment]
+        self.rows = np.arange(len(storage.item_ids)) if rows is None else np.asarray(rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        # a DataLoader batch in one read per array instead of one per item
+        rows = self.rows[np.asarray(indices, dtype=np.int64)]
+        embeddings = self.storage.read_embeddings(rows)
+        ids = self.storage.item_ids[rows]
+        return [{"item_id": int(ids[i]), "embedding": embeddings[i]} for i in range(len(rows))]
+
+    def describe(self) -> dict[str, Any]:
+        return {"input_dim": int(self.storage.embedding_dim), "unit": "item",
+                "n_samples": len(self), **self.storage.describe()}
+
+    def subset(self, indices: np.ndarray, role: str = "train") -> "ItemRows":
+        view = copy.copy(self)
+        view.rows = self.rows[np.asarray(indices, dtype=np.int64)]
+        return view
+
+    def vectors(self) -> np.ndarray:
+        return self.storage.read_embeddings(self.rows)
+
+    def export_rows(self) -> np.ndarray:
+        return self.rows
+
+    def key_ids(self) -> np.ndarray:
+        return self.storage.item_ids[self.rows]
+
+    def export_source(self) -> ItemVectors:
+        """Every item of the storage, whatever the view: what IDs are made for."""
+        return ItemVectors(ids=np.asarray(self.storage.item_ids).copy(),
+                           read=self.storage.read_embedding_range)
+
+
+def input_positions(view: SequenceView) -> np.ndarray:
+    """Flat positions (into ``view.table.item_ids``) of every input item of the view."""
+    r = view.records
+    return positions(view.table.offsets[r.user] + r.start, r.end - r.start)
+
+
+def members(protocol: type) -> list[str]:
+    """The attribute and method names a protocol asks for."""
+    names: dict[str, None] = {}
+    for klass in reversed(protocol.__mro__):
+        if klass in (object, Protocol) or not getattr(klass, "_is_protocol", False):
+            continue
+        names.update(dict.fromkeys(getattr(klass, "__annotations__", {})))
+        names.update(dict.fromkeys(n for n, v in vars(klass).items()
+                                   if callable(v) and not n.startswith("_")))
+    return list(names)
+
+
+def missing_members(obj: Any, protocol: type) -> list[str]:
+    """Members of ``protocol`` that ``obj`` lacks (class attributes, properties or fields)."""
+    return [n for n in members(protocol)
+            if not hasattr(type(obj), n) and n not in getattr(obj, "__dict__", {})]
+
+
+def require(obj: Any, protocol: type, key: str, what: str) -> Any:
+    """``obj`` when it has every member of ``protocol``; otherwise a ConfigError at ``key``."""
+    missing = missing_members(obj, protocol)
+    if missing:
+        name = getattr(obj, "name", "") or type(obj).__name__
+        raise ConfigError(f"{key}: {what} reads a {protocol.__name__} and {name!r} lacks "
+                          f"{', '.join(missing)}")
+    return obj

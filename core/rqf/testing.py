@@ -1,0 +1,150 @@
+"""Helpers for plugin tests that need only the core: in-memory data and a private registry.
+
+``MemoryItems`` is a real ``Storage`` holding item vectors and, optionally, user sequences in
+numpy arrays: it implements ``rqf.ItemSource`` / ``rqf.SequenceSource``, so any dataset and
+splitter written against those protocols reads it as it reads files. ``MemoryItemsDataset`` is
+a minimal ``items`` dataset over it (what a tokenizer trains on), and ``use_plugins`` runs a
+block with chosen plugin modules registered, as if they were installed.
+
+    from rqf.testing import MemoryItems, MemoryItemsDataset, use_plugins, toy_items
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from rqf.data import ItemRows, SequenceTable
+from rqf.errors import DataError
+from rqf.hookspecs import hookimpl
+from rqf.interfaces import Storage
+from rqf.params import Param
+
+
+class MemoryItems(Storage):
+    """Item vectors (and optionally user sequences) held in memory; validated on open."""
+
+    name = "memory_items"
+    params = (
+        Param("item_ids", list, help="item ids, one per row", item=int),
+        Param("embeddings", list, help="one vector (list of floats) per item"),
+        Param("sequences", dict, None, "user id -> list of item ids, oldest first",
+              nullable=True),
+    )
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.item_ids = np.asarray(self.config["item_ids"], np.int64)
+        self.embeddings = np.asarray(self.config["embeddings"], np.float32)
+        seqs = self.config["sequences"]
+        self.table = None if seqs is None else SequenceTable.from_lists(
+            [str(u) for u in seqs], [list(v) for v in seqs.values()])
+        self.sequence_rows: np.ndarray | None = None
+
+    @classmethod
+    def from_arrays(cls, item_ids: np.ndarray, embeddings: np.ndarray,
+                    sequences: dict[str, Sequence[int]] | None = None) -> "MemoryItems":
+        return cls(item_ids=np.asarray(item_ids).tolist(),
+                   embeddings=np.asarray(embeddings).tolist(), sequences=sequences)
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    def open(self) -> "MemoryItems":
+        if self.embeddings.ndim != 2 or len(self.embeddings) != len(self.item_ids):
+            raise DataError(f"{self.name}: embeddings: expected ({len(self.item_ids)}, dim), "
+                            f"got {self.embeddings.shape}")
+        if not np.isfinite(self.embeddings).all():
+            raise DataError(f"{self.name}: embeddings: NaN or Inf values")
+        if len(np.unique(self.item_ids)) != len(self.item_ids):
+            raise DataError(f"{self.name}: item_ids: repeated ids")
+        if self.table is not None:
+            order = np.argsort(self.item_ids)
+            where = np.searchsorted(self.item_ids, self.table.item_ids, sorter=order)
+            where = np.minimum(where, len(order) - 1)
+            rows = order[where]
+            unknown = self.item_ids[rows] != self.table.item_ids
+            if unknown.any():
+                raise DataError(f"{self.name}: sequences: item "
+                                f"{int(self.table.item_ids[unknown][0])} is not an item")
+            self.sequence_rows = rows
+        return self
+
+    def close(self) -> None:
+        pass
+
+    def read_embeddings(self, rows: np.ndarray) -> np.ndarray:
+        return self.embeddings[np.asarray(rows, np.int64)]
+
+    def read_embedding_range(self, start: int, stop: int) -> np.ndarray:
+        return self.embeddings[start:stop]
+
+    def read_features(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.zeros((len(rows), 0), np.int32), np.zeros(len(rows), np.int32)
+
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"n_items": len(self.item_ids), "embedding_dim": self.embedding_dim}
+        if self.table is not None:
+            info["n_sequences"] = len(self.table)
+        return info
+
+
+class MemoryItemsDataset(ItemRows):
+    """One sample per item of an ``ItemSource``: what a tokenizer's tests train on."""
+
+    name = "memory_items"
+    params = ()
+
+
+@hookimpl
+def register_storages(register):
+    register(MemoryItems)
+
+
+@hookimpl
+def register_datasets(register):
+    register(MemoryItemsDataset)
+
+
+def toy_items(n: int = 300, dim: int = 16, clusters: int = 8, seed: int = 0) -> MemoryItems:
+    """Clustered unit vectors (ids 1..n): a tokenizer has structure to find in them."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim))
+    x = centres[rng.integers(0, clusters, n)] + 0.3 * rng.normal(size=(n, dim))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return MemoryItems.from_arrays(np.arange(1, n + 1), x.astype(np.float32))
+
+
+@contextlib.contextmanager
+def use_plugins(*modules: Any, entry_points: bool = True) -> Iterator[Any]:
+    """Run a block with ``modules`` registered as plugins (beside the installed ones when
+    ``entry_points``), as ``rqf run`` would see them; the previous plugins come back after."""
+    from rqf import plugins as plugin_module
+
+    saved = plugin_module._plugins
+    pm = plugin_module.Plugins().load(entry_points=entry_points)
+    for i, module in enumerate(modules):
+        pm.add(module, getattr(module, "__name__", f"test_plugin_{i}"), "test", "0")
+    pm.add(sys.modules[__name__], "rqf.testing", "rqf", "0")
+    plugin_module.reset_plugins(pm)
+    try:
+        yield pm
+    finally:
+        plugin_module.reset_plugins(saved)
+
+
+def tiny_pipeline(out: Path, storage: dict[str, Any], model: dict[str, Any],
+                  dataset: str = "memory_items", splitter: dict[str, Any] | None = None,
+                  **train: Any) -> dict[str, Any]:
+    """A pipeline mapping over in-memory data that trains for a few CPU steps."""
+    return {"name": "test", "output_dir": str(out), "storage": storage,
+            "dataset": {"type": dataset},
+            "splitter": splitter or {"type": "index", "test_ratio": 0.2, "valid_ratio": 0.1},
+            "model": model,
+            "train": {"device": "cpu", "progress": False, "batch_size": 64, "max_steps": 20,
+                      **train}}
