@@ -18,6 +18,7 @@ import torch
 import yaml
 
 import rqf
+import rqf.pipeline
 import rqf.testing
 from rqf.codes import SemanticIds
 from rqf.testing import MemoryItems, toy_items, use_plugins
@@ -371,3 +372,21 @@ def test_a_task_on_loader_batches_resumes_to_the_same_weights(tmp_path):
     train(6, tmp_path / "split")
     resumed = train(10, tmp_path / "split", resume=True)
     torch.testing.assert_close(resumed, straight)
+
+
+def test_a_view_over_item_ids_never_reads_the_embeddings(recsys_files, tmp_path):
+    """MostPop over sequences needs no vector: a NaN in the embeddings does not stop it, while
+    a model that reads vectors is refused by name, by rqf validate and by rqf run."""
+    with h5py.File(recsys_files["items"], "a") as f:
+        f["embeddings"][5, 0] = np.nan
+    config = tiny_pipeline(recsys_files, tmp_path / "pop", dataset={"type": "sequences"},
+                           splitter={"type": "leave_last_out"}, model={"type": "mostpop"})
+    assert rqf.run(config).metrics["test"]["users"] == 55
+    tiny_rqvae = {"type": "rqvae", "latent_dim": 8, "hidden_dims": [32]}
+    for model in ({"type": "lastitem_nn"}, tiny_rqvae):
+        config["model"], config["output_dir"] = model, str(tmp_path / model["type"])
+        with pytest.raises(rqf.DataError, match="embeddings: 1 rows hold NaN or Inf, first at "
+                                                "row 5 \\(item id 106\\)"):
+            rqf.pipeline.validate(config)
+        with pytest.raises(rqf.DataError, match="1 rows hold NaN"):
+            rqf.run(config)

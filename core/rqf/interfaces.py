@@ -196,6 +196,9 @@ class Model(Component, ABC):
     # False for a model with nothing worth keeping (a baseline refit in seconds): the pipeline
     # then writes no model.pt and ``rqf encode`` cannot reopen its runs
     keeps_weights: ClassVar[bool] = True
+    # False for a model that reads no vectors of the data (e.g. one over item ids alone):
+    # ``rqf validate`` then does not ask the storage to check its vector values
+    reads_vectors: ClassVar[bool] = True
 
     def __init__(self, data_info: Mapping[str, Any], **params: Any) -> None:
         self.data_info = dict(data_info)

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from rqf.config import PipelineConfig, apply_overrides, load_yaml, validate_config
 from rqf.errors import ConfigError, DataError, RqfError
-from rqf.interfaces import Dataset, Model, RunContext, Splitter, Storage
+from rqf.interfaces import Dataset, ItemVectors, Model, RunContext, Splitter, Storage
 from rqf.io import write_json_atomic, write_text_atomic
 from rqf.plugins import Plugins, get_plugins
 from rqf.rundir import FINISHED_MARKER, MODEL_FILE, RunFolder, read_run_config
@@ -113,6 +113,10 @@ def validate(config: str | Path | Mapping[str, Any], overrides: Iterable[str] = 
     run_outputs(cfg)
     parts = build(cfg)
     try:
+        if parts.model.reads_vectors:
+            source = parts.dataset.export_source()
+            if isinstance(source, ItemVectors) and len(source.ids):
+                source.read(0, 1)  # a storage checks the values it serves at their first read
         return {"config": cfg.data, "data": parts.dataset.describe(),
                 "split": parts.splitter.report}
     finally:

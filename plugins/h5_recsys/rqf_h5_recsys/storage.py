@@ -45,34 +45,45 @@ class H5RecsysStorage(Storage):
         self.dropped_interactions = 0
         self._embeddings: np.ndarray | None = None
         self._features: tuple[np.ndarray, np.ndarray] | None = None
+        self._values_checked = False
         self._file: h5py.File | None = None
         self._pid: int | None = None
 
     # -- opening and handles --------------------------------------------------------------
     def open(self) -> "H5RecsysStorage":
         with open_h5(self.items_path) as f:
-            emb = f.get("embeddings")
-            usable = isinstance(emb, h5py.Dataset) and emb.dtype.kind == "f" and emb.ndim == 2
-            nbytes = int(np.prod(emb.shape)) * 4 if usable else 0
+            meta, probs = check_item_file(f, self.items_path, check_values=False)
+        probs.raise_first()
+        assert meta is not None
+        self.meta = meta
+        self._values_checked = False
+        if self.sequences_path is not None:
+            self._open_sequences()
+        return self
+
+    def _load_values(self) -> None:
+        """Read the embedding values (into memory when they take at most 1 GiB) and check
+        them, once, at their first use: a view that reads no embedding (a model over item ids
+        alone) never reads them."""
+        if self._values_checked:
+            return
+        meta = self._meta()
+        with open_h5(self.items_path) as f:
             whole = None
-            if usable and (self.in_memory or (self.in_memory is None
-                                              and nbytes <= IN_MEMORY_LIMIT)):
+            if self.in_memory or (self.in_memory is None
+                                  and meta.n_items * meta.embedding_dim * 4 <= IN_MEMORY_LIMIT):
                 try:
-                    whole = emb[()].astype(np.float32, copy=False)  # read once: checked and kept
+                    whole = f["embeddings"][()].astype(np.float32, copy=False)
                 except OSError:
                     whole = None  # unreadable: the checks below say why
-            meta, probs = check_item_file(f, self.items_path, embeddings=whole)
+            _, probs = check_item_file(f, self.items_path, embeddings=whole)
             probs.raise_first()
-            assert meta is not None
-            self.meta = meta
             if whole is not None:
                 self._embeddings = whole
                 if meta.has_features:
                     self._features = (f["features"][()].astype(np.int32),
                                       f["feature_lengths"][()].astype(np.int32))
-        if self.sequences_path is not None:
-            self._open_sequences()
-        return self
+        self._values_checked = True
 
     def _open_sequences(self) -> None:
         assert self.meta is not None and self.sequences_path is not None
@@ -137,12 +148,14 @@ class H5RecsysStorage(Storage):
     def read_embeddings(self, rows: np.ndarray) -> np.ndarray:
         """Embeddings of ``rows`` (any order, repeats allowed) as float32."""
         rows = np.asarray(rows, dtype=np.int64)
+        self._load_values()
         if self._embeddings is not None:
             return self._embeddings[rows]
         # slices, never an h5py point selection: that is many times slower on large files
         return read_rows(self.read_embedding_range, rows)
 
     def read_embedding_range(self, start: int, stop: int) -> np.ndarray:
+        self._load_values()
         if self._embeddings is not None:
             return self._embeddings[start:stop]
         return self._handle()["embeddings"][start:stop].astype(np.float32, copy=False)

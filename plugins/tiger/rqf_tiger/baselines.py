@@ -35,6 +35,7 @@ class LastItemNNModel(NextItemModel):
 
     name = "lastitem_nn"
     params = (HISTORY, TOP_K)
+    reads_vectors = True
 
     def fit(self, train: Dataset, valid: Dataset | None, ctx: RunContext) -> dict[str, Any]:
         source = train.export_source()

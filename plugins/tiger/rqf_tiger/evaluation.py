@@ -134,6 +134,7 @@ class NextItemModel(Model):
 
     gradient_free = True
     keeps_weights = False
+    reads_vectors = False  # rankers over item ids; lastitem_nn reads embeddings and says so
 
     def __init__(self, data_info: Mapping[str, Any], **params: Any) -> None:
         config = {p.name: p.default for p in self.params}
