@@ -39,9 +39,7 @@ class NpzSequences(rqf.Storage):
             self.item_ids = z["item_ids"].astype(np.int64)
             self.embeddings = z["embeddings"].astype(np.float32)
             self.table = rqf.SequenceTable(z["users"].astype(object), z["offsets"], z["items"])
-        order = np.argsort(self.item_ids)
-        self.sequence_rows = order[np.searchsorted(self.item_ids, self.table.item_ids,
-                                                   sorter=order)]
+        self.sequence_rows = rqf.rows_of(self.item_ids, self.table.item_ids)
         return self
 
     def close(self):

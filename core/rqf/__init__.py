@@ -2,8 +2,8 @@
 
 from rqf.builtin import IndexSplitter, check_disjoint
 from rqf.data import (ArrayGroup, ItemRows, ItemSource, KeyedArrays, SequenceRecords,
-                      SequenceSource, SequenceTable, SequenceView, input_positions,
-                      missing_members, positions, read_rows, require)
+                      SequenceSource, SequenceTable, SequenceView, all_items, flatten_rows,
+                      input_positions, missing_members, positions, read_rows, require, rows_of)
 from rqf.errors import ConfigError, DataError, PluginError, RqfError
 from rqf.hookspecs import hookimpl
 from rqf.interfaces import (Dataset, InspectReport, ItemVectors, Model, RunContext,
@@ -45,9 +45,9 @@ __all__ = sorted([
     "ArrayGroup", "ConfigError", "DataError", "Dataset", "IndexSplitter", "InspectReport",
     "ItemRows", "ItemSource", "ItemVectors", "KeyedArrays", "Model", "Param", "PluginError",
     "RqfError", "RunContext", "SequenceRecords", "SequenceSource", "SequenceTable",
-    "SequenceVectors", "SequenceView", "Splitter", "Storage", "check_disjoint", "encode",
-    "hookimpl", "input_positions", "missing_members", "positions", "read_rows", "require", "run",
-    "validate_params", *_LAZY, "__version__"])
+    "SequenceVectors", "SequenceView", "Splitter", "Storage", "all_items", "check_disjoint",
+    "encode", "flatten_rows", "hookimpl", "input_positions", "missing_members", "positions",
+    "read_rows", "require", "rows_of", "run", "validate_params", *_LAZY, "__version__"])
 
 
 def encode(run_dir, out, overrides=(), device="auto"):

@@ -179,8 +179,7 @@ def validate_config(raw: Mapping[str, Any], registry: Registry, base_dir: Path,
         train = train_section(raw, model) if model is not None else dict(_section(raw, "train"))
         resolved["train"] = validate_params(tuple(train_params), train, "train", base_dir,
                                             errors=errors)
-        if "train" in resolved and resolved["train"].get("epochs", 0) is None \
-                and not resolved["train"].get("max_steps"):
+        if resolved["train"].get("epochs", 0) is None and not resolved["train"].get("max_steps"):
             errors.append("train: set epochs or max_steps (both are null)")
         export = _section(raw, "export")
         if model is not None:

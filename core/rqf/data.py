@@ -58,6 +58,26 @@ def positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return shift + np.arange(total, dtype=np.int64)
 
 
+def flatten_rows(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Variable-length integer rows as one flat int64 array and (len(rows) + 1,) offsets."""
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.concatenate(rows).astype(np.int64) if len(rows) else np.zeros(0, np.int64)
+    return flat, offsets
+
+
+def rows_of(item_ids: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Map raw item ids to row numbers of ``item_ids``; -1 where an id is unknown."""
+    order = np.argsort(item_ids, kind="stable")
+    sorted_ids = item_ids[order]
+    pos = np.searchsorted(sorted_ids, query)
+    pos_clipped = np.minimum(pos, len(sorted_ids) - 1)
+    found = (len(sorted_ids) > 0) & (sorted_ids[pos_clipped] == query) if len(sorted_ids) else \
+        np.zeros(len(query), bool)
+    return np.where(found, order[pos_clipped], -1).astype(np.int64)
+
+
 @dataclass
 class SequenceTable:
     """All user sequences as flat arrays: user i owns positions offsets[i]:offsets[i+1].
@@ -74,16 +94,9 @@ class SequenceTable:
     @classmethod
     def from_lists(cls, user_ids: Sequence[str], sequences: Sequence[Sequence[int]],
                    timestamps: Sequence[Sequence[int]] | None = None) -> "SequenceTable":
-        lengths = np.fromiter((len(s) for s in sequences), np.int64, len(sequences))
-        offsets = np.zeros(len(sequences) + 1, np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-
-        def flat(rows):
-            return np.concatenate([np.asarray(r, np.int64) for r in rows]) if len(rows) \
-                else np.zeros(0, np.int64)
-
-        return cls(np.asarray(user_ids, dtype=object), offsets, flat(sequences),
-                   None if timestamps is None else flat(timestamps))
+        items, offsets = flatten_rows(sequences)
+        return cls(np.asarray(user_ids, dtype=object), offsets, items,
+                   None if timestamps is None else flatten_rows(timestamps)[0])
 
     @property
     def lengths(self) -> np.ndarray:
@@ -219,9 +232,12 @@ class ItemRows(Dataset):
         return self.storage.item_ids[self.rows]
 
     def export_source(self) -> ItemVectors:
-        """Every item of the storage, whatever the view: what IDs are made for."""
-        return ItemVectors(ids=np.asarray(self.storage.item_ids).copy(),
-                           read=self.storage.read_embedding_range)
+        return all_items(self.storage)
+
+
+def all_items(storage: ItemSource) -> ItemVectors:
+    """Every item of ``storage``, whatever the view or split: what semantic IDs are made for."""
+    return ItemVectors(ids=np.asarray(storage.item_ids).copy(), read=storage.read_embedding_range)
 
 
 def input_positions(view: SequenceView) -> np.ndarray:

@@ -19,12 +19,16 @@ from rqf.training import TRAIN_PARAMS, TrainConfig, init_distributed, seed_every
 
 
 def resolve_config(config: str | Path | Mapping[str, Any], overrides: Iterable[str] = (),
-                   plugins: Plugins | None = None) -> PipelineConfig:
-    """Load (when a path), override and validate a pipeline."""
+                   plugins: Plugins | None = None, source: Path | None = None) -> PipelineConfig:
+    """Load (when a path), override and validate a pipeline.
+
+    A mapping's relative paths resolve against the working directory; ``source`` names the
+    file it came from in error messages.
+    """
     plugins = plugins or get_plugins()
     plugins.check_conflicts()
     if isinstance(config, Mapping):
-        raw, source, base_dir = dict(config), None, Path.cwd()
+        raw, base_dir = dict(config), Path.cwd()
     else:
         source = Path(config)
         raw, base_dir = load_yaml(source), source.resolve().parent
@@ -199,12 +203,8 @@ def encode(run_dir: str | Path, out: str | Path, overrides: Iterable[str] = (),
     if not config_path.is_file():
         raise RqfError(f"{run_dir}: not an rqf run folder (no config.yaml)")
     plugins = get_plugins()
-    plugins.check_conflicts()
-    raw = apply_overrides(read_run_config(config_path), overrides)
-    try:
-        cfg = validate_config(raw, plugins.registry, Path.cwd(), TRAIN_PARAMS, None)
-    except ConfigError as exc:
-        raise ConfigError(_with_failures(str(exc), plugins, f"{config_path}: ")) from None
+    # --set paths are the user's: relative to the working directory, not to the run
+    cfg = resolve_config(read_run_config(config_path), overrides, plugins, source=config_path)
     cls = plugins.registry.get("model", cfg["model"]["type"])
     model_path = run_dir / MODEL_FILE
     if not cls.keeps_weights:

@@ -18,7 +18,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from rqf.data import ItemRows, SequenceTable
+from rqf.data import ItemRows, SequenceTable, rows_of
 from rqf.errors import DataError
 from rqf.hookspecs import hookimpl
 from rqf.interfaces import Storage
@@ -64,11 +64,8 @@ class MemoryItems(Storage):
         if len(np.unique(self.item_ids)) != len(self.item_ids):
             raise DataError(f"{self.name}: item_ids: repeated ids")
         if self.table is not None:
-            order = np.argsort(self.item_ids)
-            where = np.searchsorted(self.item_ids, self.table.item_ids, sorter=order)
-            where = np.minimum(where, len(order) - 1)
-            rows = order[where]
-            unknown = self.item_ids[rows] != self.table.item_ids
+            rows = rows_of(self.item_ids, self.table.item_ids)
+            unknown = rows < 0
             if unknown.any():
                 raise DataError(f"{self.name}: sequences: item "
                                 f"{int(self.table.item_ids[unknown][0])} is not an item")

@@ -280,14 +280,13 @@ class LoaderBatches:
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[Any]:
         from torch.utils.data import DataLoader
-        from torch.utils.data._utils.collate import default_collate
 
         batches = self.batch_indices(epoch)[skip:]
         if not batches:
             return
         pin = self.device.type == "cuda"
         loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
-                            collate_fn=self.collate or default_collate, pin_memory=pin)
+                            collate_fn=self.collate, pin_memory=pin)
         for batch in loader:
             yield to_device(batch, self.device, non_blocking=pin)
 

@@ -6,17 +6,12 @@ from typing import Any
 
 import numpy as np
 
-from rqf import (ConfigError, Dataset, ItemRows, ItemSource, ItemVectors, Param, SequenceRecords,
-                 SequenceSource, input_positions, positions, require)
+from rqf import (ConfigError, Dataset, ItemRows, ItemVectors, Param, SequenceRecords,
+                 SequenceSource, all_items, input_positions, positions, require)
 
 
 def _require(storage: Any, dataset: str, protocol: type) -> Any:
     return require(storage, protocol, "dataset.type", repr(dataset))
-
-
-def item_export(storage: ItemSource) -> ItemVectors:
-    """Every item of the item file, whatever the dataset or split: what IDs are made for."""
-    return ItemVectors(ids=storage.item_ids.copy(), read=storage.read_embedding_range)
 
 
 class ItemsDataset(ItemRows):
@@ -149,4 +144,4 @@ class SequencesDataset(Dataset):
         return self.records.user
 
     def export_source(self) -> ItemVectors:
-        return item_export(self.storage)
+        return all_items(self.storage)

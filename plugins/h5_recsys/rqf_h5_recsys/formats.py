@@ -13,7 +13,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from rqf import DataError, SequenceTable
+from rqf import DataError, SequenceTable, flatten_rows, rows_of
 
 CHUNK_ROWS = 65536
 # values this large make float32 squared distances overflow (768-d: above ~7e17)
@@ -163,14 +163,6 @@ def check_item_file(f: h5py.File, path: Path, check_values: bool = True,
     return meta, probs
 
 
-def _flatten(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
-    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    flat = np.concatenate(rows).astype(np.int64) if len(rows) else np.zeros(0, np.int64)
-    return flat, offsets
-
-
 def read_sequence_file(f: h5py.File, path: Path) -> tuple[SequenceTable | None, Problems]:
     probs = Problems(Path(path))
     users = _need(f, "user_ids", "vlen-str|str|i|u", 1, probs, "(m,) user ids (strings)")
@@ -192,7 +184,7 @@ def read_sequence_file(f: h5py.File, path: Path) -> tuple[SequenceTable | None, 
     raw_users = users[()]
     user_ids = np.array([u.decode() if isinstance(u, bytes) else str(u) for u in raw_users],
                         dtype=object)
-    flat, offsets = _flatten(seqs[()])
+    flat, offsets = flatten_rows(seqs[()])
     lengths = np.diff(offsets)
     if lens.shape[0] == m:
         declared = lens[()].astype(np.int64)
@@ -207,7 +199,7 @@ def read_sequence_file(f: h5py.File, path: Path) -> tuple[SequenceTable | None, 
                   f"(row {empty[0]})")
     timestamps = None
     if ts_ds is not None and ts_ds.shape[0] == m:
-        ts_flat, ts_offsets = _flatten(ts_ds[()])
+        ts_flat, ts_offsets = flatten_rows(ts_ds[()])
         ts_len = np.diff(ts_offsets)
         bad = np.flatnonzero(ts_len != lengths)
         if len(bad):
@@ -240,14 +232,3 @@ def check_known_items(table: SequenceTable, item_ids: np.ndarray, path: Path,
         probs.add("sequences", f"{int(unknown.sum())} interactions with {len(ids)} item ids not in "
                   f"the item file, e.g. {ids[:5].tolist()}")
     return rows
-
-
-def rows_of(item_ids: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """Map raw item ids to row numbers of ``item_ids``; -1 where an id is unknown."""
-    order = np.argsort(item_ids, kind="stable")
-    sorted_ids = item_ids[order]
-    pos = np.searchsorted(sorted_ids, query)
-    pos_clipped = np.minimum(pos, len(sorted_ids) - 1)
-    found = (len(sorted_ids) > 0) & (sorted_ids[pos_clipped] == query) if len(sorted_ids) else \
-        np.zeros(len(query), bool)
-    return np.where(found, order[pos_clipped], -1).astype(np.int64)

@@ -1,4 +1,4 @@
-"""``rqf rqvae ...``: encode new data with a trained run, and look semantic IDs up."""
+"""``rqf rqvae ...``: look semantic IDs up; ``rqf rqvae encode`` is the core's ``rqf encode``."""
 
 from __future__ import annotations
 
@@ -12,22 +12,6 @@ from rqf import RqfError
 @click.group("rqvae")
 def rqvae() -> None:
     """Use a trained RQ-VAE run: encode data, look up semantic IDs."""
-
-
-@rqvae.command("encode")
-@click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
-@click.option("--out", required=True, type=click.Path(path_type=Path),
-              help="semantic_ids.h5 to write (a folder for utterance tokens).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
-              help="Point the run's storage at new data, e.g. storage.items=new_items.h5.")
-@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
-def encode_cmd(run_dir: Path, out: Path, overrides: tuple[str, ...], device: str,
-               debug: bool) -> None:
-    """Encode data with the model trained in RUN_DIR (the same as rqf encode)."""
-    import rqf
-
-    click.echo(f"wrote {rqf.encode(run_dir, out, overrides, device)}")
 
 
 @rqvae.command("lookup")

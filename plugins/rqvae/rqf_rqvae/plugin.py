@@ -13,4 +13,6 @@ def register_models(register):
 def register_commands(cli):
     from rqf_rqvae.commands import rqvae
 
+    if "encode" in cli.commands:  # the model-agnostic command, under its former name too
+        rqvae.add_command(cli.commands["encode"], "encode")
     cli.add_command(rqvae)
