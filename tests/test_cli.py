@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import tiny_pipeline
+from rqf_h5_recsys.testing import recsys_pipeline
 from rqf.cli import main
 
 
@@ -31,7 +31,7 @@ def write_pipeline(tmp_path: Path, config: dict) -> Path:
 
 
 def test_bad_pipeline_is_one_line_without_traceback(tmp_path, recsys_files):
-    config = tiny_pipeline(recsys_files, tmp_path / "run")
+    config = recsys_pipeline(recsys_files, tmp_path / "run")
     config["model"]["codebook_size"] = "abc"
     proc = rqf_cli("run", str(write_pipeline(tmp_path, config)))
     assert proc.returncode == 2
@@ -42,7 +42,7 @@ def test_bad_pipeline_is_one_line_without_traceback(tmp_path, recsys_files):
 
 
 def test_debug_shows_the_traceback(tmp_path, recsys_files):
-    config = tiny_pipeline(recsys_files, tmp_path / "run", splitter={"type": "leave_lst_out"})
+    config = recsys_pipeline(recsys_files, tmp_path / "run", splitter={"type": "leave_lst_out"})
     proc = rqf_cli("run", str(write_pipeline(tmp_path, config)), "--debug")
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr and "did you mean 'leave_last_out'" in proc.stderr
@@ -84,7 +84,7 @@ def test_missing_pipeline_file(capsys, tmp_path):
 
 
 def test_validate_opens_files_and_splits(tmp_path, capsys, recsys_files):
-    path = write_pipeline(tmp_path, tiny_pipeline(recsys_files, tmp_path / "run"))
+    path = write_pipeline(tmp_path, recsys_pipeline(recsys_files, tmp_path / "run"))
     code, out, _ = call(capsys, "validate", str(path))
     assert code == 0
     assert '"input_dim": 16' in out and '"train": 210' in out
@@ -100,7 +100,7 @@ def test_plugins_lists_core_and_plugin_components(capsys):
 
 
 def test_run_refuses_to_overwrite_a_finished_run(tmp_path, capsys, recsys_files):
-    path = write_pipeline(tmp_path, tiny_pipeline(recsys_files, tmp_path / "run"))
+    path = write_pipeline(tmp_path, recsys_pipeline(recsys_files, tmp_path / "run"))
     assert call(capsys, "run", str(path))[0] == 0
     before = (tmp_path / "run" / "semantic_ids.h5").stat().st_mtime_ns
     code, _, err = call(capsys, "run", str(path))
@@ -111,7 +111,7 @@ def test_run_refuses_to_overwrite_a_finished_run(tmp_path, capsys, recsys_files)
 
 
 def test_force_with_bad_input_keeps_previous_run(tmp_path, capsys, recsys_files):
-    path = write_pipeline(tmp_path, tiny_pipeline(recsys_files, tmp_path / "run"))
+    path = write_pipeline(tmp_path, recsys_pipeline(recsys_files, tmp_path / "run"))
     assert call(capsys, "run", str(path))[0] == 0
     before = sorted(p.name for p in (tmp_path / "run").iterdir())
     code, _, err = call(capsys, "run", str(path), "--force", "--set", "model.latent_dim=64")
@@ -123,14 +123,14 @@ def test_refuses_a_foreign_non_empty_directory(tmp_path, capsys, recsys_files):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "thesis.tex").write_text("precious")
-    path = write_pipeline(tmp_path, tiny_pipeline(recsys_files, out))
+    path = write_pipeline(tmp_path, recsys_pipeline(recsys_files, out))
     code, _, err = call(capsys, "run", str(path), "--force")
     assert code == 2 and "not an rqf run directory" in err
     assert (out / "thesis.tex").read_text() == "precious"
 
 
 def test_run_writes_the_run_directory(tmp_path, capsys, recsys_files):
-    path = write_pipeline(tmp_path, tiny_pipeline(recsys_files, tmp_path / "run"))
+    path = write_pipeline(tmp_path, recsys_pipeline(recsys_files, tmp_path / "run"))
     code, out, _ = call(capsys, "run", str(path))
     assert code == 0 and "collisions" in out
     run = tmp_path / "run"
@@ -146,7 +146,7 @@ def test_run_writes_the_run_directory(tmp_path, capsys, recsys_files):
 
 
 def test_report_compares_two_runs(tmp_path, capsys, recsys_files):
-    a = write_pipeline(tmp_path, tiny_pipeline(recsys_files, tmp_path / "a"))
+    a = write_pipeline(tmp_path, recsys_pipeline(recsys_files, tmp_path / "a"))
     assert call(capsys, "run", str(a))[0] == 0
     assert call(capsys, "run", str(a), "--set", f"output_dir={tmp_path / 'b'}",
                 "--set", "model.levels=3")[0] == 0

@@ -13,14 +13,14 @@ import torch
 import yaml
 
 import rqf
-from conftest import tiny_pipeline
+from rqf_h5_recsys.testing import recsys_pipeline
 from rqf.errors import RqfError
 from rqf.training import (TensorBatches, TrainConfig, Trainer, list_checkpoints,
                           load_checkpoint)
 
 
 def long_pipeline(files, out):
-    return tiny_pipeline(files, out, train={"epochs": 400, "batch_size": 32,
+    return recsys_pipeline(files, out, train={"epochs": 400, "batch_size": 32,
                                             "checkpoint_every": 25, "progress": False})
 
 
@@ -55,7 +55,7 @@ def test_killed_run_resumes_to_the_same_end(tmp_path, recsys_files):
 
 
 def test_resume_refuses_a_different_pipeline(tmp_path, recsys_files):
-    config = tiny_pipeline(recsys_files, tmp_path / "run")
+    config = recsys_pipeline(recsys_files, tmp_path / "run")
     rqf.run(config)
     (tmp_path / "run" / "metrics.json").unlink()
     config["model"]["levels"] = 3
@@ -132,7 +132,7 @@ def _ddp_worker(config: dict, marker_dir: str) -> None:
 def test_two_process_torchrun_on_cpu_only_rank0_writes(tmp_path, recsys_files):
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    config = tiny_pipeline(recsys_files, tmp_path / "run",
+    config = recsys_pipeline(recsys_files, tmp_path / "run",
                            train={"epochs": 4, "batch_size": 32, "device": "cpu",
                                   "checkpoint_every": 5})
     launch = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=2, run_id="rqf-test",

@@ -7,11 +7,15 @@ a minimal ``items`` dataset over it (what a tokenizer trains on), and ``use_plug
 block with chosen plugin modules registered, as if they were installed.
 
     from rqf.testing import MemoryItems, MemoryItemsDataset, use_plugins, toy_items
+
+``clustered`` makes structured vectors; ``real_data`` finds a folder of the public data kept
+beside a checkout (``../shared/data``, or ``$RQF_SHARED_DATA``) and skips the test without it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -145,3 +149,37 @@ def tiny_pipeline(out: Path, storage: dict[str, Any], model: dict[str, Any],
             "model": model,
             "train": {"device": "cpu", "progress": False, "batch_size": 64, "max_steps": 20,
                       **train}}
+
+
+# the public data kept beside a checkout; tests that read it skip where it is absent
+SHARED_DATA = Path(os.environ.get("RQF_SHARED_DATA",
+                                  Path(__file__).resolve().parents[3] / "shared" / "data"))
+
+
+def real_data(name: str) -> Path:
+    """A folder of the shared real data, or a pytest skip when this checkout has none beside it."""
+    import pytest
+
+    path = SHARED_DATA / name
+    if not (path / "item_data.h5").exists():
+        pytest.skip(f"real data {path} is not present")
+    return path
+
+
+def clustered(n: int, dim: int, clusters: int, seed: int = 0, spread: float = 0.3) -> np.ndarray:
+    """``n`` unit vectors around ``clusters`` random centres (float32)."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(clusters, dim))
+    x = centers[rng.integers(0, clusters, n)] + spread * rng.normal(size=(n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def needs(*modules: str):
+    """A pytest mark that skips a test unless every named module (another plugin, an optional
+    package) is installed: a plugin's own tests then run with only the core and that plugin."""
+    import importlib.util
+
+    import pytest
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    return pytest.mark.skipif(bool(missing), reason=f"needs {', '.join(missing)}")

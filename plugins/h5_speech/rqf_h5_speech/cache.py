@@ -270,3 +270,30 @@ class SampleArrays:
         except OSError as exc:
             raise self._error(exc) from None
 
+
+def shard_problems(index: CacheIndex) -> list[str]:
+    """What is wrong with the shard files of a cache, compared with its index.
+
+    A listed shard must exist inside the cache folder (a symlink may point only within it) and
+    hold at most ``samples_per_file`` samples; every shard file must be listed.
+    """
+    problems = []
+    directory = index.directory.resolve()
+    counts = index.shard_counts()
+    for file_idx, count in sorted(counts.items()):
+        path = index.directory / shard_name(file_idx)
+        if not path.exists():
+            problems.append(f"{path}: shard listed in the index for {count} samples is missing")
+        elif path.is_symlink() and directory not in path.resolve().parents:
+            problems.append(f"{path}: a symlink to {path.resolve()}, outside the cache folder; "
+                            "a cache reads only its own files")
+        if count > index.samples_per_file:
+            problems.append(f"{index.path}: samples_per_file is {index.samples_per_file} but the "
+                            f"index puts {count} samples in {path.name}")
+    for path in index.shard_files():
+        file_idx = int(SHARD_PATTERN.match(path.name).group(1))
+        if file_idx not in counts:
+            problems.append(f"{path}: shard file not listed in {INDEX_NAME} (a writer stopped "
+                            "between its commit and the index update leaves one: reopening the "
+                            "writer adopts it; otherwise move it out of the cache)")
+    return problems

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from rqf_h5_speech.writer import CODECS
+from rqf_h5_speech.codecs import CODECS
 
 
 @click.group("speech")

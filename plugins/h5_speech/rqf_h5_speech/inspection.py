@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 
 from rqf import DataError, InspectReport
-from rqf_h5_speech.cache import KEYS_DATASET, CacheIndex, SampleArrays, shard_name
+from rqf_h5_speech.cache import KEYS_DATASET, CacheIndex, SampleArrays, shard_problems
 
 T_TOLERANCE = 2  # mel is about one frame longer than the semantic features
 FEATURE = "hidden_states"
@@ -72,7 +72,6 @@ def sample_problems(arrays: SampleArrays, feature: str = FEATURE, dim: int | Non
 
 
 def inspect_cache(directory: Path, full: bool = False) -> InspectReport:
-    from rqf_h5_speech.storage import shard_problems
 
     report = InspectReport(f"{directory}: sharded feature cache")
     try:

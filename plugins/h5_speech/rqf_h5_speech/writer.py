@@ -22,15 +22,13 @@ from __future__ import annotations
 import json
 import os
 import queue
-import struct
 import threading
 import time
 import warnings
-import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import h5py
 import numpy as np
@@ -38,12 +36,11 @@ import numpy as np
 from rqf import DataError, FolderLock, RqfError, disk_full, is_disk_full, write_text_atomic
 from rqf_h5_speech.cache import (INDEX_NAME, KEYS_DATASET, SHARD_PATTERN, CacheIndex, check_key,
                                  shard_name)
+from rqf_h5_speech.codecs import CODECS, IN_LIBRARY_CODECS, chunk_compressor, plugin_filter
 
 PARTIAL_SUFFIX = ".partial"
 LOCK_NAME = ".rqf-writer.lock"
 FORMAT_VERSION = "rqf-sharded-cache-1"
-IN_LIBRARY_CODECS = ("lzf", "zstd", "lz4", "blosc", "bitshuffle")
-CODECS = ("none", "gzip") + IN_LIBRARY_CODECS
 
 
 @dataclass
@@ -66,62 +63,6 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _plugin_filter(codec: str, level: int) -> dict[str, Any]:
-    if codec == "lzf":
-        return {"compression": "lzf"}
-    try:
-        import hdf5plugin
-    except ImportError:
-        raise RqfError(f"compression {codec!r} needs the optional package hdf5plugin "
-                       "(pip install hdf5plugin)") from None
-    filters = {"zstd": lambda: hdf5plugin.Zstd(clevel=level or 3),
-               "lz4": lambda: hdf5plugin.LZ4(),
-               "blosc": lambda: hdf5plugin.Blosc(cname="lz4", clevel=level or 5,
-                                                 shuffle=hdf5plugin.Blosc.SHUFFLE),
-               "bitshuffle": lambda: hdf5plugin.Bitshuffle(cname="lz4")}
-    return dict(filters[codec]())
-
-
-def _chunk_compressor(codec: str, level: int) -> Callable[[Any], bytes | None] | None:
-    """A function making the filter's own chunk bytes from an array's buffer, or None.
-
-    It runs in worker threads, outside HDF5. gzip is zlib's stream; zstd is one zstd frame
-    (``zstandard``); lz4 is the HDF5 LZ4 filter's layout: total size and block size (8 + 4
-    bytes, big-endian), then one block as its size (4 bytes) and its bytes, stored raw when
-    compression does not shrink it (``lz4``). Returns None for a chunk it cannot make.
-    """
-    if codec == "gzip":
-        return lambda buf: zlib.compress(buf, level)
-    if codec == "zstd":
-        try:
-            import zstandard
-        except ImportError:
-            return None
-        local = threading.local()  # a compressor context is not shared between threads
-
-        def zstd_chunk(buf: Any) -> bytes:
-            if not hasattr(local, "ctx"):
-                local.ctx = zstandard.ZstdCompressor(level=level or 3)
-            return local.ctx.compress(buf)
-        return zstd_chunk
-    if codec == "lz4":
-        try:
-            import lz4.block
-        except ImportError:
-            return None
-
-        def lz4_chunk(buf: Any) -> bytes | None:
-            n = memoryview(buf).nbytes
-            if n >= 1 << 30:  # beyond one filter block: HDF5 compresses it
-                return None
-            block = lz4.block.compress(buf, store_size=False)
-            if len(block) >= n:
-                block = bytes(buf)
-            return struct.pack(">qii", n, n, len(block)) + block
-        return lz4_chunk
-    return None
 
 
 class ShardedCacheWriter:
@@ -170,11 +111,11 @@ class ShardedCacheWriter:
         self.commit_seconds = commit_seconds
         self.on_duplicate = on_duplicate
         self.attrs = dict(attrs or {})
-        self._filter = _plugin_filter(compression, compression_level) \
+        self._filter = plugin_filter(compression, compression_level) \
             if compression in IN_LIBRARY_CODECS else \
             {"compression": "gzip", "compression_opts": compression_level} \
             if compression == "gzip" else {}
-        self._compress = _chunk_compressor(compression, compression_level)
+        self._compress = chunk_compressor(compression, compression_level)
         self.index = self._recover(samples_per_file, use_float16)
         self.use_float16 = self.index.use_float16
         self.samples_per_file = self.index.samples_per_file

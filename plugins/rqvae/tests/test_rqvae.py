@@ -1,5 +1,4 @@
-"""rqvae: quantizer modes, k-means, dead-code restart, semantic IDs, training quality, bad input."""
-
+"""rqvae over item files: training quality, save and load, rqf encode, bad input, CUDA."""
 
 import h5py
 import numpy as np
@@ -7,92 +6,14 @@ import pytest
 import torch
 
 import rqf
-from conftest import clustered, cuda, tiny_pipeline, write_seed_items
 from rqf.cli import main
 from rqf.errors import ConfigError, DataError, RqfError
-from rqf_rqvae import RQVAEModel, SemanticIds, code_statistics, unique_codes
-from rqf.codes import kmeans
-from rqf_rqvae.quantizer import ResidualQuantizer, _rotate_onto
+from rqf.testing import clustered
+from rqf_rqvae import RQVAEModel, SemanticIds
 
-
-@pytest.mark.parametrize("mode", ["ste", "rotation"])
-def test_forward_value_is_the_codeword_sum_and_gradient_reaches_the_encoder(mode):
-    q = ResidualQuantizer(2, 8, 4, forward_mode=mode).train()
-    z = torch.randn(16, 4, requires_grad=True)
-    out = q(z)
-    expected = q.decode_codes(out["codes"])
-    torch.testing.assert_close(out["quantized"], expected, rtol=1e-4, atol=1e-5)
-    out["quantized"].sum().backward()
-    assert z.grad is not None and z.grad.abs().sum() > 0
-
-
-def test_rotation_trick_maps_r_onto_e_and_rotates_the_gradient():
-    r = torch.tensor([[1.0, 0.0]], requires_grad=True)
-    e = torch.tensor([[0.0, 2.0]])
-    q = _rotate_onto(r, e)
-    torch.testing.assert_close(q, e)
-    q.backward(torch.tensor([[0.0, 1.0]]))
-    # the gradient along e, rotated back by 90 degrees and scaled by |e|/|r| = 2
-    torch.testing.assert_close(r.grad, torch.tensor([[2.0, 0.0]]))
-
-
-def test_gumbel_mode_trains_codebooks_through_soft_assignment():
-    q = ResidualQuantizer(1, 8, 4, forward_mode="gumbel").train()
-    out = q(torch.randn(32, 4))
-    out["quantized"].pow(2).sum().backward()
-    assert q.codebooks.grad.abs().sum() > 0
-
-
-def test_cosine_distance_assigns_by_angle():
-    q = ResidualQuantizer(1, 2, 2, distance="cosine")
-    q.codebooks.data[0] = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    codes = q.encode(torch.tensor([[10.0, 1.0], [0.1, 3.0]]))
-    assert codes[:, 0].tolist() == [0, 1]
-
-
-def test_kmeans_finds_separated_clusters_without_duplicates():
-    g = torch.Generator().manual_seed(0)
-    centers = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
-    x = centers.repeat_interleave(50, 0) + 0.1 * torch.randn(200, 2, generator=g)
-    found = kmeans(x, 4, iters=20, generator=g)
-    dist = torch.cdist(centers, found)
-    assert (dist.min(1).values < 0.5).all()
-
-
-def test_kmeans_with_fewer_points_than_codes_warns_and_keeps_points():
-    x = torch.randn(5, 3)
-    with pytest.warns(UserWarning, match="5 distinct vectors for 8 codes"):
-        c = kmeans(x, 8)
-    assert c.shape == (8, 3)
-    assert len(torch.unique(c, dim=0)) == 8
-    assert all(any(torch.allclose(p, ci) for ci in c) for p in x)
-
-
-def test_dead_codes_are_reseeded_from_residuals():
-    q = ResidualQuantizer(1, 4, 2).train()
-    q.codebooks.data[0] = torch.tensor([[0.0, 0.0], [100.0, 100.0], [-100.0, 100.0], [0.1, 0.0]])
-    x = torch.cat([torch.zeros(32, 2), torch.tensor([[0.1, 0.0]]).repeat(32, 1)])
-    out = q(x + 0.001 * torch.randn(64, 2))
-    assert q.usage[0, 1] == 0 and q.usage[0, 2] == 0
-    dead = q.restart_dead_codes(out["residuals"], threshold=1.0)
-    assert dead.tolist() == [2]
-    assert q.codebooks[0, 1].abs().max() < 1 and q.codebooks[0, 2].abs().max() < 1
-    assert (q.usage == 0).all()
-
-
-def test_unique_codes_follow_tigers_rule():
-    codes = np.array([[1, 2], [3, 4], [1, 2], [1, 2], [3, 4], [0, 0]])
-    assert unique_codes(codes)[:, 2].tolist() == [0, 0, 1, 2, 1, 0]
-
-
-def test_code_statistics():
-    codes = np.array([[0, 1], [0, 1], [1, 0], [2, 0]])
-    stats = code_statistics(codes, 4)
-    assert stats["utilization"] == [0.75, 0.5]
-    assert stats["utilization_of_reachable"] == [0.75, 0.5]
-    assert stats["collision_rate"] == 0.5 and stats["max_items_per_code"] == 2
-    assert stats["distinct_prefixes"] == [3, 3]
-    assert stats["perplexity"][1] == pytest.approx(2.0)
+recsys = pytest.importorskip("rqf_h5_recsys.testing", reason="runs over item files need h5_recsys")
+recsys_pipeline, write_seed_items = recsys.recsys_pipeline, recsys.write_seed_items
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def manifold_items(n: int = 2000, dim: int = 32, seed: int = 0) -> np.ndarray:
@@ -127,7 +48,7 @@ def test_training_uses_codes_and_reconstructs(tmp_path):
 
 
 def test_items_are_encoded_the_same_after_save_and_load(tmp_path, recsys_files):
-    rqf.run(tiny_pipeline(recsys_files, tmp_path / "run"))
+    rqf.run(recsys_pipeline(recsys_files, tmp_path / "run"))
     model = RQVAEModel.load(tmp_path / "run" / "model.pt", device="cpu")
     with h5py.File(tmp_path / "run" / "semantic_ids.h5") as f:
         raw, codes = f["raw_codes"][()], f["codes"][()]
@@ -139,7 +60,7 @@ def test_items_are_encoded_the_same_after_save_and_load(tmp_path, recsys_files):
 
 
 def test_encode_command_with_a_trained_run(tmp_path, recsys_files, capsys):
-    rqf.run(tiny_pipeline(recsys_files, tmp_path / "run"))
+    rqf.run(recsys_pipeline(recsys_files, tmp_path / "run"))
     new = write_seed_items(tmp_path / "new_items.h5", np.arange(5000, 5050), clustered(50, 16, 4))
     with pytest.raises(SystemExit) as exit_info:
         main(["rqvae", "encode", str(tmp_path / "run"), "--out", str(tmp_path / "new_ids.h5"),
@@ -160,7 +81,7 @@ def test_encode_command_with_a_trained_run(tmp_path, recsys_files, capsys):
 
 @pytest.mark.parametrize("mode", ["rotation", "gumbel"])
 def test_other_quantizer_modes_run_in_a_pipeline(tmp_path, recsys_files, mode):
-    result = rqf.run(tiny_pipeline(recsys_files, tmp_path / "run",
+    result = rqf.run(recsys_pipeline(recsys_files, tmp_path / "run",
                                    model={"quantizer": mode, "distance": "cosine"}))
     assert result.metrics["all"]["n"] == 300
 
@@ -170,7 +91,7 @@ def test_bad_model_settings_are_clear(recsys_files, tmp_path):
                             ({"levels": 0}, "model.levels: expected a value >= 1, got 0"),
                             ({"quantizer": "vq"}, "model.quantizer: expected one of")]:
         with pytest.raises(ConfigError, match=message):
-            rqf.run(tiny_pipeline(recsys_files, tmp_path / "run", model=change))
+            rqf.run(recsys_pipeline(recsys_files, tmp_path / "run", model=change))
     assert not (tmp_path / "run").exists()
 
 
@@ -203,7 +124,7 @@ def test_fewer_items_than_codes_still_trains(tmp_path):
 
 
 def test_checkpoint_of_another_architecture_is_refused(tmp_path, recsys_files):
-    config = tiny_pipeline(recsys_files, tmp_path / "run",
+    config = recsys_pipeline(recsys_files, tmp_path / "run",
                            train={"epochs": 2, "checkpoint_every": 1})
     rqf.run(config)
     (tmp_path / "run" / "metrics.json").unlink()
@@ -221,7 +142,7 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path, recsys_files):
 
 
 def test_real_ml100k_items_reach_full_code_usage(tmp_path):
-    from conftest import real_data
+    from rqf.testing import real_data
 
     folder = real_data("ml100k")
     config = {"output_dir": str(tmp_path / "run"),
@@ -236,7 +157,7 @@ def test_real_ml100k_items_reach_full_code_usage(tmp_path):
 
 @cuda
 def test_cuda_training_and_encoding_match_cpu_codes(tmp_path, recsys_files):
-    result = rqf.run(tiny_pipeline(recsys_files, tmp_path / "run",
+    result = rqf.run(recsys_pipeline(recsys_files, tmp_path / "run",
                                    train={"device": "cuda", "precision": "bf16"}))
     assert result.metrics["fit"]["device"].startswith("cuda")
     model = RQVAEModel.load(tmp_path / "run" / "model.pt", device="cpu")

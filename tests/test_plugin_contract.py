@@ -22,7 +22,7 @@ import rqf.pipeline
 import rqf.testing
 from rqf.codes import SemanticIds
 from rqf.testing import MemoryItems, toy_items, use_plugins
-from conftest import tiny_pipeline, write_seed_items
+from rqf_h5_recsys.testing import recsys_pipeline, write_seed_items
 
 FIXTURE = Path(__file__).parent / "plugins_fixture"
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -100,7 +100,7 @@ def test_a_storage_defined_in_a_test_reuses_sequences_and_leave_last_out(recsys_
     results = {}
     with use_plugins(THIS):
         for kind, storage in (("h5", None), ("npz", {"type": "npz_sequences", "path": str(npz)})):
-            config = tiny_pipeline(recsys_files, tmp_path / kind, dataset={"type": "sequences"},
+            config = recsys_pipeline(recsys_files, tmp_path / kind, dataset={"type": "sequences"},
                                    splitter={"type": "leave_last_out"},
                                    model={"type": "lastitem_nn"})
             if storage:
@@ -117,7 +117,7 @@ def test_a_storage_defined_in_a_test_reuses_sequences_and_leave_last_out(recsys_
 
 
 def test_a_storage_without_the_members_is_refused_by_name(recsys_files, tmp_path):
-    config = tiny_pipeline(recsys_files, tmp_path / "run", dataset={"type": "sequences"},
+    config = recsys_pipeline(recsys_files, tmp_path / "run", dataset={"type": "sequences"},
                            splitter={"type": "leave_last_out"})
     config["storage"] = {"type": "keys_only"}
     with use_plugins(THIS), pytest.raises(rqf.ConfigError) as err:
@@ -145,7 +145,7 @@ def cli(env, *args):
 
 def test_out_of_tree_tokenizer_is_run_and_encoded_by_rqf_encode(recsys_files, tmp_path):
     env = install_fixture(tmp_path)
-    config = tiny_pipeline(recsys_files, tmp_path / "run", splitter={"type": "every_nth", "n": 4},
+    config = recsys_pipeline(recsys_files, tmp_path / "run", splitter={"type": "every_nth", "n": 4},
                            model={"type": "sign_codes", "levels": 3, "bits": 2})
     pipeline = tmp_path / "pipeline.yaml"
     pipeline.write_text(yaml.safe_dump(config))
@@ -181,7 +181,7 @@ def test_out_of_tree_tokenizer_is_run_and_encoded_by_rqf_encode(recsys_files, tm
 
 
 def test_rqf_encode_refuses_a_model_that_keeps_no_weights(recsys_files, tmp_path):
-    config = tiny_pipeline(recsys_files, tmp_path / "run", dataset={"type": "sequences"},
+    config = recsys_pipeline(recsys_files, tmp_path / "run", dataset={"type": "sequences"},
                            splitter={"type": "leave_last_out"}, model={"type": "mostpop"})
     rqf.run(config)
     assert not (tmp_path / "run" / "model.pt").exists()
@@ -377,7 +377,7 @@ def test_a_view_over_item_ids_never_reads_the_embeddings(recsys_files, tmp_path)
     a model that reads vectors is refused by name, by rqf validate and by rqf run."""
     with h5py.File(recsys_files["items"], "a") as f:
         f["embeddings"][5, 0] = np.nan
-    config = tiny_pipeline(recsys_files, tmp_path / "pop", dataset={"type": "sequences"},
+    config = recsys_pipeline(recsys_files, tmp_path / "pop", dataset={"type": "sequences"},
                            splitter={"type": "leave_last_out"}, model={"type": "mostpop"})
     assert rqf.run(config).metrics["test"]["users"] == 55
     tiny_rqvae = {"type": "rqvae", "latent_dim": 8, "hidden_dims": [32]}

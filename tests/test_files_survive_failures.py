@@ -19,7 +19,8 @@ import pytest
 import torch
 import yaml
 
-from conftest import speech_pipeline, tiny_pipeline, write_seed_items
+from rqf_h5_recsys.testing import recsys_pipeline, write_seed_items
+from rqf_h5_speech.testing import speech_pipeline
 
 PYTHON = sys.executable
 
@@ -127,7 +128,7 @@ def test_a_second_writer_is_refused_while_the_first_lives_and_taken_after_a_kill
 
 
 def test_two_runs_on_one_folder_one_is_refused(tmp_path, recsys_files):
-    config = tiny_pipeline(recsys_files, tmp_path / "run", train={"epochs": 400, "batch_size": 64,
+    config = recsys_pipeline(recsys_files, tmp_path / "run", train={"epochs": 400, "batch_size": 64,
                                                                   "progress": False})
     path = pipeline_file(tmp_path, config)
     first = subprocess.Popen([PYTHON, "-m", "rqf", "run", str(path)], stdout=subprocess.PIPE,
@@ -151,7 +152,7 @@ def test_force_never_deletes_a_user_folder_that_looks_like_a_run(tmp_path, recsy
     mine.mkdir()
     (mine / "config.yaml").write_text("my: settings\n")
     (mine / "data.csv").write_text("a,b\n1,2\n")
-    path = pipeline_file(tmp_path, tiny_pipeline(recsys_files, mine))
+    path = pipeline_file(tmp_path, recsys_pipeline(recsys_files, mine))
     for flags in (["--force"], ["--resume"], []):
         one_line_error(rqf_proc("run", str(path), *flags), "is not an rqf run directory")
     assert sorted(p.name for p in mine.iterdir()) == ["config.yaml", "data.csv"]
@@ -160,7 +161,7 @@ def test_force_never_deletes_a_user_folder_that_looks_like_a_run(tmp_path, recsy
 
 def test_force_replaces_a_run_and_keeps_what_the_user_put_in_it(tmp_path, recsys_files):
     run = tmp_path / "run"
-    path = pipeline_file(tmp_path, tiny_pipeline(recsys_files, run))
+    path = pipeline_file(tmp_path, recsys_pipeline(recsys_files, run))
     assert rqf_proc("run", str(path)).returncode == 0
     (run / "notes.txt").write_text("mine")
     (run / "checkpoints" / ".step_00000009.pt.abc.tmp").write_bytes(b"x")  # left by a kill
@@ -177,7 +178,7 @@ def test_force_replaces_a_run_and_keeps_what_the_user_put_in_it(tmp_path, recsys
 
 def test_resume_refuses_a_change_that_alters_training_and_keeps_every_file(tmp_path, recsys_files):
     run = tmp_path / "run"
-    path = pipeline_file(tmp_path, tiny_pipeline(recsys_files, run, train={
+    path = pipeline_file(tmp_path, recsys_pipeline(recsys_files, run, train={
         "epochs": None, "max_steps": 12, "batch_size": 32, "progress": False,
         "checkpoint_every": 4}))
     assert rqf_proc("run", str(path)).returncode == 0
@@ -197,21 +198,6 @@ def test_resume_refuses_a_change_that_alters_training_and_keeps_every_file(tmp_p
 
 
 # --- an export killed half-way is redone on --resume, without training again ---------------
-
-@pytest.fixture
-def speech_cache(tmp_path):
-    from rqf_h5_speech import ShardedCacheWriter
-
-    rng = np.random.default_rng(0)
-    with ShardedCacheWriter(tmp_path / "cache", samples_per_file=5, num_workers=0) as w:
-        for spk in range(4):
-            for u in range(3):
-                t = 20 + 7 * u + spk
-                w.write(f"{spk}/{u}", {"hidden_states": rng.normal(size=(t, 16)).astype(np.float32),
-                                       "mel_spectrogram": rng.normal(size=(1, t + 1, 80))
-                                       .astype(np.float32)})
-    return tmp_path / "cache"
-
 
 def test_speech_export_killed_half_way_is_redone_on_resume(tmp_path, speech_cache):
     from rqf_h5_speech import H5ShardedStorage
@@ -238,7 +224,7 @@ def test_item_export_killed_half_way_is_redone_on_resume(tmp_path, recsys_files)
     from rqf.codes import SemanticIds
 
     run = tmp_path / "run"
-    path = pipeline_file(tmp_path, tiny_pipeline(recsys_files, run))
+    path = pipeline_file(tmp_path, recsys_pipeline(recsys_files, run))
     killed = subprocess.run([PYTHON, "-c", killed_after(0, "rqf_rqvae.model", "plot_usage"),
                              "run", str(path)], capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL
@@ -276,7 +262,7 @@ def on_small_disk(mount: Path, size: str, script: str) -> subprocess.CompletedPr
 @needs_small_disk
 def test_full_disk_during_a_checkpoint_is_one_line(tmp_path, recsys_files):
     disk = tmp_path / "disk"
-    config = tiny_pipeline(recsys_files, disk / "run", model={"hidden_dims": [1024, 1024]})
+    config = recsys_pipeline(recsys_files, disk / "run", model={"hidden_dims": [1024, 1024]})
     path = pipeline_file(tmp_path, config)
     proc = on_small_disk(disk, "1m", f"{PYTHON} -m rqf run {path}; echo rc=$?; "
                                      f"find {disk}/run -name '*.tmp'")
@@ -310,7 +296,7 @@ def test_full_disk_while_writing_a_cache_keeps_every_committed_sample(tmp_path):
 @needs_small_disk
 def test_full_disk_while_exporting_ids_or_tokens_is_one_line(tmp_path, recsys_files, speech_cache):
     run = tmp_path / "run"
-    assert rqf_proc("run", str(pipeline_file(tmp_path, tiny_pipeline(recsys_files, run)))) \
+    assert rqf_proc("run", str(pipeline_file(tmp_path, recsys_pipeline(recsys_files, run)))) \
         .returncode == 0
     speech_run = tmp_path / "speech_run"
     assert rqf_proc("run", str(pipeline_file(tmp_path, speech_pipeline(speech_cache, speech_run),
@@ -331,7 +317,7 @@ def test_full_disk_while_exporting_ids_or_tokens_is_one_line(tmp_path, recsys_fi
 
 def test_absurd_values_are_refused_before_the_run_folder_exists(tmp_path, recsys_files):
     run = tmp_path / "run"
-    path = pipeline_file(tmp_path, tiny_pipeline(recsys_files, run))
+    path = pipeline_file(tmp_path, recsys_pipeline(recsys_files, run))
     one_line_error(rqf_proc("run", str(path), "--set", "train.batch_size=99999999999999999999999"),
                    "train.batch_size: expected int of at most 64 bits")
     one_line_error(rqf_proc("run", str(path), "--set", "train.lr=.nan"),
@@ -362,7 +348,7 @@ def test_deeply_nested_yaml_is_one_line(tmp_path):
 ])
 def test_a_broken_run_config_names_the_file(tmp_path, recsys_files, text, fragment):
     run = tmp_path / "run"
-    path = pipeline_file(tmp_path, tiny_pipeline(recsys_files, run))
+    path = pipeline_file(tmp_path, recsys_pipeline(recsys_files, run))
     assert rqf_proc("run", str(path)).returncode == 0
     (run / "metrics.json").unlink()  # an unfinished run
     (run / "config.yaml").write_text(text)
@@ -379,7 +365,7 @@ class _Payload:
 
 def test_a_checkpoint_holding_code_is_refused_without_running_it(tmp_path, recsys_files):
     run = tmp_path / "run"
-    path = pipeline_file(tmp_path, tiny_pipeline(recsys_files, run))
+    path = pipeline_file(tmp_path, recsys_pipeline(recsys_files, run))
     assert rqf_proc("run", str(path)).returncode == 0
     (run / "metrics.json").unlink()
     checkpoint = sorted((run / "checkpoints").iterdir())[-1]
@@ -391,10 +377,10 @@ def test_a_checkpoint_holding_code_is_refused_without_running_it(tmp_path, recsy
 
 
 def test_embeddings_of_an_unusable_scale_fail_validation(tmp_path, recsys_files):
-    from conftest import clustered
+    from rqf.testing import clustered
 
     items = write_seed_items(tmp_path / "huge.h5", np.arange(1, 301), clustered(300, 16, 8) * 1e30)
-    config = tiny_pipeline(recsys_files, tmp_path / "run")
+    config = recsys_pipeline(recsys_files, tmp_path / "run")
     config["storage"] = {"type": "h5_recsys", "items": str(items)}
     one_line_error(rqf_proc("validate", str(pipeline_file(tmp_path, config))),
                    "huge.h5", "embeddings", "unusable scale")
@@ -403,10 +389,10 @@ def test_embeddings_of_an_unusable_scale_fail_validation(tmp_path, recsys_files)
 
 
 def test_a_run_that_reconstructs_nothing_says_so(tmp_path, recsys_files):
-    from conftest import clustered
+    from rqf.testing import clustered
 
     items = write_seed_items(tmp_path / "big.h5", np.arange(1, 301), clustered(300, 16, 8) * 1e12)
-    config = tiny_pipeline(recsys_files, tmp_path / "run")
+    config = recsys_pipeline(recsys_files, tmp_path / "run")
     config["storage"] = {"type": "h5_recsys", "items": str(items)}
     proc = rqf_proc("run", str(pipeline_file(tmp_path, config)))
     assert proc.returncode == 0

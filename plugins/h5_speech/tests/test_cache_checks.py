@@ -14,7 +14,8 @@ import rqf_h5_speech.inspection
 from rqf.cli import main
 from rqf.errors import DataError
 from rqf_h5_speech import H5ShardedStorage, UtterancesDataset, migrate_npz
-from test_speech import KEYS, original_cache  # noqa: F401  (the fixture)
+from rqf.testing import needs
+from rqf_h5_speech.testing import KEYS
 
 BAD = KEYS[4]  # in the first shard, and not the sample that sets the feature width
 
@@ -116,6 +117,7 @@ def validate_says(cache, tmp_path, capsys, dataset="utterances"):
     return exit_info.value.code, capsys.readouterr().err
 
 
+@needs("rqf_rqvae")  # a model to validate and run the pipeline with
 @pytest.mark.parametrize("case", SAMPLE_CASES)
 def test_a_broken_sample_is_refused_by_inspect_validate_and_the_loaders(original_cache, tmp_path,
                                                                        capsys, case):
@@ -137,6 +139,7 @@ def test_a_broken_sample_is_refused_by_inspect_validate_and_the_loaders(original
                 view.features(BAD)
 
 
+@needs("rqf_rqvae")  # a model to validate and run the pipeline with
 @pytest.mark.parametrize("case", INDEX_CASES)
 def test_a_broken_index_or_shard_set_is_refused_everywhere(original_cache, tmp_path, capsys, case):
     cache, _ = original_cache

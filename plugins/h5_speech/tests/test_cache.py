@@ -16,51 +16,13 @@ import torch
 
 import rqf
 import rqf_h5_speech
-from conftest import speech_pipeline
+from rqf_h5_speech.testing import KEYS, sample, speech_pipeline, write_like_original
 from rqf.cli import main
 from rqf.errors import DataError
 from rqf_h5_speech import (H5ShardedStorage, ShardedCacheWriter, SpeechFramesDataset,
                            UtterancesDataset, collate_utterances, migrate_npz)
 from rqf_h5_speech.splitters import SpeakerSplitter
-
-KEYS = [f"train-clean-100/{spk}/{ch}/{spk}_{ch}_{u}" for spk in (11, 12, 13, 14)
-        for ch in (1,) for u in range(3)]
-
-
-def sample(rng, t: int, dim: int = 16) -> dict[str, np.ndarray]:
-    return {"hidden_states": rng.normal(size=(t, dim)).astype(np.float32),
-            "mel_spectrogram": rng.normal(size=(1, t + 1, 80)).astype(np.float32)}
-
-
-def write_like_original(directory: Path, samples: dict, per_file: int = 5, float16: bool = True):
-    """The original preprocessing tool's layout: nested groups, gzip 4, JSON index."""
-    directory.mkdir(parents=True, exist_ok=True)
-    index, file_idx, count, f = {}, 0, 0, None
-    for key, arrays in samples.items():
-        if f is None or count >= per_file:
-            if f is not None:
-                f.close()
-            file_idx, count = file_idx + 1, 0
-            f = h5py.File(directory / f"features_{file_idx:05d}.h5", "a")
-        group = f.create_group(key)
-        for name, value in arrays.items():
-            group.create_dataset(name, data=value.astype(np.float16) if float16 else value,
-                                 compression="gzip", compression_opts=4)
-        index[key] = {"file_idx": file_idx, "group_name": key}
-        count += 1
-    f.close()
-    (directory / "hdf5_index.json").write_text(json.dumps({
-        "sample_index": index, "current_file_idx": file_idx, "current_file_count": count,
-        "samples_per_file": per_file, "use_float16": float16}, indent=2))
-    return directory
-
-
-@pytest.fixture
-def original_cache(tmp_path):
-    rng = np.random.default_rng(0)
-    samples = {k: sample(rng, 20 + 7 * i) for i, k in enumerate(KEYS)}
-    return write_like_original(tmp_path / "cache", samples), samples
-
+from rqf.testing import needs
 
 @pytest.mark.parametrize("float16", [True, False])
 def test_reads_caches_written_by_the_original_tool(tmp_path, float16):
@@ -224,7 +186,7 @@ def test_plugin_codecs_compressed_by_workers_read_back_through_the_hdf5_filter(
     rng = np.random.default_rng(5)
     samples = {f"s/{i:03d}": sample(rng, 10 + i) for i in range(12)}
     samples["s/zeros"] = {"hidden_states": np.zeros((40, 16), np.float32)}  # compresses well
-    outside = rqf_h5_speech.writer._chunk_compressor(codec, 4)
+    outside = rqf_h5_speech.codecs.chunk_compressor(codec, 4)
     made = []
 
     def counting(codec_name, level):
@@ -233,7 +195,7 @@ def test_plugin_codecs_compressed_by_workers_read_back_through_the_hdf5_filter(
             return outside(buf)
         return compress
 
-    monkeypatch.setattr(rqf_h5_speech.writer, "_chunk_compressor", counting)
+    monkeypatch.setattr(rqf_h5_speech.writer, "chunk_compressor", counting)
     with ShardedCacheWriter(tmp_path / "c", compression=codec, num_workers=2) as w:
         for k, v in samples.items():
             w.write(k, v)
@@ -433,6 +395,7 @@ def test_dataloader_workers_open_their_own_handles(original_cache):
         assert keys == KEYS
 
 
+@needs("rqf_rqvae")  # a model to validate and run the pipeline with
 def test_speech_tokens_pipeline_exports_a_readable_token_cache(original_cache, tmp_path):
     cache, _ = original_cache
     result = rqf.run(speech_pipeline(cache, tmp_path / "run"))

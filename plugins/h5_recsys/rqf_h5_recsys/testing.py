@@ -1,25 +1,20 @@
-"""Shared fixtures: small real H5 files written into tmp_path, and the shared real data."""
+"""Test helpers for anything that reads item_data.h5 / sequence.h5, loaded by pytest as a
+plugin (entry point ``pytest11``) wherever this package is installed.
+
+``write_seed_items`` / ``write_seed_sequences`` write files the way the original preprocessing
+does (plain h5py), so tests read what users' files hold; the ``recsys_files`` fixture is a
+small pair of them; ``recsys_pipeline`` a pipeline mapping over them that trains in seconds.
+"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-import torch
 
-SHARED_DATA = Path(os.environ.get("RQF_SHARED_DATA",
-                                  Path(__file__).resolve().parents[2] / "shared" / "data"))
-
-
-def real_data(name: str) -> Path:
-    """A folder of ../shared/data, or a skip when this checkout has none beside it."""
-    path = SHARED_DATA / name
-    if not (path / "item_data.h5").exists():
-        pytest.skip(f"real data {path} is not present")
-    return path
+from rqf.testing import clustered
 
 
 def write_seed_items(path: Path, item_ids, embeddings, features=None, lengths=None, **attrs):
@@ -61,13 +56,6 @@ def write_seed_sequences(path: Path, user_ids, sequences, timestamps=None, lengt
     return path
 
 
-def clustered(n: int, dim: int, clusters: int, seed: int = 0, spread: float = 0.3) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(size=(clusters, dim))
-    x = centers[rng.integers(0, clusters, n)] + spread * rng.normal(size=(n, dim))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
 @pytest.fixture
 def recsys_files(tmp_path: Path) -> dict[str, Path]:
     """300 items (ids 101..400, 16-d) and 60 users with timestamps, lengths 1..12."""
@@ -84,7 +72,7 @@ def recsys_files(tmp_path: Path) -> dict[str, Path]:
     return {"items": items, "sequences": seq, "dir": tmp_path}
 
 
-def tiny_pipeline(files: dict[str, Path], out: Path, **sections) -> dict:
+def recsys_pipeline(files: dict[str, Path], out: Path, **sections) -> dict:
     config = {
         "name": "tiny",
         "output_dir": str(out),
@@ -104,27 +92,3 @@ def tiny_pipeline(files: dict[str, Path], out: Path, **sections) -> dict:
         else:
             config[key] = value
     return config
-
-
-def speech_pipeline(cache: Path, out: Path) -> dict:
-    """Two-level tokens over a small speech cache, split by speaker."""
-    return {"output_dir": str(out),
-            "storage": {"type": "h5_sharded", "processed_dir": str(cache)},
-            "dataset": {"type": "speech_frames", "normalize": True},
-            "splitter": {"type": "speaker", "test_ratio": 0.25, "valid_ratio": 0.0},
-            "model": {"type": "rqvae", "levels": 2, "codebook_size": 8, "latent_dim": 4,
-                      "hidden_dims": [16]},
-            "train": {"epochs": 3, "batch_size": 32, "progress": False}}
-
-
-@pytest.fixture(autouse=True)
-def _fresh_plugins_and_seed():
-    from rqf.plugins import reset_plugins
-
-    reset_plugins()
-    torch.manual_seed(0)
-    yield
-    reset_plugins()
-
-
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

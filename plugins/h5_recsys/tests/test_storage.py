@@ -8,7 +8,9 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import clustered, real_data, write_seed_items, write_seed_sequences
+from rqf.testing import clustered, real_data
+from rqf.testing import needs
+from rqf_h5_recsys.testing import write_seed_items, write_seed_sequences
 from rqf.cli import main
 from rqf.errors import DataError
 from rqf_h5_recsys.storage import H5RecsysStorage
@@ -128,6 +130,7 @@ def test_cli_inspect_reports_each_broken_item_file(tmp_path, capsys, kind):
     assert ITEM_CASES[kind] in out and "Traceback" not in out
 
 
+@needs("rqf_rqvae")  # a model to validate and run the pipeline with
 def test_cli_validate_on_broken_sequences_is_one_line(tmp_path):
     good_items(tmp_path / "item_data.h5")
     good_sequences(tmp_path / "sequence.h5", sequences=[[1, 2, 99], [4, 5]], timestamps=None)

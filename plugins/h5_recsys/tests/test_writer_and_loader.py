@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import clustered, real_data
+from rqf.testing import clustered, real_data
 from rqf.cli import main
 from rqf.errors import DataError
 from rqf_h5_recsys import create_h5_dataloader, from_interactions, write_item_data, write_sequence_data

@@ -4,7 +4,8 @@
 import numpy as np
 import pytest
 
-from conftest import real_data, write_seed_items, write_seed_sequences, clustered
+from rqf.testing import clustered, real_data
+from rqf_h5_recsys.testing import write_seed_items, write_seed_sequences
 from rqf.builtin import IndexSplitter
 from rqf.errors import ConfigError, DataError
 from rqf_h5_recsys.datasets import ItemsDataset, SequencesDataset

@@ -1,0 +1,39 @@
+"""Semantic codes, shared by every tokenizer and every model that consumes them.
+
+What lives here: k-means on the device (the initialisation of residual codebooks), code
+statistics (usage, perplexity, collisions), collision handling (``suffix``, ``reassign``,
+``balanced``), and the ``semantic_ids.h5`` format with its reader.
+
+A semantic ID is an item's code tuple ``codes`` (n, levels) plus one extra level that tells
+apart the items still sharing a tuple (``unique_codes`` (n, levels + 1)). Collision handling
+decides the last level of ``codes``:
+
+- ``suffix``: every item keeps its nearest codeword; the extra level numbers the items that
+  share a tuple (TIGER's scheme).
+- ``reassign``: within a shared prefix (all levels but the last), an item whose tuple is taken
+  moves to its nearest *free* last-level codeword, so the ID stays semantic (a second-best
+  codeword, not a counter). Items that find no free codeword keep their tuple and get a suffix.
+- ``balanced``: the last level is assigned by Sinkhorn-Knopp with equal code marginals
+  (LC-Rec's balanced assignment), then made unique within each prefix as ``reassign`` does.
+"""
+
+from rqf.codes.collisions import COLLISION_MODES, handle_collisions
+from rqf.codes.clustering import (DISTANCE_CHUNK, balanced_assignment, balanced_kmeans, kmeans,
+                              kmeans_plus_plus, nearest, sinkhorn, squared_distances)
+from rqf.codes.semantic_ids import FORMAT, PrefixTrie, SemanticIds, sha256_of, write_semantic_ids
+from rqf.codes.statistics import (HEALTHY_COLLISIONS, HEALTHY_REL_ERROR, HEALTHY_USAGE,
+                                  code_health, code_statistics, group_codes, plot_usage,
+                                  unique_codes)
+
+__all__ = [
+    # making codes
+    "kmeans", "kmeans_plus_plus", "balanced_kmeans", "balanced_assignment", "nearest",
+    "squared_distances", "sinkhorn", "DISTANCE_CHUNK",
+    # judging them
+    "code_statistics", "code_health", "group_codes", "unique_codes", "plot_usage",
+    "HEALTHY_USAGE", "HEALTHY_COLLISIONS", "HEALTHY_REL_ERROR",
+    # making them unique
+    "handle_collisions", "COLLISION_MODES",
+    # the semantic_ids.h5 contract
+    "write_semantic_ids", "SemanticIds", "PrefixTrie", "sha256_of", "FORMAT",
+]

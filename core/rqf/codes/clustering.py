@@ -1,0 +1,131 @@
+"""k-means on the device (the initialisation of residual codebooks) and balanced assignment
+by Sinkhorn-Knopp."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+DISTANCE_CHUNK = 16384
+
+def squared_distances(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """(n, k) squared L2 distances, computed in fp32 whatever the autocast state."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x = x.float()
+        c = centroids.float()
+        # one fused |c|^2 - 2 x c^T, then |x|^2 added in place: no (n, k) temporaries
+        d = torch.addmm(c.pow(2).sum(1), x, c.t(), alpha=-2.0)
+        return d.add_(x.pow(2).sum(1, keepdim=True)).clamp_min_(0)
+
+
+def nearest(x: torch.Tensor, centroids: torch.Tensor, chunk: int = DISTANCE_CHUNK
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(squared distance to, index of) each row's nearest centroid, in chunks of rows."""
+    if len(x) == 0:
+        return (torch.zeros(0, device=x.device),
+                torch.zeros(0, dtype=torch.long, device=x.device))
+    parts = [squared_distances(x[i:i + chunk], centroids).min(1) for i in range(0, len(x), chunk)]
+    return torch.cat([p.values for p in parts]), torch.cat([p.indices for p in parts])
+
+
+def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator | None = None,
+                     max_points: int = 32768) -> torch.Tensor:
+    """k-means++ seeding on a subsample: each pick is one vectorised distance update."""
+    if len(x) > max_points:
+        x = x[torch.randperm(len(x), generator=generator, device="cpu")[:max_points].to(x.device)]
+    # draw all the uniform numbers up front so the device never waits on the host generator
+    u = torch.rand(k, generator=generator, device="cpu").to(x.device, torch.float64)
+    first = int(torch.randint(len(x), (1,), generator=generator, device="cpu"))
+    centroids = torch.empty(k, x.shape[1], device=x.device, dtype=x.dtype)
+    centroids[0] = x[first]
+    closest = squared_distances(x, centroids[:1]).squeeze(1).double()
+    for i in range(1, k):
+        cdf = torch.cumsum(closest, 0)
+        idx = torch.searchsorted(cdf, (u[i] * cdf[-1]).reshape(1)).clamp_max(len(x) - 1)
+        centroids[i] = x[idx[0]]
+        closest = torch.minimum(closest, squared_distances(x, x[idx]).squeeze(1).double())
+    return centroids
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int = 25, generator: torch.Generator | None = None
+           ) -> torch.Tensor:
+    """Lloyd's k-means from k-means++ seeds; empty clusters take the farthest points.
+
+    Distances are computed in chunks of rows, so memory stays at ``DISTANCE_CHUNK`` x k.
+    With fewer distinct points than ``k``, every distinct point becomes a centroid and the
+    rest are jittered copies of random points (a warning says so): no silent duplicates.
+    """
+    x = x.float()
+    n = len(x)
+    uniq = torch.unique(x, dim=0) if n <= 1_000_000 else x
+    if len(uniq) < k:
+        warnings.warn(f"k-means: {len(uniq)} distinct vectors for {k} codes; the remaining "
+                      f"{k - len(uniq)} codes start as jittered copies and stay unused until "
+                      "there is data for them", stacklevel=2)
+        scale = x.std(0, keepdim=True).clamp_min(1e-3) * 0.1 if n > 1 else torch.ones_like(x[:1])
+        extra_idx = torch.randint(len(uniq), (k - len(uniq),), generator=generator,
+                                  device="cpu").to(x.device)
+        noise = torch.randn(k - len(uniq), x.shape[1], generator=generator, device="cpu").to(x.device)
+        return torch.cat([uniq, uniq[extra_idx] + noise * scale])
+    centroids = kmeans_plus_plus(uniq, k, generator)
+    ones = torch.ones(n, device=x.device)
+    for _ in range(iters):
+        best, assign = nearest(x, centroids)
+        sums = torch.zeros_like(centroids).index_add_(0, assign, x)
+        counts = torch.zeros(k, device=x.device).index_add_(0, assign, ones)
+        empty = counts == 0
+        centroids = torch.where(empty[:, None], centroids, sums / counts.clamp_min(1)[:, None])
+        if bool(empty.any()):  # one sync per iteration, only on the initialisation path
+            far = best.topk(int(empty.sum())).indices
+            centroids[empty] = x[far]
+    return centroids
+
+
+def balanced_assignment(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Each row's codeword under equal code sizes: Sinkhorn-Knopp with uniform marginals on
+    the distances, then each row's most likely code (sizes near n/k, not exactly)."""
+    d = torch.cat([squared_distances(x[i:i + DISTANCE_CHUNK], centroids)
+                   for i in range(0, len(x), DISTANCE_CHUNK)]).cpu().numpy()
+    return torch.from_numpy(_balanced_scores(d).argmax(1)).to(x.device)
+
+
+def balanced_kmeans(x: torch.Tensor, k: int, iters: int = 25,
+                    generator: torch.Generator | None = None, rounds: int = 5) -> torch.Tensor:
+    """k-means whose clusters are kept near equal size: Lloyd's k-means, then ``rounds`` of
+    balanced assignment and centroid update."""
+    x = x.float()
+    centroids = kmeans(x, k, iters, generator)
+    for _ in range(rounds):
+        assign = balanced_assignment(x, centroids)
+        sums = torch.zeros_like(centroids).index_add_(0, assign, x)
+        counts = torch.zeros(k, device=x.device).index_add_(0, assign, torch.ones(len(x),
+                                                                                 device=x.device))
+        centroids = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None],
+                                centroids)
+    return centroids
+
+
+def sinkhorn(scores: np.ndarray, iters: int = 50) -> np.ndarray:
+    """Sinkhorn-Knopp: log of a transport plan with uniform row and column marginals.
+
+    ``scores`` (n, k) are log-potentials (higher is better); rows are items, columns codes.
+    """
+    s = torch.from_numpy(np.asarray(scores, np.float64))
+    n, k = s.shape
+    log_r, log_c = -np.log(n), -np.log(k)
+    u = torch.zeros(n, dtype=s.dtype)
+    v = torch.zeros(k, dtype=s.dtype)
+    for _ in range(iters):
+        u = log_r - torch.logsumexp(s + v[None, :], dim=1)
+        v = log_c - torch.logsumexp(s + u[:, None], dim=0)
+    return (s + u[:, None] + v[None, :]).numpy()
+
+
+def _balanced_scores(distances: np.ndarray) -> np.ndarray:
+    # the temperature is the spread of the distances, so the plan is neither a hard argmin
+    # (nothing moves) nor uniform (the codeword no longer means anything)
+    d = np.asarray(distances, np.float64)
+    scale = float(d.std()) or 1.0
+    return sinkhorn(-d / (0.1 * scale))

@@ -1,0 +1,127 @@
+"""Code statistics: grouping tuples, the extra level, usage, perplexity, collisions, health,
+and the usage plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from rqf.io import atomic_path
+
+def group_codes(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(group id of each row's code tuple, size of each group), by hashing the tuples."""
+    codes = np.ascontiguousarray(np.asarray(codes).astype(np.int64))
+    if len(codes) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if codes.shape[1] == 0:
+        return np.zeros(len(codes), np.int64), np.array([len(codes)])
+    k = int(codes.max()) + 1
+    if k ** codes.shape[1] < 2 ** 62:  # pack the tuple into one integer key
+        key = np.zeros(len(codes), np.int64)
+        for level in range(codes.shape[1]):
+            key = key * k + codes[:, level]
+        _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+    else:
+        _, inverse, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
+    return inverse.ravel(), counts
+
+
+def unique_codes(codes: np.ndarray) -> np.ndarray:
+    """Append the extra level: 0, 1, 2 ... among items sharing a code tuple, in row order."""
+    group, _ = group_codes(codes)
+    order = np.argsort(group, kind="stable")
+    sorted_group = group[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_group)) + 1] if len(group) else np.zeros(0, int)
+    first = np.repeat(starts, np.diff(np.r_[starts, len(group)]))
+    rank = np.empty(len(group), np.int64)
+    rank[order] = np.arange(len(group)) - first
+    return np.concatenate([np.asarray(codes).astype(np.int64), rank[:, None]], axis=1)
+
+
+def code_statistics(codes: np.ndarray, codebook_size: int) -> dict[str, Any]:
+    """Utilisation, perplexity, collisions and prefix counts of a code matrix (n, levels)."""
+    n, levels = codes.shape
+    util, reach_util, perplexity, prefixes = [], [], [], []
+    for level in range(levels):
+        counts = np.bincount(codes[:, level], minlength=codebook_size)
+        used = int((counts > 0).sum())
+        util.append(used / codebook_size)
+        reach_util.append(used / min(codebook_size, n) if n else 0.0)
+        p = counts[counts > 0] / max(n, 1)
+        perplexity.append(float(np.exp(-(p * np.log(p)).sum())) if n else 0.0)
+        prefixes.append(int(len(group_codes(codes[:, :level + 1])[1])) if n else 0)
+    group, sizes = group_codes(codes)
+    shared = sizes[group] > 1 if n else np.zeros(0, bool)
+    return {
+        "n": int(n),
+        "utilization": util,
+        "utilization_of_reachable": reach_util,
+        "perplexity": perplexity,
+        "distinct_prefixes": prefixes,
+        "unique_code_share": float(1 - shared.mean()) if n else 0.0,
+        "collision_rate": float(shared.mean()) if n else 0.0,
+        "max_items_per_code": int(sizes.max()) if n else 0,
+        "distinct_codes": int(len(sizes)),
+    }
+
+
+# below this share of a level's codes in use, or above this share of items on a shared
+# code, or with this much of the signal lost, a tokenizer's run is reported unhealthy
+HEALTHY_USAGE = 0.5
+HEALTHY_COLLISIONS = 0.2
+HEALTHY_REL_ERROR = 0.95  # at 1.0 the reconstruction is the mean: the codes carry nothing
+
+
+def code_health(m: Mapping[str, Any], collision_handling: str, items: bool = True,
+                normalize: str = "none", more_training: str = "more k-means iterations"
+                ) -> list[str]:
+    """One line per sign that codes are unhealthy, naming the setting to change.
+
+    ``m`` are code statistics plus ``recon_rel_error``; ``items``: codes are IDs (collisions
+    matter), not tokens.
+    """
+    warnings = []
+    for level, used in enumerate(m.get("utilization_of_reachable", [])):
+        if used < HEALTHY_USAGE:
+            warnings.append(f"codebook level {level} uses {used:.0%} of its codes (below "
+                            f"{HEALTHY_USAGE:.0%}): {more_training} or use fewer codes "
+                            "(model.codebook_size)")
+    if m.get("recon_rel_error", 0.0) >= HEALTHY_REL_ERROR:
+        fix = ("set model.normalize: standardize (the embeddings' scale may be far from 1)"
+               if normalize == "none" else more_training)
+        warnings.append(f"the reconstruction keeps almost nothing (relative error "
+                        f"{m['recon_rel_error']:.2f}): {fix}")
+    if items and m.get("collision_rate", 0.0) > HEALTHY_COLLISIONS:
+        fix = ("set model.collision_handling to reassign or balanced"
+               if collision_handling == "suffix" else
+               "more codes per level (model.codebook_size) or a level more (model.levels)")
+        warnings.append(f"{m['collision_rate']:.0%} of items share their code (above "
+                        f"{HEALTHY_COLLISIONS:.0%}): {fix}")
+    return warnings
+
+
+def plot_usage(codes: np.ndarray, codebook_size: int, path: Path) -> Path | None:
+    """A bar chart of items per code, most used first, one row per level; None without
+    matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    levels = codes.shape[1]
+    fig, axes = plt.subplots(levels, 1, figsize=(8, 2.2 * levels), squeeze=False)
+    for level in range(levels):
+        counts = np.sort(np.bincount(codes[:, level], minlength=codebook_size))[::-1]
+        axes[level, 0].bar(np.arange(len(counts)), counts, width=1.0)
+        axes[level, 0].set_ylabel(f"level {level}")
+    axes[-1, 0].set_xlabel("codes, most used first")
+    fig.suptitle("items per code")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)
+    return path
