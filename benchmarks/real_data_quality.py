@@ -66,7 +66,6 @@ def main() -> None:
             try:
                 for mode in COLLISION_MODES:
                     model.config["collision_handling"] = mode
-                    model._coded = None
                     t0 = time.perf_counter()
                     m = model.evaluate(parts.dataset)
                     rows.append([name, mode, m["n"],

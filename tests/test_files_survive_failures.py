@@ -225,7 +225,7 @@ def test_item_export_killed_half_way_is_redone_on_resume(tmp_path, recsys_files)
 
     run = tmp_path / "run"
     path = pipeline_file(tmp_path, recsys_pipeline(recsys_files, run))
-    killed = subprocess.run([PYTHON, "-c", killed_after(0, "rqf_rqvae.model", "plot_usage"),
+    killed = subprocess.run([PYTHON, "-c", killed_after(0, "rqf.codes.tokenizer", "plot_usage"),
                              "run", str(path)], capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL
     assert (run / "semantic_ids.h5").exists() and not (run / "metrics.json").exists()

@@ -146,7 +146,7 @@ def cli(env, *args):
 def test_out_of_tree_tokenizer_is_run_and_encoded_by_rqf_encode(recsys_files, tmp_path):
     env = install_fixture(tmp_path)
     config = recsys_pipeline(recsys_files, tmp_path / "run", splitter={"type": "every_nth", "n": 4},
-                           model={"type": "sign_codes", "levels": 3, "bits": 2})
+                           model={"type": "sign_codes", "levels": 3, "codebook_size": 4})
     pipeline = tmp_path / "pipeline.yaml"
     pipeline.write_text(yaml.safe_dump(config))
     proc = cli(env, "run", str(pipeline))
@@ -173,7 +173,8 @@ def test_out_of_tree_tokenizer_is_run_and_encoded_by_rqf_encode(recsys_files, tm
         sys.path.remove(str(FIXTURE))
     model = SignCodes(saved["data_info"], **saved["config"])
     model.mean = np.asarray(saved["mean"])
-    np.testing.assert_array_equal(encoded.codes, model.codes_of(new))
+    np.testing.assert_array_equal(encoded.codes, model.code_rows(lambda a, b: new[a:b], 50).codes)
+    assert encoded.attrs["tokenizer"] == "sign_codes" and encoded.attrs["codebook_size"] == 4
 
     inside = cli(env, "encode", str(run_dir), "--out", str(run_dir / "x.h5"))
     assert inside.returncode == 2 and "inside the run folder" in inside.stderr
@@ -327,7 +328,7 @@ def test_accumulated_batches_make_the_same_step_as_one_large_batch():
     for batch_size, accumulate in ((64, 1), (32, 2), (16, 4)):
         task = Regression()
         result = rqf.Trainer(train_config(max_steps=8, accumulate=accumulate), None) \
-            .fit_task(task, rqf.TensorBatches(data, batch_size, seed=3))
+            .fit(task, rqf.TensorBatches(data, batch_size, seed=3))
         assert result.steps == 8 and task.steps == list(range(1, 9))
         assert result.samples == 8 * 64  # two epochs of four steps
         weights.append(task.module.weight.detach().clone())
@@ -362,7 +363,7 @@ def test_a_task_on_loader_batches_resumes_to_the_same_weights(tmp_path):
     def train(max_steps, run_dir, resume=False):
         task = Regression()
         cfg = train_config(max_steps=max_steps, accumulate=2, checkpoint_every=3)
-        rqf.Trainer(cfg, run_dir, resume=resume).fit_task(
+        rqf.Trainer(cfg, run_dir, resume=resume).fit(
             task, rqf.LoaderBatches(dataset, 16, seed=1, num_workers=1))
         return task.module.weight.detach().clone()
 

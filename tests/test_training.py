@@ -15,7 +15,7 @@ import yaml
 import rqf
 from rqf_h5_recsys.testing import recsys_pipeline
 from rqf.errors import RqfError
-from rqf.training import (TensorBatches, TrainConfig, Trainer, list_checkpoints,
+from rqf.training import (TensorBatches, TrainConfig, Trainer, TrainingTask, list_checkpoints,
                           load_checkpoint)
 
 
@@ -69,7 +69,8 @@ def test_checkpoints_are_kept_bounded_and_load_safely(tmp_path):
     module = torch.nn.Linear(4, 1)
     data = torch.randn(40, 4)
     trainer = Trainer(cfg, tmp_path, seed=0)
-    trainer.fit(module, TensorBatches(data, 8), lambda m, b: ((m(b) ** 2).mean(), {}))
+    trainer.fit(TrainingTask.of(module, lambda m, b: ((m(b) ** 2).mean(), {})),
+                TensorBatches(data, 8))
     steps = [s for s, _ in list_checkpoints(tmp_path / "checkpoints")]
     assert steps == [24, 25]
     payload = load_checkpoint(tmp_path / "checkpoints" / "step_00000025.pt")
@@ -92,7 +93,7 @@ def test_mixed_precision_trains_on_cpu(precision):
     data = torch.randn(64, 8)
     loss = lambda m, b: (((m(b).float() - b) ** 2).mean(), {})
     before = loss(module, data)[0].item()
-    Trainer(cfg, None).fit(module, TensorBatches(data, 16), loss)
+    Trainer(cfg, None).fit(TrainingTask.of(module, loss), TensorBatches(data, 16))
     assert loss(module, data)[0].item() < 0.5 * before
 
 
@@ -100,8 +101,8 @@ def test_diverging_loss_is_reported(tmp_path):
     cfg = TrainConfig(epochs=1, batch_size=4, progress=False, log_every=1, grad_clip=None)
     module = torch.nn.Linear(2, 1)
     with pytest.raises(RqfError, match="training diverged: loss is nan"):
-        Trainer(cfg, None).fit(module, TensorBatches(torch.randn(8, 2), 4),
-                               lambda m, b: (m(b).sum() * float("nan"), {}))
+        Trainer(cfg, None).fit(TrainingTask.of(module, lambda m, b: (m(b).sum() * float("nan"), {})),
+                               TensorBatches(torch.randn(8, 2), 4))
 
 
 def test_tensor_batches_shard_disjointly_across_ranks():

@@ -21,15 +21,15 @@ def run(config, overrides=(), force=False, resume=False, echo=None):
 
 
 # names whose modules import torch: loaded on first use, so `import rqf` stays light
-_LAZY = {"atomic_path": "rqf.io", "atomic_h5": "rqf.io", "write_json_atomic": "rqf.io",
-         "write_text_atomic": "rqf.io", "FolderLock": "rqf.io", "disk_full": "rqf.io",
-         "is_disk_full": "rqf.io",
-         "load_tensors": "rqf.training", "Trainer": "rqf.training",
-         "TensorBatches": "rqf.training", "LoaderBatches": "rqf.training",
-         "BatchSource": "rqf.training", "TrainingTask": "rqf.training",
-         "to_device": "rqf.training",
-         "TrainConfig": "rqf.training", "autocast": "rqf.training",
-         "resolve_device": "rqf.training"}
+_LAZY = {
+    "atomic_path": "rqf.io", "atomic_h5": "rqf.io", "write_json_atomic": "rqf.io",
+    "write_text_atomic": "rqf.io", "FolderLock": "rqf.io", "disk_full": "rqf.io",
+    "is_disk_full": "rqf.io",
+    "Trainer": "rqf.training", "TrainingTask": "rqf.training", "TrainConfig": "rqf.training",
+    "FitResult": "rqf.training", "BatchSource": "rqf.training", "TensorBatches": "rqf.training",
+    "LoaderBatches": "rqf.training", "to_device": "rqf.training", "autocast": "rqf.training",
+    "resolve_device": "rqf.training", "load_tensors": "rqf.training",
+}
 
 
 def __getattr__(name):
@@ -40,14 +40,26 @@ def __getattr__(name):
     raise AttributeError(f"module 'rqf' has no attribute {name!r}")
 
 
-# the public API: plugins import these (and rqf.codes; rqf.testing in their tests)
-__all__ = sorted([
-    "ArrayGroup", "ConfigError", "DataError", "Dataset", "IndexSplitter", "InspectReport",
-    "ItemRows", "ItemSource", "ItemVectors", "KeyedArrays", "Model", "Param", "PluginError",
-    "RqfError", "RunContext", "SequenceRecords", "SequenceSource", "SequenceTable",
-    "SequenceVectors", "SequenceView", "Splitter", "Storage", "all_items", "check_disjoint",
-    "encode", "flatten_rows", "hookimpl", "input_positions", "missing_members", "positions",
-    "read_rows", "require", "rows_of", "run", "validate_params", *_LAZY, "__version__"])
+# the public API, grouped by who uses it; plugins import these (and rqf.codes; rqf.testing in
+# their tests)
+__all__ = [
+    # running and reopening pipelines
+    "run", "encode", "__version__",
+    # components: the four interfaces, what they declare and the errors they raise
+    "Storage", "Dataset", "Splitter", "Model", "Param", "validate_params", "RunContext",
+    "InspectReport", "ItemVectors", "SequenceVectors", "hookimpl", "IndexSplitter",
+    "check_disjoint", "RqfError", "ConfigError", "DataError", "PluginError",
+    # data protocols a storage implements, and the helpers recsys datasets share
+    "ItemSource", "SequenceSource", "SequenceTable", "SequenceView", "SequenceRecords",
+    "KeyedArrays", "ArrayGroup", "ItemRows", "missing_members", "require", "read_rows",
+    "rows_of", "flatten_rows", "all_items", "positions", "input_positions",
+    # the training seam of torch models
+    "Trainer", "TrainingTask", "TrainConfig", "FitResult", "BatchSource", "TensorBatches",
+    "LoaderBatches", "to_device", "autocast", "resolve_device", "load_tensors",
+    # files that are whole or absent
+    "atomic_path", "atomic_h5", "write_json_atomic", "write_text_atomic", "FolderLock",
+    "disk_full", "is_disk_full",
+]
 
 
 def encode(run_dir, out, overrides=(), device="auto"):

@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 
+from rqf.errors import RqfError
 from rqf.params import Param, validate_params
 
 if TYPE_CHECKING:
-    from rqf.training import TrainConfig
+    from rqf.training import TrainConfig, Trainer
 
 
 class Component:
@@ -173,7 +174,11 @@ class Splitter(Component, ABC):
 
 @dataclass
 class RunContext:
-    """What a model needs from the run: where to write and how to train."""
+    """What a model needs from the run: where to write and how to train.
+
+    ``trainer`` is the run's training loop, built by the pipeline from the train section for
+    every model that is not ``gradient_free``; a model never builds its own.
+    """
 
     run_dir: Path
     train: "TrainConfig"
@@ -182,6 +187,13 @@ class RunContext:
     resume: bool = False
     is_main: bool = True
     echo: Callable[[str], None] = print
+    trainer: "Trainer | None" = None
+
+    def require_trainer(self, model: str) -> "Trainer":
+        if self.trainer is None:
+            raise RqfError(f"model {model!r} trains through rqf's training loop: its RunContext "
+                           "needs a trainer (rqf.run builds one from the train section)")
+        return self.trainer
 
 
 class Model(Component, ABC):
@@ -190,8 +202,9 @@ class Model(Component, ABC):
     export_params: ClassVar[Sequence[Param]] = ()
     # defaults for the ``train`` section that suit this model, under the user's values
     train_defaults: ClassVar[Mapping[str, Any]] = {}
-    # True for a model fit without the gradient loop (e.g. k-means): the train section's
-    # budget does not apply, there are no checkpoints, and --resume fits it again
+    # True for a model fit without the gradient loop (e.g. k-means, a popularity count): the
+    # pipeline builds it no Trainer (RunContext.trainer is None), so the train section's budget
+    # and checkpoints do not apply, and --resume fits it again
     gradient_free: ClassVar[bool] = False
     # False for a model with nothing worth keeping (a baseline refit in seconds): the pipeline
     # then writes no model.pt and ``rqf encode`` cannot reopen its runs
@@ -208,12 +221,18 @@ class Model(Component, ABC):
     def fit(self, train: Dataset, valid: Dataset | None, ctx: RunContext) -> dict[str, Any]:
         """Train; return a summary (steps, time, final losses)."""
 
-    @abstractmethod
-    def evaluate(self, data: Dataset) -> dict[str, Any]:
-        """Metrics on one split."""
+    def predict(self, dataset: Dataset, splits: Mapping[str, Dataset]) -> Any:
+        """What ``evaluate`` and ``export`` both read, computed once after ``fit`` and handed
+        to them as a value (e.g. the codes of every item, each split's rankings); None when
+        they share nothing, and then the pipeline calls them without it."""
+        return None
 
     @abstractmethod
-    def export(self, dataset: Dataset, ctx: RunContext) -> dict[str, str]:
+    def evaluate(self, data: Dataset, predictions: Any = None) -> dict[str, Any]:
+        """Metrics on one split; ``predictions`` is what ``predict`` returned."""
+
+    @abstractmethod
+    def export(self, dataset: Dataset, ctx: RunContext, predictions: Any = None) -> dict[str, str]:
         """Write artifacts for every unit of ``dataset`` into ``ctx.run_dir``; name -> path."""
 
     def encode(self, dataset: Dataset, out: Path) -> Path:

@@ -157,41 +157,59 @@ def run(config: str | Path | Mapping[str, Any], overrides: Iterable[str] = (),
             folder.open(force, resume, cfg, echo)
             write_text_atomic(out / "config.yaml", cfg.to_yaml())
         _barrier(info)
-        ctx = RunContext(run_dir=out, train=train_cfg, export=cfg["export"], seed=cfg["seed"],
-                         resume=resume, is_main=info.is_main,
-                         echo=echo if info.is_main else (lambda _msg: None))
+        ctx = _context(cfg, train_cfg, parts.model, out, resume, info, echo)
         counts = {role: len(view) for role, view in parts.splits.items()}
         ctx.echo(f"{cfg['name']}: {parts.dataset.name} over {parts.storage.name}, split by "
                  f"{parts.splitter.name} {counts}, model {parts.model.name}")
         fit = parts.model.fit(parts.splits["train"], parts.splits.get("valid"), ctx)
-        if info.is_main and parts.model.keeps_weights:
-            parts.model.save(out / MODEL_FILE)
-        metrics: dict[str, Any] = {"name": cfg["name"], "split": parts.splitter.report,
-                                   "fit": fit}
-        artifacts: dict[str, str] = {}
-        summary = ""
+        result = RunResult(out, {"name": cfg["name"], "split": parts.splitter.report, "fit": fit})
         if info.is_main:
-            for role in ("train", "valid", "test"):
-                if role in parts.splits and len(parts.splits[role]):
-                    metrics[role] = parts.model.evaluate(parts.splits[role])
-            metrics["all"] = parts.model.evaluate(parts.dataset)
-            artifacts = parts.model.export(parts.dataset, ctx)
-            metrics["artifacts"] = artifacts
-            problems = parts.model.health(metrics)
-            metrics["health"] = {"healthy": not problems, "warnings": problems}
-            for problem in problems:
-                echo(f"warning: unhealthy result: {problem}")
-            metrics["wall_seconds"] = round(time.perf_counter() - started, 3)
-            write_json_atomic(out / FINISHED_MARKER, metrics)
+            if parts.model.keeps_weights:
+                parts.model.save(out / MODEL_FILE)
+            _evaluate_and_export(parts, ctx, result, echo)
+            result.metrics["wall_seconds"] = round(time.perf_counter() - started, 3)
+            write_json_atomic(out / FINISHED_MARKER, result.metrics)
             from rqf.report import write_report
 
-            artifacts["report"] = str(write_report(out))
-            summary = parts.model.summarize(metrics)
+            result.artifacts["report"] = str(write_report(out))
+            result.summary = parts.model.summarize(result.metrics)
         _barrier(info)
-        return RunResult(out, metrics, artifacts, summary)
+        return result
     finally:
         folder.close()
         parts.storage.close()
+
+
+def _context(cfg: PipelineConfig, train_cfg: TrainConfig, model: Model, out: Path,
+             resume: bool, info, echo: Callable[[str], None]) -> RunContext:
+    """The run as a model sees it; a model that trains by gradient gets the run's Trainer."""
+    echo = echo if info.is_main else (lambda _msg: None)
+    trainer = None
+    if not model.gradient_free:
+        from rqf.training import Trainer
+
+        trainer = Trainer(train_cfg, out, seed=cfg["seed"], resume=resume, echo=echo)
+    return RunContext(run_dir=out, train=train_cfg, export=cfg["export"], seed=cfg["seed"],
+                      resume=resume, is_main=info.is_main, echo=echo, trainer=trainer)
+
+
+def _evaluate_and_export(parts: Components, ctx: RunContext, result: RunResult,
+                         echo: Callable[[str], None]) -> None:
+    """Metrics of every split and of all data, the artifacts and the health check, all from
+    one ``predict`` pass handed over as a value."""
+    model, metrics = parts.model, result.metrics
+    predictions = model.predict(parts.dataset, parts.splits)
+    given = () if predictions is None else (predictions,)  # a model without predict takes none
+    for role in ("train", "valid", "test"):
+        if role in parts.splits and len(parts.splits[role]):
+            metrics[role] = model.evaluate(parts.splits[role], *given)
+    metrics["all"] = model.evaluate(parts.dataset, *given)
+    result.artifacts = model.export(parts.dataset, ctx, *given)
+    metrics["artifacts"] = result.artifacts
+    problems = model.health(metrics)
+    metrics["health"] = {"healthy": not problems, "warnings": problems}
+    for problem in problems:
+        echo(f"warning: unhealthy result: {problem}")
 
 
 def encode(run_dir: str | Path, out: str | Path, overrides: Iterable[str] = (),

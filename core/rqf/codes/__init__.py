@@ -2,7 +2,9 @@
 
 What lives here: k-means on the device (the initialisation of residual codebooks), code
 statistics (usage, perplexity, collisions), collision handling (``suffix``, ``reassign``,
-``balanced``), and the ``semantic_ids.h5`` format with its reader.
+``balanced``), the ``semantic_ids.h5`` format with its reader, and ``ItemTokenizer``, the
+shell every item tokenizer (a ``Model``) shares. One idea a file: ``clustering``,
+``statistics``, ``collisions``, ``semantic_ids``, ``tokenizer``.
 
 A semantic ID is an item's code tuple ``codes`` (n, levels) plus one extra level that tells
 apart the items still sharing a tuple (``unique_codes`` (n, levels + 1)). Collision handling
@@ -17,13 +19,14 @@ decides the last level of ``codes``:
   (LC-Rec's balanced assignment), then made unique within each prefix as ``reassign`` does.
 """
 
-from rqf.codes.collisions import COLLISION_MODES, handle_collisions
 from rqf.codes.clustering import (DISTANCE_CHUNK, balanced_assignment, balanced_kmeans, kmeans,
-                              kmeans_plus_plus, nearest, sinkhorn, squared_distances)
+                                  kmeans_plus_plus, nearest, sinkhorn, squared_distances)
+from rqf.codes.collisions import COLLISION_MODES, handle_collisions
 from rqf.codes.semantic_ids import FORMAT, PrefixTrie, SemanticIds, sha256_of, write_semantic_ids
 from rqf.codes.statistics import (HEALTHY_COLLISIONS, HEALTHY_REL_ERROR, HEALTHY_USAGE,
                                   code_health, code_statistics, group_codes, plot_usage,
                                   unique_codes)
+from rqf.codes.tokenizer import CodedItems, ItemTokenizer
 
 __all__ = [
     # making codes
@@ -36,4 +39,6 @@ __all__ = [
     "handle_collisions", "COLLISION_MODES",
     # the semantic_ids.h5 contract
     "write_semantic_ids", "SemanticIds", "PrefixTrie", "sha256_of", "FORMAT",
+    # the shell of an item tokenizer (a Model): rqvae and rqkmeans build on it
+    "ItemTokenizer", "CodedItems",
 ]

@@ -2,7 +2,7 @@
 
 ``config`` (the train section, torch-free), ``runtime`` (device, distributed, seeding,
 autocast), ``batches`` (batch sources), ``checkpoints`` (save, safe load, best weights) and
-``loop`` (``TrainingTask``, ``Trainer``). Nothing is imported until a name is asked for, so
+``optim`` (optimizer and learning-rate schedule) and ``loop`` (``TrainingTask``, ``Trainer``). Nothing is imported until a name is asked for, so
 ``rqf.training.TRAIN_PARAMS`` does not load torch.
 """
 
@@ -17,6 +17,7 @@ _WHERE = {
     "batches": ("batch_bounds", "TensorBatches", "BatchSource", "to_device", "LoaderBatches"),
     "checkpoints": ("CHECKPOINT_FORMAT", "save_checkpoint", "load_tensors", "load_checkpoint",
                     "list_checkpoints", "BestWeights"),
+    "optim": ("build_optimizer", "build_scheduler", "lr_factor"),
     "loop": ("TrainingTask", "LossFn", "FitResult", "Trainer"),
 }
 _MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}

@@ -1,8 +1,10 @@
-"""The training loop shared by torch models.
+"""The training loop shared by torch models: ``Trainer.fit(task, batches)``.
 
-Device and precision selection, seeded batch order, gradient clipping, a progress bar with
-live loss, periodic validation, atomic checkpoints with resume, and DistributedDataParallel
-when started under ``torchrun``. Models supply a module, a batch source and a loss function.
+Device and precision, seeded batch order, gradient accumulation and clipping, a progress bar
+with live loss, periodic validation with best-weights tracking, atomic checkpoints with
+resume, and DistributedDataParallel when started under ``torchrun``. A model gives a
+``TrainingTask`` (its module and a step) and a batch source; the pipeline builds the
+``Trainer`` from the run's train section and hands it over (``RunContext.trainer``).
 """
 
 from __future__ import annotations
@@ -22,21 +24,31 @@ from rqf.training.batches import BatchSource
 from rqf.training.checkpoints import (CHECKPOINT_FORMAT, BestWeights, _rng_state, _set_rng_state,
                                       list_checkpoints, load_checkpoint, save_checkpoint)
 from rqf.training.config import TrainConfig
+from rqf.training.optim import build_optimizer, build_scheduler
 from rqf.training.runtime import autocast, dist_info, resolve_device
+
+LossFn = Callable[[torch.nn.Module, Any], "tuple[torch.Tensor, dict[str, torch.Tensor]]"]
 
 
 class TrainingTask:
     """A model's side of the training seam: the module, a step, and optional hooks.
 
-    ``Trainer.fit_task(task, batches)`` calls ``training_step`` for every batch, averages
+    ``Trainer.fit(task, batches)`` calls ``training_step`` for every batch, averages
     gradients over ``train.accumulate`` batches per optimizer step, calls ``after_step``
     after each step and ``validation_metrics`` every ``eval_every`` steps (when a subclass
     defines it); ``param_groups`` may give parts of the module their own optimizer settings
-    (e.g. no weight decay on embeddings).
+    (e.g. no weight decay on embeddings). ``fingerprint`` holds what a checkpoint must match
+    to be resumed by this task (e.g. the architecture, the data it was made for).
     """
 
-    def __init__(self, module: torch.nn.Module) -> None:
+    def __init__(self, module: torch.nn.Module,
+                 fingerprint: Mapping[str, Any] | None = None) -> None:
         self.module = module
+        self.fingerprint = dict(fingerprint or {})
+
+    @property
+    def validates(self) -> bool:
+        return type(self).validation_metrics is not TrainingTask.validation_metrics
 
     def training_step(self, module: torch.nn.Module, batch: Any
                       ) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -55,8 +67,33 @@ class TrainingTask:
     def after_step(self, step: int) -> None:
         """Called after each optimizer step (e.g. to restart dead codes)."""
 
+    @classmethod
+    def of(cls, module: torch.nn.Module, step: LossFn,
+           validate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+           after_step: Callable[[int], None] | None = None,
+           fingerprint: Mapping[str, Any] | None = None) -> "TrainingTask":
+        """A task made of functions: ``step(module, batch) -> (loss, logs)`` and the hooks."""
+        return _FunctionTask(module, fingerprint, step, validate, after_step)
 
-LossFn = Callable[[torch.nn.Module, Any], "tuple[torch.Tensor, dict[str, torch.Tensor]]"]
+
+class _FunctionTask(TrainingTask):
+    def __init__(self, module, fingerprint, step, validate, after_step) -> None:
+        super().__init__(module, fingerprint)
+        self._step, self._validate, self._after = step, validate, after_step
+
+    @property
+    def validates(self) -> bool:
+        return self._validate is not None
+
+    def training_step(self, module, batch):
+        return self._step(module, batch)
+
+    def validation_metrics(self, module):
+        return self._validate(module)
+
+    def after_step(self, step: int) -> None:
+        if self._after is not None:
+            self._after(step)
 
 
 @dataclass
@@ -75,12 +112,53 @@ class FitResult:
         return self.samples / self.seconds if self.seconds > 0 else float("nan")
 
 
+@dataclass
+class _Progress:
+    """What a checkpoint holds beside the module: optimizer, schedule, scaler, step, history."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    step: int = 0
+    resumed_from: int | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "history": json.dumps(self.history)}
+
+    def load_state_dict(self, payload: Mapping[str, Any]) -> None:
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        self.scaler.load_state_dict(payload["scaler"])
+        self.step = self.resumed_from = int(payload["step"])
+        self.history = list(json.loads(payload.get("history", "[]")))
+
+
+class _LossMeter:
+    """The mean loss since the last read-out, summed on the device (one sync per read)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.total = torch.zeros((), device=device)
+        self.count = 0
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.total += loss.detach().float()
+        self.count += 1
+
+    def read(self) -> float:
+        mean = (self.total / max(self.count, 1)).item()
+        self.total.zero_()
+        self.count = 0
+        return mean
+
+
 class Trainer:
-    """Runs the optimisation of one module; rank 0 alone writes checkpoints."""
+    """Runs the optimisation of one task; rank 0 alone writes checkpoints."""
 
     def __init__(self, cfg: TrainConfig, run_dir: Path | None, seed: int = 0,
-                 resume: bool = False, echo: Callable[[str], None] = print,
-                 checkpoint_extra: Mapping[str, Any] | None = None) -> None:
+                 resume: bool = False, echo: Callable[[str], None] = print) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir) if run_dir else None
         self.seed = seed
@@ -88,7 +166,6 @@ class Trainer:
         self.echo = echo
         self.info = dist_info()
         self.device = resolve_device(cfg.device)
-        self.checkpoint_extra = dict(checkpoint_extra or {})
         if cfg.precision == "bf16" and self.device.type == "cuda" \
                 and not torch.cuda.is_bf16_supported():
             raise RqfError("train.precision: this GPU does not support bf16; use fp16 or fp32")
@@ -96,36 +173,6 @@ class Trainer:
     @property
     def checkpoint_dir(self) -> Path | None:
         return self.run_dir / "checkpoints" if self.run_dir else None
-
-    def _optimizer(self, module: torch.nn.Module,
-                   groups: list[dict[str, Any]] | None = None) -> torch.optim.Optimizer:
-        cfg = self.cfg
-        params: Any = groups if groups else [p for p in module.parameters() if p.requires_grad]
-        fused = {"fused": True} if self.device.type == "cuda" else {}
-        if cfg.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
-        if cfg.optimizer == "adam":
-            return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
-
-    def _scheduler(self, optimizer: torch.optim.Optimizer, total: int):
-        warmup, kind = self.cfg.warmup_steps, self.cfg.scheduler
-
-        def factor(step: int) -> float:
-            if warmup and step < warmup:
-                return (step + 1) / warmup
-            if kind == "constant":
-                return 1.0
-            if kind == "inverse_sqrt":
-                return math.sqrt(max(1, warmup) / (step + 1))
-            if total <= warmup:
-                return 1.0
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            if kind == "linear":
-                return max(0.0, 1.0 - progress)
-            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
-
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
     def total_steps(self, batches_per_epoch: int) -> int:
         if self.cfg.epochs is None:
@@ -144,6 +191,139 @@ class Trainer:
         """
         return self._latest_checkpoint() if self.resume else None
 
+    def fit(self, task: TrainingTask, batches: BatchSource) -> FitResult:
+        """Optimise ``task.module`` on ``batches`` through the task's hooks.
+
+        One step is one optimizer update over ``train.accumulate`` batches; ``epochs``,
+        ``max_steps``, checkpoints and resume all count such steps.
+        """
+        cfg = self.cfg
+        module = task.module.to(self.device)
+        n_batches = len(batches)
+        per_epoch = math.ceil(n_batches / cfg.accumulate)
+        total = self.total_steps(per_epoch)
+        progress = self._start(task, module, total)
+        train_module, ddp = self._wrap(module)
+        best = BestWeights(cfg.monitor, cfg.monitor_mode, self.checkpoint_dir,
+                           self.info.is_main, resume=progress.resumed_from is not None)
+        bar = _progress_bar(total, progress.step, enabled=cfg.progress and self.info.is_main)
+        meter, samples = _LossMeter(self.device), 0
+        start, last_save = time.perf_counter(), time.monotonic()
+        module.train()
+        try:
+            while progress.step < total:
+                epoch, skip = divmod(progress.step, per_epoch)
+                first = skip * cfg.accumulate
+                progress.optimizer.zero_grad(set_to_none=True)
+                for i, batch in enumerate(batches.epoch(epoch, skip=first), start=first):
+                    group = min(cfg.accumulate, n_batches - i // cfg.accumulate * cfg.accumulate)
+                    last = i % cfg.accumulate == group - 1
+                    logs = self._backward(task, train_module, ddp, batch, group, last,
+                                          progress.scaler, meter)
+                    samples += _batch_len(batch)
+                    if not last:
+                        continue
+                    self._optimizer_step(module, progress)
+                    task.after_step(progress.step)
+                    self._after_step(task, module, progress, total, per_epoch, meter, logs,
+                                     bar, best)
+                    if self._due_for_checkpoint(progress.step, total, last_save):
+                        self._save(module, progress, task.fingerprint)
+                        last_save = time.monotonic()
+                    if progress.step >= total:
+                        break
+        finally:
+            bar.close()
+        seconds = time.perf_counter() - start
+        if best.restore(module):
+            self.echo(f"kept the weights of step {best.step}: {cfg.monitor} = {best.value:.4g} "
+                      f"({'highest' if cfg.monitor_mode == 'max' else 'lowest'} on validation)")
+        return FitResult(progress.step, progress.step // per_epoch if per_epoch else 0, seconds,
+                         samples, progress.resumed_from, progress.history, best.step, best.value)
+
+    # -- the pieces of a step ---------------------------------------------------------------
+    def _start(self, task: TrainingTask, module: torch.nn.Module, total: int) -> _Progress:
+        """Optimizer, schedule and scaler, restored from the latest checkpoint on resume."""
+        optimizer = build_optimizer(
+            self.cfg, task.param_groups() or [p for p in module.parameters() if p.requires_grad],
+            self.device)
+        progress = _Progress(optimizer, build_scheduler(self.cfg, optimizer, total),
+                             torch.amp.GradScaler(self.device.type,
+                                                  enabled=self.cfg.precision == "fp16"))
+        if not self.resume:
+            return progress
+        self._remove_stale_temporaries()
+        latest = self._latest_checkpoint()
+        if latest is None:
+            self.echo(f"--resume: no checkpoint in {self.checkpoint_dir}; training starts "
+                      "from step 0")
+            return progress
+        payload = load_checkpoint(latest, map_location=self.device)
+        self._check_fingerprint(payload, latest, task.fingerprint)
+        try:
+            module.load_state_dict(payload["model"])
+        except RuntimeError as exc:
+            raise RqfError(f"{latest}: checkpoint does not fit this model "
+                           f"({str(exc).splitlines()[0]})") from None
+        progress.load_state_dict(payload)
+        _set_rng_state(payload["rng"])
+        self.echo(f"resuming from {latest.name} (step {progress.step} of {total})")
+        return progress
+
+    def _wrap(self, module: torch.nn.Module) -> tuple[torch.nn.Module, Any]:
+        """The module a step runs through (DDP, compile) and the DDP wrapper, if any."""
+        train_module, ddp = module, None
+        if self.info.enabled:
+            train_module = ddp = torch.nn.parallel.DistributedDataParallel(
+                module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.cfg.compile if self.cfg.compile is not None else self.device.type == "cuda":
+            train_module = torch.compile(train_module)
+        return train_module, ddp
+
+    def _backward(self, task, train_module, ddp, batch, group: int, last: bool, scaler,
+                  meter: _LossMeter) -> dict[str, Any]:
+        # gradients of a group's earlier batches stay local under DDP
+        sync = ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext()
+        with sync:
+            with autocast(self.device, self.cfg.precision):
+                loss, logs = task.training_step(train_module, batch)
+            scaler.scale(loss / group if group > 1 else loss).backward()
+        meter.add(loss)
+        return logs
+
+    def _optimizer_step(self, module: torch.nn.Module, progress: _Progress) -> None:
+        if self.cfg.grad_clip:
+            progress.scaler.unscale_(progress.optimizer)
+            torch.nn.utils.clip_grad_norm_(module.parameters(), self.cfg.grad_clip)
+        progress.scaler.step(progress.optimizer)
+        progress.scaler.update()
+        progress.scheduler.step()
+        progress.optimizer.zero_grad(set_to_none=True)
+        progress.step += 1
+
+    def _after_step(self, task, module, progress: _Progress, total: int, per_epoch: int,
+                    meter: _LossMeter, logs: Mapping[str, Any], bar, best: BestWeights) -> None:
+        """Loss read-out every ``log_every`` steps, validation when due."""
+        cfg, step = self.cfg, progress.step
+        if step % cfg.log_every == 0 or step == total:
+            mean = meter.read()  # the one sync per log interval
+            if not math.isfinite(mean):
+                raise RqfError(f"training diverged: loss is {mean} at step {step} "
+                               "(try train.precision=fp32 or a lower train.lr)")
+            shown = {"loss": mean, **{k: float(v) for k, v in logs.items()}}
+            bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
+        bar.update(1)
+        due = (cfg.eval_every and step % cfg.eval_every == 0) \
+            or (not cfg.eval_every and step % per_epoch == 0) or step == total
+        if task.validates and due:
+            module.eval()
+            with torch.no_grad():
+                record = {"step": step, **task.validation_metrics(module)}
+            module.train()
+            progress.history.append(record)
+            best.offer(record, module)
+
+    # -- checkpoints --------------------------------------------------------------------------
     def _due_for_checkpoint(self, step: int, total: int, last_save: float) -> bool:
         cfg = self.cfg
         if step == total:
@@ -155,134 +335,6 @@ class Trainer:
         return bool(cfg.checkpoint_minutes) and \
             time.monotonic() - last_save >= cfg.checkpoint_minutes * 60
 
-    def fit_task(self, task: "TrainingTask", batches: BatchSource) -> FitResult:
-        """Train ``task.module`` through the task's hooks (see ``TrainingTask``)."""
-        validates = type(task).validation_metrics is not TrainingTask.validation_metrics
-        return self.fit(task.module, batches, task.training_step,
-                        task.validation_metrics if validates else None, task.after_step,
-                        param_groups=task.param_groups())
-
-    def fit(self, module: torch.nn.Module, batches: BatchSource, loss_fn: LossFn,
-            valid_fn: Callable[[torch.nn.Module], dict[str, float]] | None = None,
-            after_step: Callable[[int], None] | None = None,
-            param_groups: list[dict[str, Any]] | None = None) -> FitResult:
-        """Optimise ``module`` on ``batches``; ``loss_fn(module, batch) -> (loss, logs)``.
-
-        One step is one optimizer update over ``train.accumulate`` batches; ``epochs``,
-        ``max_steps``, checkpoints and resume all count such steps.
-        """
-        cfg, device = self.cfg, self.device
-        module.to(device)
-        optimizer = self._optimizer(module, param_groups)
-        n_batches, accumulate = len(batches), cfg.accumulate
-        per_epoch = math.ceil(n_batches / accumulate)
-        total = self.total_steps(per_epoch)
-        scheduler = self._scheduler(optimizer, total)
-        scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-        step, resumed_from, history = 0, None, []
-
-        if self.resume:
-            self._remove_stale_temporaries()
-            latest = self._latest_checkpoint()
-            if latest is None:
-                self.echo(f"--resume: no checkpoint in {self.checkpoint_dir}; training starts "
-                          "from step 0")
-            else:
-                payload = load_checkpoint(latest, map_location=device)
-                self._check_extra(payload, latest)
-                try:
-                    module.load_state_dict(payload["model"])
-                except RuntimeError as exc:
-                    raise RqfError(f"{latest}: checkpoint does not fit this model "
-                                   f"({str(exc).splitlines()[0]})") from None
-                optimizer.load_state_dict(payload["optimizer"])
-                scheduler.load_state_dict(payload["scheduler"])
-                scaler.load_state_dict(payload["scaler"])
-                _set_rng_state(payload["rng"])
-                step = resumed_from = int(payload["step"])
-                history = list(json.loads(payload.get("history", "[]")))
-                self.echo(f"resuming from {latest.name} (step {step} of {total})")
-
-        train_module: torch.nn.Module = module
-        ddp: Any = None
-        if self.info.enabled:
-            train_module = ddp = torch.nn.parallel.DistributedDataParallel(
-                module, device_ids=[device.index] if device.type == "cuda" else None)
-        if cfg.compile if cfg.compile is not None else device.type == "cuda":
-            train_module = torch.compile(train_module)
-
-        best = BestWeights(cfg.monitor, cfg.monitor_mode, self.checkpoint_dir,
-                           self.info.is_main, resume=self.resume and resumed_from is not None)
-        bar = _progress(total, step, enabled=cfg.progress and self.info.is_main)
-        running = torch.zeros((), device=device)
-        running_n, samples, start = 0, 0, time.perf_counter()
-        last_save = time.monotonic()
-        last_logs: dict[str, float] = {}
-        module.train()
-        try:
-            while step < total:
-                epoch, skip = divmod(step, per_epoch)
-                first = skip * accumulate
-                optimizer.zero_grad(set_to_none=True)
-                for i, batch in enumerate(batches.epoch(epoch, skip=first), start=first):
-                    group = min(accumulate, n_batches - i // accumulate * accumulate)
-                    last = i % accumulate == group - 1
-                    # gradients of a group's earlier batches stay local under DDP
-                    sync = ddp.no_sync() if ddp is not None and not last \
-                        else contextlib.nullcontext()
-                    with sync:
-                        with autocast(device, cfg.precision):
-                            loss, logs = loss_fn(train_module, batch)
-                        scaler.scale(loss / group if group > 1 else loss).backward()
-                    samples += _batch_len(batch)
-                    running += loss.detach().float()
-                    running_n += 1
-                    if not last:
-                        continue
-                    if cfg.grad_clip:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    step += 1
-                    if after_step is not None:
-                        after_step(step)
-                    if step % cfg.log_every == 0 or step == total:
-                        mean = (running / running_n).item()  # the one sync per log interval
-                        if not math.isfinite(mean):
-                            raise RqfError(f"training diverged: loss is {mean} at step {step} "
-                                           "(try train.precision=fp32 or a lower train.lr)")
-                        last_logs = {"loss": mean, **{k: float(v) for k, v in logs.items()}}
-                        bar.set_postfix({k: f"{v:.4g}" for k, v in last_logs.items()}, refresh=False)
-                        running.zero_()
-                        running_n = 0
-                    bar.update(1)
-                    end_of_epoch = step % per_epoch == 0
-                    if valid_fn is not None and (
-                            (cfg.eval_every and step % cfg.eval_every == 0)
-                            or (not cfg.eval_every and end_of_epoch) or step == total):
-                        module.eval()
-                        with torch.no_grad():
-                            record = {"step": step, **valid_fn(module)}
-                        module.train()
-                        history.append(record)
-                        best.offer(record, module)
-                    if self._due_for_checkpoint(step, total, last_save):
-                        self._save(step, module, optimizer, scheduler, scaler, history)
-                        last_save = time.monotonic()
-                    if step >= total:
-                        break
-        finally:
-            bar.close()
-        seconds = time.perf_counter() - start
-        if best.restore(module):
-            self.echo(f"kept the weights of step {best.step}: {cfg.monitor} = {best.value:.4g} "
-                      f"({'highest' if cfg.monitor_mode == 'max' else 'lowest'} on validation)")
-        return FitResult(step, step // per_epoch if per_epoch else 0, seconds, samples,
-                         resumed_from, history, best.step, best.value)
-
     def _remove_stale_temporaries(self) -> None:
         # a kill during a checkpoint write leaves the temporary file atomic_path made
         if self.info.is_main and self.checkpoint_dir and self.checkpoint_dir.is_dir():
@@ -293,23 +345,23 @@ class Trainer:
         found = list_checkpoints(self.checkpoint_dir) if self.checkpoint_dir else []
         return found[-1][1] if found else None
 
-    def _check_extra(self, payload: Mapping[str, Any], path: Path) -> None:
+    @staticmethod
+    def _check_fingerprint(payload: Mapping[str, Any], path: Path,
+                           fingerprint: Mapping[str, Any]) -> None:
         saved = payload.get("extra", {})
-        for key, value in self.checkpoint_extra.items():
+        for key, value in fingerprint.items():
             if key in saved and saved[key] != value:
                 raise RqfError(f"{path}: checkpoint was made with {key}={saved[key]!r}, "
                                f"this run has {key}={value!r}")
 
-    def _save(self, step, module, optimizer, scheduler, scaler, history) -> None:
+    def _save(self, module: torch.nn.Module, progress: _Progress,
+              fingerprint: Mapping[str, Any]) -> None:
         if not self.info.is_main or self.checkpoint_dir is None:
             return
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(self.checkpoint_dir / f"step_{step:08d}.pt", {
-            "format": CHECKPOINT_FORMAT, "step": step, "model": module.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(), "rng": _rng_state(), "extra": self.checkpoint_extra,
-            "history": json.dumps(history),
-        })
+        save_checkpoint(self.checkpoint_dir / f"step_{progress.step:08d}.pt", {
+            "format": CHECKPOINT_FORMAT, "model": module.state_dict(), "rng": _rng_state(),
+            "extra": dict(fingerprint), **progress.state_dict()})
         for _, old in list_checkpoints(self.checkpoint_dir)[:-self.cfg.keep_checkpoints]:
             old.unlink(missing_ok=True)
 
@@ -324,7 +376,7 @@ def _batch_len(batch: Any) -> int:
     return 0
 
 
-def _progress(total: int, initial: int, enabled: bool):
+def _progress_bar(total: int, initial: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, disable=not enabled, unit="step",

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 
-from rqf import (ConfigError, DataError, Dataset, ItemVectors, Model, Param, RqfError, RunContext,
-                 SequenceVectors, TensorBatches, Trainer, atomic_path, autocast, load_tensors,
-                 resolve_device)
-from rqf.codes import (COLLISION_MODES, code_health, code_statistics, handle_collisions, plot_usage,
-                       write_semantic_ids)
+from rqf import (ConfigError, DataError, Dataset, ItemVectors, Param, RqfError, RunContext,
+                 SequenceVectors, TensorBatches, TrainingTask, atomic_path, autocast,
+                 load_tensors, resolve_device)
+from rqf.codes import CodedItems, ItemTokenizer
 from rqf_rqvae.module import ACTIVATIONS, RQVAE
 
 MODEL_FORMAT = "rqf-rqvae-1"
@@ -23,24 +21,44 @@ ARCHITECTURE_KEYS = ("input_dim", "levels", "codebook_size", "latent_dim", "hidd
                      "activation", "distance", "normalize", "latent_norm")
 
 
-@dataclass
-class CodedItems:
-    """Every item of an export source encoded once: what metrics and export both read."""
+class RQVAETask(TrainingTask):
+    """One RQ-VAE step; dead codes restarted from the last batch's residuals."""
 
-    key: tuple[int, int]
-    ids: np.ndarray
-    raw_codes: np.ndarray      # each item's nearest codes
-    codes: np.ndarray          # after collision handling: the IDs that are exported
-    per_row: dict[str, np.ndarray]
+    def __init__(self, net: RQVAE, config: Mapping[str, Any], fingerprint: Mapping[str, Any],
+                 valid: torch.Tensor | None, precision: str) -> None:
+        super().__init__(net, fingerprint)
+        self.net, self.config, self.valid, self.precision = net, config, valid, precision
+        self.residuals: list[torch.Tensor] | None = None
+
+    @property
+    def validates(self) -> bool:
+        return self.valid is not None
+
+    def training_step(self, module: torch.nn.Module, batch: torch.Tensor):
+        out = module(batch)
+        self.residuals = out["residuals"]
+        return out["loss"], {"recon": out["recon_loss"].detach(),
+                             "quant": out["quant_loss"].detach()}
+
+    def after_step(self, step: int) -> None:
+        every = self.config["restart_every"]
+        if every and step % every == 0:
+            self.net.quantizer.restart_dead_codes(self.residuals, self.config["restart_threshold"])
+
+    def validation_metrics(self, module: torch.nn.Module) -> dict[str, float]:
+        x = self.valid.to(next(self.net.parameters()).device)
+        with autocast(x.device, self.precision):
+            target, recon, _ = self.net.reconstruct(x)
+        return {"valid_recon_mse": float(((recon - target) ** 2).mean())}
 
 
-class RQVAEModel(Model):
+class RQVAEModel(ItemTokenizer):
     """Residual-quantized autoencoder that turns vectors into semantic IDs / tokens."""
 
     name = "rqvae"
     params = (
-        Param("levels", int, 3, "number of residual codebooks (code length)", min=1),
-        Param("codebook_size", int, 256, "codes per codebook", min=2),
+        ItemTokenizer.LEVELS,
+        ItemTokenizer.CODEBOOK_SIZE,
         Param("latent_dim", int, 32, "width of the quantized latent", min=1),
         Param("hidden_dims", list, [512, 256, 128], "encoder hidden widths (decoder mirrors)",
               item=int),
@@ -58,10 +76,7 @@ class RQVAEModel(Model):
         Param("encoder_init", str, "data", "data: scale each encoder layer to unit variance on "
               "the training data before k-means (keeps the first steps from collapsing the "
               "codebooks); default: torch's initialisation", choices=("data", "default")),
-        Param("collision_handling", str, "reassign", "how items that share a code tuple get "
-              "distinct IDs: suffix (an extra counter level only), reassign (nearest free "
-              "last-level code within the prefix) or balanced (Sinkhorn-balanced last level)",
-              choices=COLLISION_MODES),
+        ItemTokenizer.COLLISION_HANDLING,
         Param("kmeans_init", bool, True, "initialise each codebook by k-means on encoded data"),
         Param("kmeans_iters", int, 25, "k-means iterations per level", min=1),
         Param("kmeans_samples", int, 65536, "vectors used for the k-means initialisation", min=1),
@@ -82,6 +97,7 @@ class RQVAEModel(Model):
         Param("codes_dir", str, "codes", "folder, inside the run, for per-utterance tokens"),
         Param("plots", bool, True, "save a code-usage plot per level when matplotlib is there"),
     )
+    more_training = "train longer (train.max_steps)"
 
     @classmethod
     def run_outputs(cls, export: Mapping[str, Any]) -> tuple[str, ...]:
@@ -89,7 +105,7 @@ class RQVAEModel(Model):
         if not codes_dir or "/" in codes_dir or "\\" in codes_dir or codes_dir.startswith("."):
             raise ConfigError(f"export.codes_dir: expected a folder name inside the run folder, "
                               f"got {codes_dir!r}")
-        return ("semantic_ids.h5", "code_usage.png", codes_dir)
+        return (*super().run_outputs(export), codes_dir)
 
     def __init__(self, data_info: Mapping[str, Any], **params: Any) -> None:
         super().__init__(data_info, **params)
@@ -106,7 +122,6 @@ class RQVAEModel(Model):
         self.net = self._build()
         self.device = torch.device("cpu")
         self.precision = "fp32"
-        self._coded: CodedItems | None = None
 
     def _build(self) -> RQVAE:
         c = self.config
@@ -118,6 +133,9 @@ class RQVAEModel(Model):
     def architecture(self) -> dict[str, Any]:
         return {k: (self.input_dim if k == "input_dim" else self.config[k])
                 for k in ARCHITECTURE_KEYS}
+
+    def codebooks_array(self) -> np.ndarray:
+        return self.net.quantizer.codebooks.detach().cpu().numpy()
 
     # -- training -------------------------------------------------------------------------
     def _training_tensor(self, data: Dataset, device: torch.device) -> torch.Tensor:
@@ -154,14 +172,11 @@ class RQVAEModel(Model):
             net.quantizer.init_from_data(net.encoder(net.prepare(sample)), cfg["kmeans_iters"], g)
 
     def fit(self, train: Dataset, valid: Dataset | None, ctx: RunContext) -> dict[str, Any]:
-        cfg = self.config
-        trainer = Trainer(ctx.train, ctx.run_dir, seed=ctx.seed, resume=ctx.resume, echo=ctx.echo,
-                          checkpoint_extra={"architecture": repr(self.architecture())})
-        device = trainer.device
-        self.device, self.precision = device, ctx.train.precision
+        trainer = ctx.require_trainer(self.name)
+        device = self.device = trainer.device
+        self.precision = ctx.train.precision
         data = self._training_tensor(train, device)
-        net = self.net.to(device)
-        self._coded = None
+        self.net.to(device)
         t0 = time.perf_counter()
         if trainer.resume_checkpoint is None:  # a checkpoint holds the initialised weights
             self._initialise(data, ctx.seed)
@@ -169,42 +184,24 @@ class RQVAEModel(Model):
         valid_tensor = None
         if valid is not None and len(valid):
             valid_tensor = torch.from_numpy(np.asarray(valid.vectors(), np.float32))[:65536]
-        batches = TensorBatches(data, ctx.train.batch_size, seed=ctx.seed, device=device)
-        last: dict[str, Any] = {}
-
-        def loss_fn(module: torch.nn.Module, batch: torch.Tensor):
-            out = module(batch)
-            last["residuals"] = out["residuals"]
-            return out["loss"], {"recon": out["recon_loss"].detach(),
-                                 "quant": out["quant_loss"].detach()}
-
-        def after_step(step: int) -> None:
-            if cfg["restart_every"] and step % cfg["restart_every"] == 0:
-                net.quantizer.restart_dead_codes(last["residuals"], cfg["restart_threshold"])
-
-        def valid_fn(module: torch.nn.Module) -> dict[str, float]:
-            if valid_tensor is None:
-                return {}
-            x = valid_tensor.to(device)
-            with autocast(device, ctx.train.precision):
-                target, recon, _ = net.reconstruct(x)
-            return {"valid_recon_mse": float(((recon - target) ** 2).mean())}
-
-        result = trainer.fit(net, batches, loss_fn, valid_fn if valid_tensor is not None else None,
-                             after_step)
-        net.eval()
+        task = RQVAETask(self.net, self.config, {"architecture": repr(self.architecture())},
+                         valid_tensor, ctx.train.precision)
+        result = trainer.fit(task, TensorBatches(data, ctx.train.batch_size, seed=ctx.seed,
+                                                 device=device))
+        self.net.eval()
         return {"steps": result.steps, "seconds": round(result.seconds, 3),
                 "kmeans_init_seconds": round(init_seconds, 3),
                 "items_per_second": round(result.samples_per_second, 1),
                 "training_vectors": len(data), "resumed_from": result.resumed_from,
                 "device": str(device), "history": result.history}
 
-    # -- encoding and metrics -------------------------------------------------------------
-    def _batches_of(self, vectors: np.ndarray):
-        for a, b in self._chunks(len(vectors)):
-            yield torch.from_numpy(np.ascontiguousarray(vectors[a:b], dtype=np.float32)
-                                   ).to(self.device)
+    def fit_line(self, fit: Mapping[str, Any]) -> str:
+        if not fit:
+            return ""
+        return (f"trained {fit.get('steps')} steps in {fit.get('seconds')} s "
+                f"({fit.get('items_per_second')} vectors/s on {fit.get('device')})")
 
+    # -- encoding ---------------------------------------------------------------------------
     def _chunks(self, n: int):
         """[start, stop) row ranges of one encoding batch each."""
         bs = self.config["encode_batch_size"]
@@ -212,14 +209,17 @@ class RQVAEModel(Model):
             bs = min(bs, CPU_ENCODE_BATCH)  # CPU matmuls run fastest on cache-sized blocks
         return ((s, min(s + bs, n)) for s in range(0, n, bs))
 
+    def _rows(self, read, a: int, b: int) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(read(a, b), dtype=np.float32)).to(self.device)
+
     @torch.no_grad()
     def codes_of(self, vectors: np.ndarray) -> np.ndarray:
         """(n, levels) nearest codes of raw input vectors (no collision handling)."""
         self.net.eval().to(self.device)
         out = []
-        for x in self._batches_of(vectors):
+        for a, b in self._chunks(len(vectors)):
             with autocast(self.device, self.precision):
-                out.append(self.net.encode(x).cpu())
+                out.append(self.net.encode(self._rows(lambda s, e: vectors[s:e], a, b)).cpu())
         if not out:
             return np.zeros((0, self.config["levels"]), np.int64)
         return torch.cat(out).numpy()
@@ -230,9 +230,8 @@ class RQVAEModel(Model):
         self.net.eval().to(self.device)
         out = np.empty((n, self.config["latent_dim"]), np.float32)
         for a, b in self._chunks(n):
-            x = torch.from_numpy(np.ascontiguousarray(read(a, b), dtype=np.float32))
             with autocast(self.device, self.precision):
-                z = self.net.encoder(self.net.prepare(x.to(self.device)))
+                z = self.net.encoder(self.net.prepare(self._rows(read, a, b)))
             out[a:b] = z.float().cpu().numpy()
         return out
 
@@ -247,6 +246,8 @@ class RQVAEModel(Model):
     @torch.no_grad()
     def _assign(self, latents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(nearest codes, IDs after collision handling) of encoder outputs."""
+        from rqf.codes import handle_collisions
+
         q = self.net.quantizer
         raw = self._nearest(latents)
         mode = self.config["collision_handling"]
@@ -262,12 +263,9 @@ class RQVAEModel(Model):
     @torch.no_grad()
     def _score(self, read, n: int, latents: np.ndarray, codes: np.ndarray) -> dict[str, np.ndarray]:
         """Per-row reconstruction and quantisation errors of the IDs ``codes`` (decoder once)."""
-        sq_err = np.empty(n, np.float64)
-        sq_norm = np.empty(n, np.float64)
-        quant = np.empty(n, np.float64)
+        sq_err, sq_norm, quant = np.empty(n), np.empty(n), np.empty(n)
         for a, b in self._chunks(n):
-            x = torch.from_numpy(np.ascontiguousarray(read(a, b), dtype=np.float32)).to(self.device)
-            target = self.net.prepare(x)
+            target = self.net.prepare(self._rows(read, a, b))
             zq = self.net.quantizer.decode_codes(torch.from_numpy(codes[a:b]).to(self.device))
             with autocast(self.device, self.precision):
                 recon = self.net.decoder(zq.to(target.dtype)).float()
@@ -277,73 +275,20 @@ class RQVAEModel(Model):
             quant[a:b] = ((z - zq) ** 2).sum(1).double().cpu().numpy()
         return {"sq_err": sq_err, "sq_norm": sq_norm, "quant": quant}
 
-    def _coded_catalogue(self, source: ItemVectors) -> CodedItems:
-        """Every item of the export source, encoded once and scored once, kept for the run."""
-        key = (id(getattr(source.read, "__self__", source.read)), len(source.ids))
-        if self._coded is None or self._coded.key != key:
-            n = len(source.ids)
-            latents = self._latents(source.read, n)
-            raw, codes = self._assign(latents)
-            self._coded = CodedItems(key, source.ids, raw, codes,
-                                     self._score(source.read, n, latents, codes))
-        return self._coded
-
-    def _metrics(self, raw: np.ndarray, codes: np.ndarray, per_row: Mapping[str, np.ndarray]
-                 ) -> dict[str, Any]:
-        n = len(codes)
-        sq_norm = float(per_row["sq_norm"].sum())
-        return {
-            "recon_mse": float(per_row["sq_err"].sum()) / max(n * self.input_dim, 1),
-            "recon_rel_error": float(per_row["sq_err"].sum()) / sq_norm if sq_norm else float("nan"),
-            "quant_loss": float(per_row["quant"].sum()) / max(n, 1),
-            **code_statistics(codes, self.config["codebook_size"]),
-            "collision_handling": self.config["collision_handling"],
-            "quantizer_collision_rate": code_statistics(raw, self.config["codebook_size"])[
-                "collision_rate"] if n else 0.0,
-        }
-
-    def evaluate(self, data: Dataset) -> dict[str, Any]:
-        rows = data.export_rows()
-        source = data.export_source() if rows is not None else None
-        if isinstance(source, ItemVectors):
-            coded = self._coded_catalogue(source)
-            return self._metrics(coded.raw_codes[rows], coded.codes[rows],
-                                 {k: v[rows] for k, v in coded.per_row.items()})
-        # frames and other units: their vectors are not rows of what is exported
-        vectors = np.asarray(data.vectors(), np.float32)
-        read = lambda a, b: vectors[a:b]  # noqa: E731
-        latents = self._latents(read, len(vectors))
-        if self.data_info.get("unit") == "item":
+    def code_rows(self, read, n: int, unique: bool = True) -> CodedItems:
+        latents = self._latents(read, n)
+        if unique:
             raw, codes = self._assign(latents)
         else:  # tokens need no unique IDs
             raw = codes = self._nearest(latents)
-        return self._metrics(raw, codes, self._score(read, len(vectors), latents, codes))
+        return CodedItems(None, raw, codes, self._score(read, n, latents, codes))
 
-    def health(self, metrics: Mapping[str, Any]) -> list[str]:
-        return code_health(metrics.get("all") or {}, self.config["collision_handling"],
-                           self.data_info.get("unit") == "item", self.config["normalize"],
-                           more_training="train longer (train.max_steps)")
-
-    # -- export ---------------------------------------------------------------------------
-    def export(self, dataset: Dataset, ctx: RunContext) -> dict[str, str]:
-        artifacts = {"model": str(ctx.run_dir / "model.pt")}
-        if not ctx.export.get("semantic_ids", True):
-            return artifacts
+    # -- export -----------------------------------------------------------------------------
+    def export(self, dataset: Dataset, ctx: RunContext,
+               predictions: CodedItems | None = None) -> dict[str, str]:
+        artifacts = super().export(dataset, ctx, predictions)
         source = dataset.export_source()
-        if isinstance(source, ItemVectors):
-            coded = self._coded_catalogue(source)
-            path = self._write_ids(coded.ids, coded.raw_codes, coded.codes,
-                                   ctx.run_dir / "semantic_ids.h5")
-            artifacts["semantic_ids"] = str(path)
-            if ctx.export.get("plots", True):
-                plot = plot_usage(coded.codes, self.config["codebook_size"],
-                                  ctx.run_dir / "code_usage.png")
-                if plot:
-                    artifacts["code_usage_plot"] = str(plot)
-                else:
-                    ctx.echo("no code-usage plot: matplotlib is not installed "
-                             "(pip install matplotlib, or export.plots: false)")
-        elif isinstance(source, SequenceVectors):
+        if ctx.export.get("semantic_ids", True) and isinstance(source, SequenceVectors):
             out = ctx.run_dir / ctx.export.get("codes_dir", "codes")
             artifacts["codes"] = str(self.export_sequences(source, out))
         return artifacts
@@ -353,19 +298,6 @@ class RQVAEModel(Model):
         if isinstance(source, ItemVectors):
             return self.export_items(source, out)
         return self.export_sequences(source, out)
-
-    def export_items(self, source: ItemVectors, path: Path) -> Path:
-        """Semantic IDs of every item of ``source`` (new data, e.g. ``rqf encode``)."""
-        n = len(source.ids)
-        raw, codes = self._assign(self._latents(source.read, n))
-        return self._write_ids(source.ids, raw, codes, path)
-
-    def _write_ids(self, ids: np.ndarray, raw: np.ndarray, codes: np.ndarray, path: Path) -> Path:
-        attrs = {"levels": self.config["levels"], "codebook_size": self.config["codebook_size"],
-                 "collision_handling": self.config["collision_handling"]}
-        return write_semantic_ids(path, ids, codes,
-                                  self.net.quantizer.codebooks.detach().cpu().numpy(), attrs,
-                                  raw_codes=raw)
 
     def export_sequences(self, source: SequenceVectors, out_dir: Path) -> Path:
         meta = {"levels": self.config["levels"], "codebook_size": self.config["codebook_size"]}
@@ -398,25 +330,3 @@ class RQVAEModel(Model):
         model.device = resolve_device(device)
         model.net.eval()
         return model
-
-    # -- reporting ------------------------------------------------------------------------
-    def summarize(self, metrics: Mapping[str, Any]) -> str:
-        lines = ["split   recon_mse  rel_err  collisions (nearest)  max/code  "
-                 "used codes per level      perplexity per level"]
-        for role in ("train", "valid", "test", "all"):
-            m = metrics.get(role)
-            if not m:
-                continue
-            util = " ".join(f"{u:5.1%}" for u in m["utilization_of_reachable"])
-            ppl = " ".join(f"{p:6.1f}" for p in m["perplexity"])
-            raw = m.get("quantizer_collision_rate", m["collision_rate"])
-            lines.append(f"{role:<7} {m['recon_mse']:9.3g}  {m['recon_rel_error']:7.3f}  "
-                         f"{m['collision_rate']:10.2%} ({raw:7.2%})  {m['max_items_per_code']:8d}  "
-                         f"{util:<25} {ppl}")
-        fit = metrics.get("fit", {})
-        if fit:
-            lines.append(f"trained {fit.get('steps')} steps in {fit.get('seconds')} s "
-                         f"({fit.get('items_per_second')} vectors/s on {fit.get('device')})")
-        return "\n".join(lines)
-
-

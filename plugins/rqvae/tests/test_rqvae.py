@@ -97,7 +97,7 @@ def test_bad_model_settings_are_clear(recsys_files, tmp_path):
 
 def test_nan_training_vectors_are_refused(tmp_path):
     from rqf.interfaces import RunContext
-    from rqf.training import TrainConfig
+    from rqf.training import TrainConfig, Trainer
 
     class Vectors:
         def vectors(self):
@@ -106,7 +106,8 @@ def test_nan_training_vectors_are_refused(tmp_path):
             return x
 
     model = RQVAEModel({"input_dim": 8}, latent_dim=2, hidden_dims=[4], codebook_size=4)
-    ctx = RunContext(tmp_path, TrainConfig(progress=False), {})
+    cfg = TrainConfig(progress=False)
+    ctx = RunContext(tmp_path, cfg, {}, trainer=Trainer(cfg, tmp_path))
     with pytest.raises(DataError, match="1 rows hold NaN or Inf \\(first at row 4\\)"):
         model.fit(Vectors(), None, ctx)
 

@@ -69,10 +69,7 @@ def test_split_metrics_equal_a_direct_evaluation(recsys_files, tmp_path):
     with h5py.File(recsys_files["items"]) as f:
         emb = f["embeddings"][()]
     rows = np.flatnonzero(np.isin(np.arange(101, 401), np.arange(101, 401)))
-    direct = model._metrics(model.codes_of(emb[rows]), model.codes_of(emb[rows]),
-                            model._score(lambda a, b: emb[rows][a:b], len(rows),
-                                         model._latents(lambda a, b: emb[rows][a:b], len(rows)),
-                                         model.codes_of(emb[rows])))
+    direct = model.metrics(model.code_rows(lambda a, b: emb[rows][a:b], len(rows)))
     assert result.metrics["all"]["recon_mse"] == pytest.approx(direct["recon_mse"], rel=1e-5)
     assert result.metrics["all"]["utilization"] == direct["utilization"]
 

@@ -125,11 +125,22 @@ def read_recommendations(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, 
     return users, items, attrs
 
 
+@dataclass
+class Ranking:
+    """A split's examples ranked: ``users`` (their ids in sequence.h5), ``items`` (n, top_k)
+    best first, and each example's ``target``."""
+
+    users: np.ndarray
+    items: np.ndarray
+    target: np.ndarray
+
+
 class NextItemModel(Model):
     """A model that ranks the next item of a user's history; metrics and export are shared.
 
-    Subclasses fit on the training view and implement ``recommend(history, k)``. Metrics of a
-    split are computed from exactly the (n, top_k) array that the test split's export writes.
+    Subclasses fit on the training view and implement ``recommend(history, k)``. ``predict``
+    ranks every split once; a split's metrics and the test split's ``recommendations.h5`` are
+    both read from that one (n, top_k) array.
     """
 
     gradient_free = True
@@ -140,19 +151,29 @@ class NextItemModel(Model):
         config = {p.name: p.default for p in self.params}
         config.update(params)
         super().__init__(data_info, **config)
-        self._ranked: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def recommend(self, history: np.ndarray, k: int) -> np.ndarray:
         raise NotImplementedError
 
-    def evaluate(self, data: Dataset) -> dict[str, Any]:
-        ex = eval_examples(data, self.config["history"])
-        if not len(ex):
+    def rank(self, view: Dataset) -> Ranking:
+        """The examples of ``view`` (one per user with a target) and their top items."""
+        ex = eval_examples(view, self.config["history"])
+        items = self.recommend(ex.history, self.config["top_k"]) if len(ex) else \
+            np.zeros((0, self.config["top_k"]), np.int64)
+        table, _ = _sequences(view)
+        return Ranking(table.user_ids[ex.users], items, ex.target)
+
+    def predict(self, dataset: Dataset, splits: Mapping[str, Dataset]) -> dict[str, Ranking]:
+        views = {role: view for role, view in splits.items() if view is not None and len(view)}
+        return {role: self.rank(view) for role, view in {**views, "all": dataset}.items()}
+
+    def evaluate(self, data: Dataset, predictions: Mapping[str, Ranking] | None = None
+                 ) -> dict[str, Any]:
+        role = getattr(data, "role", "all")
+        ranking = (predictions or {}).get(role) or self.rank(data)
+        if not len(ranking.target):
             return {"users": 0}
-        items = self.recommend(ex.history, self.config["top_k"])
-        table, _ = _sequences(data)
-        self._ranked[getattr(data, "role", "all")] = (table.user_ids[ex.users], items)
-        return ranking_metrics(items, ex.target)
+        return ranking_metrics(ranking.items, ranking.target)
 
     @classmethod
     def run_outputs(cls, export: Mapping[str, Any]) -> tuple[str, ...]:
@@ -161,14 +182,15 @@ class NextItemModel(Model):
     def export_attrs(self) -> dict[str, Any]:
         return {"model": self.name, "history": self.config["history"]}
 
-    def export(self, dataset: Dataset, ctx: RunContext) -> dict[str, str]:
+    def export(self, dataset: Dataset, ctx: RunContext,
+               predictions: Mapping[str, Ranking] | None = None) -> dict[str, str]:
         artifacts = {}
         if (ctx.run_dir / "model.pt").exists():
             artifacts["model"] = str(ctx.run_dir / "model.pt")
-        if "test" in self._ranked:
-            users, items = self._ranked["test"]
+        test = (predictions or {}).get("test")
+        if test is not None and len(test.target):
             artifacts["recommendations"] = str(write_recommendations(
-                ctx.run_dir / "recommendations.h5", users, items,
+                ctx.run_dir / "recommendations.h5", test.users, test.items,
                 {**self.export_attrs(), "split": "test"}))
         return artifacts
 

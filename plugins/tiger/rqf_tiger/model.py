@@ -11,15 +11,45 @@ import numpy as np
 import torch
 from torch import nn
 
-from rqf import (DataError, Dataset, Param, RqfError, RunContext, TensorBatches, Trainer,
+from rqf import (DataError, Dataset, Param, RqfError, RunContext, TensorBatches, TrainingTask,
                  atomic_path, autocast, load_tensors)
 from rqf.codes import PrefixTrie, SemanticIds, sha256_of
 from rqf_tiger.decode import constrained_beam_search
-from rqf_tiger.evaluation import (HISTORY, TOP_K, NextItemModel, eval_examples, ranking_metrics,
-                                  train_examples)
+from rqf_tiger.evaluation import (HISTORY, TOP_K, Examples, NextItemModel, eval_examples,
+                                  ranking_metrics, train_examples)
 from rqf_tiger.net import BOS, PAD, TigerNet
 
 MODEL_FORMAT = "rqf-tiger-1"
+
+
+class TigerTask(TrainingTask):
+    """Teacher-forced next-ID cross-entropy; validation decodes whole IDs and ranks them."""
+
+    def __init__(self, model: "TigerModel", history: torch.Tensor, target: torch.Tensor,
+                 valid: Examples | None) -> None:
+        super().__init__(model.net, {"semantic_ids_sha256": model.ids_sha256,
+                                     "architecture": repr(model.net)})
+        device = model.device
+        self.model, self.valid = model, valid
+        self.history, self.target = history.to(device), target.to(device)
+        self.item_tokens = model.item_tokens.to(device)
+        self.bos = torch.full((1, 1), BOS, dtype=torch.long, device=device)
+        self.loss = nn.CrossEntropyLoss()
+
+    @property
+    def validates(self) -> bool:
+        return self.valid is not None
+
+    def training_step(self, module: nn.Module, batch: torch.Tensor):
+        source = self.item_tokens[self.history[batch]].flatten(1)
+        goal = self.item_tokens[self.target[batch]]
+        logits = module(source, torch.cat([self.bos.expand(len(batch), 1), goal[:, :-1]], 1))
+        return self.loss(logits.reshape(-1, logits.shape[-1]).float(), goal.reshape(-1)), {}
+
+    def validation_metrics(self, module: nn.Module) -> dict[str, float]:
+        top_k = self.model.config["top_k"]
+        m = ranking_metrics(self.model.recommend(self.valid.history, top_k), self.valid.target)
+        return {f"valid_{k}": v for k, v in m.items() if k != "users"}
 
 
 class TigerModel(NextItemModel):
@@ -96,48 +126,33 @@ class TigerModel(NextItemModel):
     # -- training -----------------------------------------------------------------------------
     def fit(self, train: Dataset, valid: Dataset | None, ctx: RunContext) -> dict[str, Any]:
         cfg = self.config
-        trainer = Trainer(ctx.train, ctx.run_dir, seed=ctx.seed, resume=ctx.resume, echo=ctx.echo,
-                          checkpoint_extra={"semantic_ids_sha256": self.ids_sha256,
-                                            "architecture": repr(self.net)})
+        trainer = ctx.require_trainer(self.name)
         device = self.device = trainer.device
         self.precision = ctx.train.precision
         ex = train_examples(train, cfg["history"])
         if not len(ex):
             raise RqfError("tiger: the training split holds no next-item examples (sequences of "
                            "at least two items)")
-        history = torch.from_numpy(self._rows(ex.history, "training histories")).to(device)
-        target = torch.from_numpy(self._rows(ex.target, "training targets")).to(device)
         valid_ex = eval_examples(valid, cfg["history"]) if valid is not None else None
         if valid_ex is not None and cfg["monitor_users"] and len(valid_ex) > cfg["monitor_users"]:
             pick = np.random.default_rng(ctx.seed).choice(len(valid_ex), cfg["monitor_users"],
                                                           replace=False)
             valid_ex.history, valid_ex.target = valid_ex.history[pick], valid_ex.target[pick]
-        self.net.to(device)
-        bos = torch.full((1, 1), BOS, dtype=torch.long, device=device)
-        item_tokens = self.item_tokens.to(device)
-        loss_fn_ce = nn.CrossEntropyLoss()
-
-        def loss_fn(module: nn.Module, batch: torch.Tensor):
-            source = item_tokens[history[batch]].flatten(1)
-            goal = item_tokens[target[batch]]
-            logits = module(source, torch.cat([bos.expand(len(batch), 1), goal[:, :-1]], 1))
-            return loss_fn_ce(logits.reshape(-1, logits.shape[-1]).float(), goal.reshape(-1)), {}
-
-        def valid_fn(module: nn.Module) -> dict[str, float]:
-            m = ranking_metrics(self.recommend(valid_ex.history, cfg["top_k"]), valid_ex.target)
-            return {f"valid_{k}": v for k, v in m.items() if k != "users"}
-
-        batches = TensorBatches(torch.arange(len(target), device=device), ctx.train.batch_size,
-                                seed=ctx.seed, device=device)
         has_valid = valid_ex is not None and len(valid_ex) > 0
         if not has_valid and ctx.train.monitor:
             raise RqfError(f"train.monitor: {ctx.train.monitor} needs a validation split; set "
                            "train.monitor: null to keep the last weights")
+        self.net.to(device)
+        task = TigerTask(self, torch.from_numpy(self._rows(ex.history, "training histories")),
+                         torch.from_numpy(self._rows(ex.target, "training targets")),
+                         valid_ex if has_valid else None)
+        batches = TensorBatches(torch.arange(len(ex), device=device), ctx.train.batch_size,
+                                seed=ctx.seed, device=device)
         started = time.perf_counter()
-        result = trainer.fit(self.net, batches, loss_fn, valid_fn if has_valid else None)
+        result = trainer.fit(task, batches)
         self.net.eval()
         return {"steps": result.steps, "seconds": round(time.perf_counter() - started, 3),
-                "training_examples": len(target), "best_step": result.best_step,
+                "training_examples": len(ex), "best_step": result.best_step,
                 "best_value": result.best_value, "resumed_from": result.resumed_from,
                 "semantic_ids": str(self.ids_path), "semantic_ids_sha256": self.ids_sha256,
                 "device": str(device), "history": result.history}

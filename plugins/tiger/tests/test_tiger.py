@@ -12,7 +12,7 @@ import torch
 
 import rqf
 from rqf.codes import write_semantic_ids
-from rqf.training import TensorBatches, TrainConfig, Trainer
+from rqf.training import TensorBatches, TrainConfig, Trainer, TrainingTask, build_scheduler
 from rqf_tiger import ranking_metrics, read_recommendations
 
 recsys = pytest.importorskip("rqf_h5_recsys.testing", reason="runs over item files need h5_recsys")
@@ -107,16 +107,15 @@ def test_monitor_keeps_the_best_weights_and_schedules_shape_the_rate(tmp_path):
         return {"score": -abs(step - 6)}  # best at step 6
 
     trainer = Trainer(cfg, tmp_path, seed=0)
-    result = trainer.fit(module, TensorBatches(torch.randn(40, 4), 8),
-                         lambda m, b: ((m(b) ** 2).mean(), {}), valid_fn)
+    result = trainer.fit(TrainingTask.of(module, lambda m, b: ((m(b) ** 2).mean(), {}), valid_fn),
+                         TensorBatches(torch.randn(40, 4), 8))
     assert result.best_step == 6 and result.best_value == 0
     assert torch.equal(module.weight, weights[6])  # the kept weights are step 6's
     lrs = {}
     for kind in ("linear", "inverse_sqrt", "cosine"):
-        t = Trainer(TrainConfig.from_mapping({"scheduler": kind, "warmup_steps": 4,
-                                              "lr": 1.0}), None)
         opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-        sched = t._scheduler(opt, 20)
+        sched = build_scheduler(TrainConfig.from_mapping({"scheduler": kind, "warmup_steps": 4,
+                                                          "lr": 1.0}), opt, 20)
         lrs[kind] = []
         for _ in range(20):
             lrs[kind].append(opt.param_groups[0]["lr"])

@@ -1,5 +1,5 @@
 """A third-party plugin, written against what ``rqf`` exports and ``rqf.codes`` alone: an
-every-nth splitter and a sign-projection tokenizer that exports semantic IDs."""
+every-nth splitter and a sign-projection tokenizer built on ``rqf.codes.ItemTokenizer``."""
 
 import json
 from pathlib import Path
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 import rqf
-from rqf.codes import code_statistics, handle_collisions, write_semantic_ids
+from rqf.codes import CodedItems, ItemTokenizer
 
 
 class EveryNthSplitter(rqf.Splitter):
@@ -25,49 +25,33 @@ class EveryNthSplitter(rqf.Splitter):
                 "test": dataset.subset(positions[test], "test")}
 
 
-class SignCodes(rqf.Model):
+class SignCodes(ItemTokenizer):
     """Semantic IDs from the signs of random projections of the centred vectors."""
 
     name = "sign_codes"
     gradient_free = True
     params = (rqf.Param("levels", int, 2, "code levels", min=1),
-              rqf.Param("bits", int, 3, "projections per level: 2**bits codes", min=1, max=12))
+              rqf.Param("codebook_size", int, 8, "codes per level, a power of two", min=2,
+                        max=4096))
 
     def __init__(self, data_info, **params):
         super().__init__(data_info, **params)
-        dim, c = self.data_info["input_dim"], self.config
-        rng = np.random.default_rng(0)
-        self.projection = rng.normal(size=(dim, c["levels"] * c["bits"]))
-        self.mean = np.zeros(dim)
+        size, levels = self.config["codebook_size"], self.config["levels"]
+        if size & (size - 1):
+            raise rqf.ConfigError(f"model.codebook_size: expected a power of two, got {size}")
+        self.input_dim = self.data_info["input_dim"]
+        self.bits = size.bit_length() - 1
+        self.projection = np.random.default_rng(0).normal(size=(self.input_dim, levels * self.bits))
+        self.mean = np.zeros(self.input_dim)
 
     def fit(self, train, valid, ctx):
         self.mean = np.asarray(train.vectors(), np.float64).mean(axis=0)
         return {"training_vectors": len(train)}
 
-    def codes_of(self, vectors):
-        bits = (np.asarray(vectors) - self.mean) @ self.projection > 0
-        weights = 2 ** np.arange(self.config["bits"])
-        return bits.reshape(len(bits), self.config["levels"], -1) @ weights
-
-    def evaluate(self, data):
-        return code_statistics(self.codes_of(data.vectors()), 2 ** self.config["bits"])
-
-    def _write(self, source, path):
-        codes = self.codes_of(source.read(0, len(source.ids)))
-        return write_semantic_ids(path, source.ids, handle_collisions(codes, None, "suffix"),
-                                  None, {"codebook_size": 2 ** self.config["bits"],
-                                         "tokenizer": self.name})
-
-    @classmethod
-    def run_outputs(cls, export):
-        return ("semantic_ids.h5",)
-
-    def export(self, dataset, ctx):
-        return {"semantic_ids": str(self._write(dataset.export_source(),
-                                                ctx.run_dir / "semantic_ids.h5"))}
-
-    def encode(self, dataset, out):
-        return self._write(dataset.export_source(), out)
+    def code_rows(self, read, n, unique=True):
+        bits = (np.asarray(read(0, n)) - self.mean) @ self.projection > 0
+        codes = bits.reshape(n, self.config["levels"], -1) @ 2 ** np.arange(self.bits)
+        return CodedItems(None, codes, codes, {})  # the extra level tells sharing items apart
 
     def save(self, path):
         with rqf.atomic_path(path) as tmp:

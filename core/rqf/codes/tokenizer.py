@@ -1,0 +1,181 @@
+"""The shell every item tokenizer shares: a ``Model`` whose codes are semantic IDs.
+
+A subclass gives its codes (``code_rows``: nearest codes, IDs after collision handling and
+per-row error terms of rows read in slices) and its codebooks; this base encodes the whole
+catalogue once (``predict``), derives every split's metrics from that one pass (``evaluate``),
+writes ``semantic_ids.h5`` and the usage plot (``export``), encodes new data (``encode``),
+judges health and prints the summary. ``rqvae`` and ``rqkmeans`` are built on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Mapping
+
+import numpy as np
+
+from rqf.codes.collisions import COLLISION_MODES
+from rqf.codes.semantic_ids import write_semantic_ids
+from rqf.codes.statistics import code_health, code_statistics, plot_usage
+from rqf.errors import RqfError
+from rqf.interfaces import Dataset, ItemVectors, Model, RunContext
+from rqf.params import Param
+
+Read = Callable[[int, int], np.ndarray]
+
+
+@dataclass
+class CodedItems:
+    """Rows encoded once: what metrics and export both read.
+
+    ``per_row`` holds ``sq_err`` (squared reconstruction error of the IDs) and ``sq_norm``
+    (squared norm of the target) per row, and any further per-row loss a tokenizer reports.
+    """
+
+    ids: np.ndarray | None
+    raw_codes: np.ndarray      # each row's nearest codes
+    codes: np.ndarray          # after collision handling: the IDs that are exported
+    per_row: dict[str, np.ndarray]
+
+    def rows(self, rows: np.ndarray) -> "CodedItems":
+        return CodedItems(None if self.ids is None else self.ids[rows], self.raw_codes[rows],
+                          self.codes[rows], {k: v[rows] for k, v in self.per_row.items()})
+
+
+class ItemTokenizer(Model):
+    """A model that turns item vectors into semantic IDs (see the module docstring)."""
+
+    # the parameters every tokenizer takes; a subclass lists them in its own params
+    LEVELS = Param("levels", int, 3, "number of residual codebooks (code length)", min=1)
+    CODEBOOK_SIZE = Param("codebook_size", int, 256, "codes per codebook", min=2)
+    COLLISION_HANDLING = Param(
+        "collision_handling", str, "reassign", "how items that share a code tuple get distinct "
+        "IDs: suffix (an extra counter level only), reassign (nearest free last-level code "
+        "within the prefix) or balanced (Sinkhorn-balanced last level)", choices=COLLISION_MODES)
+    export_params = (
+        Param("semantic_ids", bool, True, "write semantic_ids.h5"),
+        Param("plots", bool, True, "save a code-usage plot per level when matplotlib is there"),
+    )
+    # what the health check advises when codes go unused
+    more_training: ClassVar[str] = "more k-means iterations"
+
+    input_dim: int
+
+    # -- what a subclass gives ---------------------------------------------------------------
+    def code_rows(self, read: Read, n: int, unique: bool = True) -> CodedItems:
+        """Codes of ``n`` rows read as ``read(start, stop)``; ``unique``: apply collision
+        handling (IDs), else nearest codes only (tokens)."""
+        raise NotImplementedError
+
+    def codebooks_array(self) -> np.ndarray | None:
+        """(levels, codebook_size, dim) codewords written beside the IDs, or None."""
+        return None
+
+    # -- shared ----------------------------------------------------------------------------------
+    @property
+    def makes_item_ids(self) -> bool:
+        return self.data_info.get("unit") in (None, "item")
+
+    @classmethod
+    def run_outputs(cls, export: Mapping[str, Any]) -> tuple[str, ...]:
+        return ("semantic_ids.h5", "code_usage.png")
+
+    def predict(self, dataset: Dataset, splits: Mapping[str, Dataset]) -> CodedItems | None:
+        """Every item of the export source, encoded and scored once for the whole run."""
+        source = dataset.export_source()
+        if not isinstance(source, ItemVectors):
+            return None
+        coded = self.code_rows(source.read, len(source.ids))
+        coded.ids = source.ids
+        return coded
+
+    def evaluate(self, data: Dataset, predictions: CodedItems | None = None) -> dict[str, Any]:
+        rows = data.export_rows()
+        if predictions is not None and rows is not None:
+            return self.metrics(predictions.rows(rows))
+        # frames and other units: their vectors are not rows of what is exported
+        vectors = np.asarray(data.vectors(), np.float32)
+        return self.metrics(self.code_rows(lambda a, b: vectors[a:b], len(vectors),
+                                           unique=self.makes_item_ids))
+
+    @property
+    def collision_handling(self) -> str:
+        return self.config.get("collision_handling", "suffix")
+
+    def metrics(self, coded: CodedItems) -> dict[str, Any]:
+        """Code statistics of ``coded``, and its reconstruction error when it reports one."""
+        n, size = len(coded.codes), self.config["codebook_size"]
+        per_row, out = coded.per_row, {}
+        if "sq_err" in per_row:
+            err, norm = float(per_row["sq_err"].sum()), float(per_row["sq_norm"].sum())
+            out = {"recon_mse": err / max(n * self.input_dim, 1),
+                   "recon_rel_error": err / norm if norm else float("nan")}
+        out.update({f"{k}_loss": float(v.sum()) / max(n, 1) for k, v in per_row.items()
+                    if k not in ("sq_err", "sq_norm")})
+        return {**out, **code_statistics(coded.codes, size),
+                "collision_handling": self.collision_handling,
+                "quantizer_collision_rate":
+                    code_statistics(coded.raw_codes, size)["collision_rate"] if n else 0.0}
+
+    def health(self, metrics: Mapping[str, Any]) -> list[str]:
+        return code_health(metrics.get("all") or {}, self.collision_handling,
+                           self.makes_item_ids, self.config.get("normalize", "none"),
+                           more_training=self.more_training)
+
+    def export(self, dataset: Dataset, ctx: RunContext,
+               predictions: CodedItems | None = None) -> dict[str, str]:
+        artifacts = {"model": str(ctx.run_dir / "model.pt")}
+        if not ctx.export.get("semantic_ids", True) or predictions is None:
+            return artifacts
+        artifacts["semantic_ids"] = str(self.write_ids(predictions,
+                                                       ctx.run_dir / "semantic_ids.h5"))
+        if ctx.export.get("plots", True):
+            plot = plot_usage(predictions.codes, self.config["codebook_size"],
+                              ctx.run_dir / "code_usage.png")
+            if plot:
+                artifacts["code_usage_plot"] = str(plot)
+            else:
+                ctx.echo("no code-usage plot: matplotlib is not installed "
+                         "(pip install matplotlib, or export.plots: false)")
+        return artifacts
+
+    def encode(self, dataset: Dataset, out: Path) -> Path:
+        source = dataset.export_source()
+        if not isinstance(source, ItemVectors):
+            raise RqfError(f"model {self.name!r} codes items; dataset {dataset.name!r} exports "
+                           "utterances (use model: rqvae for frame tokens)")
+        return self.export_items(source, out)
+
+    def export_items(self, source: ItemVectors, path: Path) -> Path:
+        """Semantic IDs of every item of ``source`` (new data, e.g. ``rqf encode``)."""
+        coded = self.code_rows(source.read, len(source.ids))
+        coded.ids = source.ids
+        return self.write_ids(coded, path)
+
+    def write_ids(self, coded: CodedItems, path: Path) -> Path:
+        attrs = {"levels": self.config["levels"], "codebook_size": self.config["codebook_size"],
+                 "collision_handling": self.collision_handling, "tokenizer": self.name}
+        return write_semantic_ids(path, coded.ids, coded.codes, self.codebooks_array(), attrs,
+                                  raw_codes=coded.raw_codes)
+
+    def summarize(self, metrics: Mapping[str, Any]) -> str:
+        lines = ["split   recon_mse  rel_err  collisions (nearest)  max/code  "
+                 "used codes per level      perplexity per level"]
+        for role in ("train", "valid", "test", "all"):
+            m = metrics.get(role)
+            if not m:
+                continue
+            util = " ".join(f"{u:5.1%}" for u in m["utilization_of_reachable"])
+            ppl = " ".join(f"{p:6.1f}" for p in m["perplexity"])
+            recon = (f"{m['recon_mse']:9.3g}  {m['recon_rel_error']:7.3f}"
+                     if "recon_mse" in m else f"{'-':>9}  {'-':>7}")
+            lines.append(f"{role:<7} {recon}  "
+                         f"{m['collision_rate']:10.2%} ({m['quantizer_collision_rate']:7.2%})  "
+                         f"{m['max_items_per_code']:8d}  {util:<25} {ppl}")
+        line = self.fit_line(metrics.get("fit") or {})
+        return "\n".join(lines + ([line] if line else []))
+
+    def fit_line(self, fit: Mapping[str, Any]) -> str:
+        """One line on how the tokenizer was fit, under the summary's table."""
+        return ""
