@@ -90,7 +90,8 @@ class SequencesDataset(Dataset):
             x = np.zeros((self.max_seq_len, self.storage.embedding_dim), np.float32)
             x[:n] = vectors[bounds[j]:bounds[j + 1]]
             target = int(r.target[i])
-            sample = {"user_id": self.table.user_ids[r.user[i]], "ids": ids, "mask": mask,
+            sample = {"user_id": self.table.user_ids[r.user[i]], "user_row": int(r.user[i]),
+                      "ids": ids, "mask": mask,
                       "x": x, "length": n,
                       "target": int(self.table.item_ids[base[j] + target]) if target >= 0 else -1}
             if self.table.timestamps is not None:

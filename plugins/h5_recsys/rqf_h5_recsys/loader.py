@@ -30,7 +30,11 @@ class SequenceBatch(dict):
 
 
 def collate(samples: list[dict[str, Any]]) -> SequenceBatch:
-    batch = SequenceBatch(user_ids=[s["user_id"] for s in samples])
+    """A batch as the seed guide's loader makes it: ``user_ids`` is an int64 tensor (batch,)
+    holding each sequence's row in sequence.h5; ``user_names`` keeps the string ids stored
+    there, in the same order."""
+    batch = SequenceBatch(user_ids=torch.tensor([s["user_row"] for s in samples], dtype=torch.int64),
+                          user_names=[s["user_id"] for s in samples])
     for key in ("ids", "mask", "x", "timestamps"):
         if key in samples[0]:
             batch[key] = torch.from_numpy(np.stack([s[key] for s in samples]))
@@ -44,7 +48,11 @@ def create_h5_dataloader(item_data_path: str | Path, sequence_data_path: str | P
                          train_test_split: str = "train", shuffle: bool = True,
                          splitter: str = "auto", num_workers: int = 0, seed: int = 0,
                          **splitter_params: Any) -> DataLoader:
-    """Batches of ``user_ids``, ``ids``, ``x``, ``mask``, ``lengths`` and ``target``.
+    """Batches of ``user_ids``, ``user_names``, ``ids``, ``x``, ``mask``, ``lengths`` and
+    ``target``, read as attributes (``batch.x``) or keys (``batch["x"]``).
+
+    ``user_ids`` is an int64 tensor (batch,): each sequence's row in ``sequence.h5``, as in
+    the seed guide; ``user_names`` is the list of the string ids stored in that file.
 
     ``train_test_split`` picks the split: ``train``, ``valid``, ``test`` or ``all`` (every
     full sequence, target -1). ``splitter`` is ``auto`` (the seed's rule), ``leave_last_out``

@@ -98,17 +98,50 @@ def test_seed_style_dataloader_batches(recsys_files):
                                   max_seq_len=5, train_test_split="test", shuffle=False,
                                   splitter="leave_last_out")
     batch = next(iter(loader))
-    assert len(batch["user_ids"]) == 8
+    assert batch["user_ids"].shape == (8,) and batch["user_ids"].dtype == torch.int64
+    with h5py.File(recsys_files["sequences"]) as f:  # each user's row in sequence.h5
+        stored = [u.decode() for u in f["user_ids"][()]]
+    assert [stored[row] for row in batch["user_ids"].tolist()] == batch["user_names"]
     assert batch["ids"].shape == (8, 5) and batch["x"].shape == (8, 5, 16)
     assert batch["x"].dtype == torch.float32 and (batch["target"] > 0).all()
     assert sum(len(b["user_ids"]) for b in loader) == 55
     # the seed guide's attribute API reads the same tensors
-    assert batch.user_ids == batch["user_ids"] and batch.x is batch["x"] and batch.ids is batch["ids"]
+    assert batch.user_ids is batch["user_ids"] and batch.x is batch["x"] and batch.ids is batch["ids"]
     with pytest.raises(AttributeError, match="a batch has no 'embeddings'"):
         batch.embeddings
     everything = create_h5_dataloader(recsys_files["items"], recsys_files["sequences"],
                                       train_test_split="all", batch_size=100)
     assert (next(iter(everything))["target"] == -1).all()
+
+
+GUIDE_EXAMPLE = """
+for batch in dataloader:
+    print(f"  user_ids: {batch.user_ids.shape}")
+    print(f"  ids: {batch.ids.shape}")
+    print(f"  x: {batch.x.shape}")
+"""
+
+
+@pytest.mark.parametrize("data", ["fixture", "ml100k"])
+def test_the_seed_guides_batch_example_runs_as_written(recsys_files, data, capsys):
+    if data == "ml100k":
+        folder = real_data("ml100k")
+        items, sequences, dim = folder / "item_data.h5", folder / "sequence.h5", 384
+    else:
+        items, sequences, dim = recsys_files["items"], recsys_files["sequences"], 16
+    dataloader = create_h5_dataloader(item_data_path=items, sequence_data_path=sequences,
+                                      batch_size=64, max_seq_len=200, train_test_split="train",
+                                      shuffle=True)
+    exec(GUIDE_EXAMPLE, {"dataloader": dataloader})
+    lines = capsys.readouterr().out.splitlines()
+    users = len(dataloader.dataset)
+    first, batches = min(64, users), -(-users // 64)
+    assert len(lines) == 3 * batches
+    assert lines[:3] == [f"  user_ids: torch.Size([{first}])", f"  ids: torch.Size([{first}, 200])",
+                         f"  x: torch.Size([{first}, 200, {dim}])"]
+    assert lines[-3] == f"  user_ids: torch.Size([{users - 64 * (batches - 1)}])"
+    rows = torch.cat([b.user_ids for b in dataloader])
+    assert sorted(rows.tolist()) == sorted(set(rows.tolist()))  # one row per training user
 
 
 def test_dataloader_workers_read_the_same_batches(recsys_files):
