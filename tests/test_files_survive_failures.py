@@ -197,6 +197,70 @@ def test_resume_refuses_a_change_that_alters_training_and_keeps_every_file(tmp_p
     assert metrics["fit"]["resumed_from"] == 12 and metrics["fit"]["steps"] == 20
 
 
+def test_a_refused_resume_leaves_the_finished_run_as_it_was(tmp_path, recsys_files):
+    run = tmp_path / "run"
+    path = pipeline_file(tmp_path, recsys_pipeline(recsys_files, run, train={
+        "epochs": None, "max_steps": 12, "batch_size": 32, "progress": False,
+        "checkpoint_every": 4}))
+    assert rqf_proc("run", str(path)).returncode == 0
+    latest = sorted((run / "checkpoints").glob("step_*.pt"))[-1]
+    payload = torch.load(latest, weights_only=True)
+    payload["extra"]["architecture"] = "another network"
+    torch.save(payload, latest)
+    longer = ["--resume", "--set", "train.max_steps=20"]
+    for damage, fragment in ((None, "checkpoint was made with architecture="),
+                             (b"\x00 not a checkpoint", "not a readable rqf checkpoint")):
+        if damage is not None:
+            latest.write_bytes(damage)
+        before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+        one_line_error(rqf_proc("run", str(path), *longer), fragment)
+        # the refusal came before the first change: results, report, config all as they were
+        assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+        assert (run / "metrics.json").exists() and (run / "report.md").exists()
+
+
+def test_force_removes_only_rqf_files_inside_its_folders(tmp_path, recsys_files, speech_cache):
+    from rqf_h5_speech.testing import speech_pipeline
+
+    run = tmp_path / "run"
+    path = pipeline_file(tmp_path, recsys_pipeline(recsys_files, run, train={
+        "epochs": 2, "checkpoint_every": 1, "progress": False}))
+    assert rqf_proc("run", str(path)).returncode == 0
+    (run / "checkpoints" / "my_notes.txt").write_text("mine")
+    old = sorted(p.name for p in (run / "checkpoints").glob("step_*.pt"))
+    proc = rqf_proc("run", str(path), "--force", "--set", "train.epochs=1")
+    assert proc.returncode == 0, proc.stderr
+    assert "kept checkpoints/my_notes.txt" in proc.stderr
+    assert (run / "checkpoints" / "my_notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*.pt")) != old
+
+    speech = tmp_path / "speech_run"
+    speech_path = pipeline_file(tmp_path, speech_pipeline(speech_cache, speech), "speech.yaml")
+    assert rqf_proc("run", str(speech_path)).returncode == 0
+    (speech / "codes" / "listening_notes.txt").write_text("mine too")
+    before = {p: p.read_bytes() for p in speech.rglob("*") if p.is_file()}
+    one_line_error(rqf_proc("run", str(speech_path), "--force"),
+                   "codes/listening_notes.txt was not written by rqf", "move it out first")
+    assert {p: p.read_bytes() for p in speech.rglob("*") if p.is_file()} == before
+    (speech / "codes" / "listening_notes.txt").unlink()
+    assert rqf_proc("run", str(speech_path), "--force").returncode == 0
+
+
+def test_a_marker_that_claims_a_users_file_is_refused(tmp_path, recsys_files):
+    run = tmp_path / "run"
+    path = pipeline_file(tmp_path, recsys_pipeline(recsys_files, run))
+    assert rqf_proc("run", str(path)).returncode == 0
+    (run / "thesis.docx").write_text("four years of work")
+    marker = json.loads((run / ".rqf-run.json").read_text())
+    marker["claims"].append("thesis.docx")
+    (run / ".rqf-run.json").write_text(json.dumps(marker))
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    for flags in (["--force"], ["--resume", "--set", "train.epochs=9"]):
+        one_line_error(rqf_proc("run", str(path), *flags), "claims 'thesis.docx', which rqf "
+                       "never writes")
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
 # --- an export killed half-way is redone on --resume, without training again ---------------
 
 def test_speech_export_killed_half_way_is_redone_on_resume(tmp_path, speech_cache):

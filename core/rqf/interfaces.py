@@ -250,10 +250,12 @@ class Model(Component, ABC):
 
     @classmethod
     def run_outputs(cls, export: Mapping[str, Any]) -> tuple[str, ...]:
-        """Names of the files and folders ``export`` writes at the top of the run folder.
+        """Names of the files and folders ``export`` writes at the top of the run folder, and
+        ``folder/pattern`` for the files it writes inside a folder.
 
         The run folder's marker claims them before anything is written, so ``--force`` and
-        ``--resume`` may remove them, and only them, as rqf's own.
+        ``--resume`` may remove them, and only them, as rqf's own; a folder goes only once
+        nothing but claimed files was in it.
         """
         return ()
 

@@ -65,11 +65,25 @@ def run_outputs(cfg: PipelineConfig, plugins: Plugins | None = None) -> tuple[st
     cls = (plugins or get_plugins()).registry.get("model", cfg["model"]["type"])
     names = tuple(cls.run_outputs(cfg["export"]))
     for name in names:
-        if not isinstance(name, str) or not name or name in (".", "..") or "/" in name \
-                or "\\" in name or name.startswith("."):
+        parts = name.split("/") if isinstance(name, str) else [None]
+        if len(parts) > 2 or any(not isinstance(part, str) or not part or part in (".", "..")
+                                 or "\\" in part for part in parts) or parts[0].startswith("."):
             raise ConfigError(f"export: {name!r} is not a plain file or folder name inside the "
-                              "run folder")
+                              "run folder (or folder/pattern of the files rqf writes in it)")
     return names
+
+
+def known_outputs(plugins: Plugins | None = None) -> tuple[str, ...]:
+    """What any installed model writes in a run folder with its default export settings."""
+    from rqf.params import validate_params
+
+    names: list[str] = []
+    for entry in (plugins or get_plugins()).registry.entries("model"):
+        try:
+            names += entry.cls.run_outputs(validate_params(entry.cls.export_params, {}, "export"))
+        except Exception:  # a plugin's declaration is its own; an odd one claims nothing
+            continue
+    return tuple(names)
 
 
 def _params(section: Mapping[str, Any]) -> dict[str, Any]:
@@ -144,24 +158,39 @@ def run(config: str | Path | Mapping[str, Any], overrides: Iterable[str] = (),
     train_cfg = TrainConfig(**cfg["train"])
     info = init_distributed(train_cfg.device)
     out = Path(cfg["output_dir"])
-    folder = RunFolder(out, run_outputs(cfg))
+    folder = RunFolder(out, run_outputs(cfg), known_outputs())
     if info.is_main:
         folder.check(force, resume, cfg)  # before anything is read or written
     seed_everything(cfg["seed"])
     parts = build(cfg)
     started = time.perf_counter()
+    prepared: list[bool] = []
+
+    def prepare() -> None:
+        """The folder's first change: --force has cleared it, --resume clears what goes stale
+        only now, after every check of the resume passed."""
+        if info.is_main and not prepared:
+            if resume:
+                folder.begin_resume()
+            write_text_atomic(out / "config.yaml", cfg.to_yaml())
+        prepared.append(True)
+
     try:
         if info.is_main:
             # only once the new pipeline proved to build: takes the folder's lock, then
-            # --force removes what rqf wrote there, --resume what goes stale
+            # --force removes what rqf wrote there
             folder.open(force, resume, cfg, echo)
-            write_text_atomic(out / "config.yaml", cfg.to_yaml())
+            if not resume:
+                prepare()
         _barrier(info)
         ctx = _context(cfg, train_cfg, parts.model, out, resume, info, echo)
+        if ctx.trainer is not None:
+            ctx.trainer.on_start = prepare
         counts = {role: len(view) for role, view in parts.splits.items()}
         ctx.echo(f"{cfg['name']}: {parts.dataset.name} over {parts.storage.name}, split by "
                  f"{parts.splitter.name} {counts}, model {parts.model.name}")
         fit = parts.model.fit(parts.splits["train"], parts.splits.get("valid"), ctx)
+        prepare()  # a model fit without the loop: its fit was the last check
         result = RunResult(out, {"name": cfg["name"], "split": parts.splitter.report, "fit": fit})
         if info.is_main:
             if parts.model.keeps_weights:

@@ -2,9 +2,13 @@
 
 A run folder carries a marker, ``.rqf-run.json``, written by rqf while the folder is still
 empty. The marker claims the names rqf will write there (the core's files and the model's
-declared outputs); ``--force`` and ``--resume`` remove only claimed entries (and the
-temporary files rqf makes beside them). A folder without the marker is not rqf's to delete.
-One ``rqf run`` writes a folder at a time: it holds an OS lock on it for the whole run.
+declared outputs); a claim ``folder/pattern`` names the files rqf writes inside a claimed
+folder. ``--force`` and ``--resume`` remove only claimed files (and the temporary files rqf
+makes beside them), and a claimed folder only once nothing else is left in it. A claim that no
+installed component would make is refused: the marker was edited. A folder without the marker
+is not rqf's to delete. One ``rqf run`` writes a folder at a time: it holds an OS lock on it
+for the whole run. Every check that can refuse a run runs before anything here changes: a
+resumed run prepares the folder (``begin_resume``) only once its checkpoint was loaded.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ MARKER_FORMAT = "rqf-run-1"
 LOCK_NAME = ".rqf-run.lock"
 FINISHED_MARKER = "metrics.json"
 MODEL_FILE = "model.pt"
-CORE_OUTPUTS = ("config.yaml", "metrics.json", "report.md", "checkpoints", MODEL_FILE)
+CORE_OUTPUTS = ("config.yaml", "metrics.json", "report.md", MODEL_FILE, "checkpoints",
+                "checkpoints/step_*.pt", "checkpoints/best.pt")
 # written after training: stale once training goes on, so a resume removes them first
 RESULTS = ("metrics.json", "report.md")
 # train keys a resume may change: they decide how long, where and how visibly training
@@ -47,9 +52,13 @@ def read_run_config(path: Path) -> dict[str, Any]:
 class RunFolder:
     """One run's output folder, checked before a run writes into it."""
 
-    def __init__(self, path: Path | str, outputs: Iterable[str] = ()) -> None:
+    def __init__(self, path: Path | str, outputs: Iterable[str] = (),
+                 known: Iterable[str] = ()) -> None:
+        """``outputs``: what this run's model writes; ``known``: what any installed model may
+        write, so a marker left by a run of another model is honoured."""
         self.path = Path(path)
         self.claims = tuple(dict.fromkeys((*CORE_OUTPUTS, *outputs)))
+        self.known = frozenset((*self.claims, *known))
         self.lock = FolderLock(self.path, "rqf run", LOCK_NAME)
 
     # -- what is there --------------------------------------------------------------------
@@ -66,15 +75,24 @@ class RunFolder:
             return None
         return data
 
-    def owned(self) -> list[Path]:
-        """Entries the marker proves rqf wrote: claimed names and their temporaries."""
+    def marker_claims(self) -> list[str]:
+        """The marker's claims, each one a name rqf writes; a forged claim is refused."""
         marker = self.marker()
         if marker is None:
             return []
-        found = []
         for name in marker["claims"]:
-            if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
-                continue
+            if name not in self.known:
+                raise RqfError(f"{self.path / MARKER}: claims {name!r}, which rqf never writes; "
+                               "the marker was edited by hand, so nothing in this folder is "
+                               "deleted (restore the marker, or clear the folder yourself)")
+        return list(marker["claims"])
+
+    def owned(self) -> list[Path]:
+        """Top-level entries the marker proves rqf wrote: claimed names and their temporaries."""
+        found = []
+        for name in self.marker_claims():
+            if "/" in name:
+                continue  # files inside a claimed folder: removed with the folder
             for p in (self.path / name, self.path / (name + ".partial"),
                       *temporaries_of(self.path, name)):
                 if p.exists() or p.is_symlink():
@@ -96,6 +114,7 @@ class RunFolder:
             raise RqfError(f"output_dir: {out} is not empty and is not an rqf run directory (no "
                            f"{MARKER} marker); rqf writes into, resumes and deletes only folders it made: choose "
                            "another output_dir")
+        self.marker_claims()  # a forged claim is refused before anything is removed
         finished = (out / FINISHED_MARKER).exists()
         if resume:
             saved = read_run_config(out / "config.yaml")
@@ -111,6 +130,11 @@ class RunFolder:
                                "--force to redo it")
             return
         if force:
+            blocked = [k for k in self._remove(self.owned(), dry_run=True)
+                       if k.split("/")[0] not in CORE_OUTPUTS]
+            if blocked:
+                raise RqfError(f"--force: {out / blocked[0]} was not written by rqf, and the run "
+                               f"writes {blocked[0].split('/')[0]}/ anew: move it out first")
             return
         if finished:
             raise RqfError(f"output_dir: {out} holds a finished run; pass --force to replace it "
@@ -121,8 +145,8 @@ class RunFolder:
     # -- writing --------------------------------------------------------------------------
     def open(self, force: bool, resume: bool, cfg: Mapping[str, Any],
              echo: Callable[[str], None]) -> None:
-        """Create the folder, take its lock, check it again under the lock and prepare it:
-        ``--force`` removes what rqf wrote, ``--resume`` what training going on makes stale."""
+        """Create the folder, take its lock and check it again under the lock; ``--force``
+        then removes what rqf wrote. A resumed folder is left as it is until ``begin_resume``."""
         created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         try:
@@ -133,28 +157,56 @@ class RunFolder:
             raise
         try:
             self.check(force, resume, cfg)  # again: another run may have written meanwhile
-            if force and not resume:
-                self._remove(self.owned())
-                kept = self.entries()
+            if resume:
+                return
+            if force:
+                kept = self._remove(self.owned()) + [p.name for p in self.entries()
+                                                       if p.name not in self.claims]
                 if kept:
-                    echo(f"--force: kept {', '.join(p.name for p in kept)} in {self.path} "
+                    echo(f"--force: kept {', '.join(sorted(set(kept)))} in {self.path} "
                          "(not written by rqf)")
-            elif resume:
-                self._remove([p for p in self.owned() if p.name in RESULTS or
-                              (p.name not in CORE_OUTPUTS and p.name in self.claims)
-                              or p.name.endswith(".tmp")])
-            write_json_atomic(self.path / MARKER, {"format": MARKER_FORMAT,
-                                                   "claims": list(self.claims)})
+            self._write_marker()
         except BaseException:
             self.lock.release()
             raise
 
-    def _remove(self, paths: Iterable[Path]) -> None:
+    def begin_resume(self) -> None:
+        """Remove what going on with training makes stale (results, exports, temporaries);
+        called once every check of the resume passed (its checkpoint loaded)."""
+        self._remove([p for p in self.owned() if p.name in RESULTS or
+                      (p.name not in CORE_OUTPUTS and p.name.removesuffix(".partial")
+                       in self.claims) or p.name.endswith(".tmp")])
+        self._write_marker()
+
+    def _write_marker(self) -> None:
+        write_json_atomic(self.path / MARKER, {"format": MARKER_FORMAT, "claims": list(self.claims)})
+
+    def _remove(self, paths: Iterable[Path], dry_run: bool = False) -> list[str]:
+        """Remove claimed files, and claimed folders' claimed files; what else a folder holds
+        stays, and so does the folder. Returns what was (or, on a dry run, would be) kept."""
+        kept: list[str] = []
+        patterns: dict[str, list[str]] = {}
+        for claim in self.marker_claims():
+            folder, _, pattern = claim.partition("/")
+            if pattern:
+                patterns.setdefault(folder, []).append(pattern)
         for p in paths:
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
-            else:
-                p.unlink(missing_ok=True)
+            if not p.is_dir() or p.is_symlink():
+                if not dry_run:
+                    p.unlink(missing_ok=True)
+                continue
+            theirs = {f for pattern in patterns.get(p.name.removesuffix(".partial"), [])
+                      for f in (*p.glob(pattern), *temporaries_of(p, pattern))
+                      if f.is_file() or f.is_symlink()}
+            left = sorted(f.name for f in p.iterdir() if f not in theirs)
+            kept += [f"{p.name}/{name}" for name in left]
+            if dry_run:
+                continue
+            for f in theirs:
+                f.unlink()
+            if not left:
+                p.rmdir()
+        return kept
 
     def close(self) -> None:
         self.lock.release()

@@ -166,6 +166,9 @@ class Trainer:
         self.echo = echo
         self.info = dist_info()
         self.device = resolve_device(cfg.device)
+        # called once the resume state is loaded and checked, before the first step: the
+        # pipeline prepares a resumed run folder only then, so a refused resume changes nothing
+        self.on_start: Callable[[], None] | None = None
         if cfg.precision == "bf16" and self.device.type == "cuda" \
                 and not torch.cuda.is_bf16_supported():
             raise RqfError("train.precision: this GPU does not support bf16; use fp16 or fp32")
@@ -206,6 +209,8 @@ class Trainer:
         train_module, ddp = self._wrap(module)
         best = BestWeights(cfg.monitor, cfg.monitor_mode, self.checkpoint_dir,
                            self.info.is_main, resume=progress.resumed_from is not None)
+        if self.on_start is not None:
+            self.on_start()
         bar = _progress_bar(total, progress.step, enabled=cfg.progress and self.info.is_main)
         meter, samples = _LossMeter(self.device), 0
         start, last_save = time.perf_counter(), time.monotonic()

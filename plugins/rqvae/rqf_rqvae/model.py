@@ -105,7 +105,9 @@ class RQVAEModel(ItemTokenizer):
         if not codes_dir or "/" in codes_dir or "\\" in codes_dir or codes_dir.startswith("."):
             raise ConfigError(f"export.codes_dir: expected a folder name inside the run folder, "
                               f"got {codes_dir!r}")
-        return (*super().run_outputs(export), codes_dir)
+        # the token cache layout (hdf5_index.json and its shards) the dataset's writer makes
+        cache = ("hdf5_index.json", "features_*.h5", "features_*.h5.partial", ".rqf-writer.lock")
+        return (*super().run_outputs(export), codes_dir, *(f"{codes_dir}/{p}" for p in cache))
 
     def __init__(self, data_info: Mapping[str, Any], **params: Any) -> None:
         super().__init__(data_info, **params)
