@@ -261,6 +261,32 @@ def test_a_marker_that_claims_a_users_file_is_refused(tmp_path, recsys_files):
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 
+def test_encode_never_writes_over_what_it_reads_or_an_existing_file(tmp_path, recsys_files):
+    run = tmp_path / "run"
+    assert rqf_proc("run", str(pipeline_file(tmp_path, recsys_pipeline(recsys_files, run)))) \
+        .returncode == 0
+    items = recsys_files["items"]
+    original = items.read_bytes()
+    link = tmp_path / "link.h5"
+    link.symlink_to(items)
+    new_data = ["--set", f"storage.items={items}", "--set", "storage.sequences=null"]
+    for out in (items, link):
+        one_line_error(rqf_proc("encode", str(run), *new_data, "--out", str(out), "--force"),
+                       "the pipeline reads", "(storage.items)")
+    assert items.read_bytes() == original
+    one_line_error(rqf_proc("encode", str(run), "--set", "model.levels=5", "--out",
+                            str(tmp_path / "ids.h5")), "--set model.levels", "only the data")
+    assert not (tmp_path / "ids.h5").exists()
+    mine = tmp_path / "mine.h5"
+    mine.write_text("a user's file")
+    one_line_error(rqf_proc("encode", str(run), "--out", str(mine)), "exists; pass --force")
+    assert mine.read_text() == "a user's file"
+    proc = rqf_proc("encode", str(run), "--out", str(mine), "--force")
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(mine) as f:
+        assert f["codes"].shape == (300, 2)
+
+
 # --- an export killed half-way is redone on --resume, without training again ---------------
 
 def test_speech_export_killed_half_way_is_redone_on_resume(tmp_path, speech_cache):

@@ -62,9 +62,9 @@ __all__ = [
 ]
 
 
-def encode(run_dir, out, overrides=(), device="auto"):
+def encode(run_dir, out, overrides=(), device="auto", force=False):
     """Encode the data of a finished run's pipeline (after ``overrides``) with its model into
     ``out``; the Python twin of ``rqf encode``."""
     from rqf.pipeline import encode as _encode
 
-    return _encode(run_dir, out, overrides=overrides, device=device)
+    return _encode(run_dir, out, overrides=overrides, device=device, force=force)

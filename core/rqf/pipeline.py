@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from rqf.config import PipelineConfig, apply_overrides, load_yaml, validate_config
+from rqf.config import (COMPONENT_SECTIONS, PipelineConfig, apply_overrides, load_yaml,
+                        validate_config)
 from rqf.errors import ConfigError, DataError, RqfError
 from rqf.interfaces import Dataset, ItemVectors, Model, RunContext, Splitter, Storage
 from rqf.io import write_json_atomic, write_text_atomic
@@ -242,13 +244,23 @@ def _evaluate_and_export(parts: Components, ctx: RunContext, result: RunResult,
 
 
 def encode(run_dir: str | Path, out: str | Path, overrides: Iterable[str] = (),
-           device: str = "auto") -> Path:
+           device: str = "auto", force: bool = False) -> Path:
     """Reopen a finished run and encode the data its pipeline names (after ``overrides``,
-    e.g. ``storage.items=new.h5``) with its model, into ``out``; the model decides the format."""
+    e.g. ``storage.items=new.h5``) with its model, into ``out``; the model decides the format.
+
+    Every check runs before ``out`` is written: ``--set`` may change only the data
+    (``storage.*``, ``dataset.*``), ``out`` may not be a file or folder the pipeline reads
+    nor lie inside the run, and an existing ``out`` is replaced only with ``force``.
+    """
     run_dir, out = Path(run_dir), Path(out)
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise RqfError(f"{run_dir}: not an rqf run folder (no config.yaml)")
+    for override in overrides:
+        key = str(override).split("=", 1)[0].strip()
+        if key.split(".", 1)[0] not in ("storage", "dataset"):
+            raise ConfigError(f"--set {key}: rqf encode uses the model as it was trained; only "
+                              "the data to encode (storage.*, dataset.*) may change")
     plugins = get_plugins()
     # --set paths are the user's: relative to the working directory, not to the run
     cfg = resolve_config(read_run_config(config_path), overrides, plugins, source=config_path)
@@ -260,9 +272,7 @@ def encode(run_dir: str | Path, out: str | Path, overrides: Iterable[str] = (),
     if not model_path.is_file():
         raise RqfError(f"{model_path}: missing (the run has not finished training; "
                        "rqf run --resume finishes it)")
-    if out.resolve().parent == run_dir.resolve() or run_dir.resolve() in out.resolve().parents:
-        raise RqfError(f"--out {out}: inside the run folder {run_dir}; write elsewhere (a run's "
-                       "own exports are redone by rqf run --resume)")
+    _check_out(out, run_dir, cfg, plugins, force)
     model = cls.load(model_path, device=device)
     storage, dataset = build_data(cfg["storage"], cfg["dataset"], plugins)
     with storage:
@@ -272,6 +282,39 @@ def encode(run_dir: str | Path, out: str | Path, overrides: Iterable[str] = (),
             raise DataError(f"the data is {got}-d but the model in {run_dir} expects "
                             f"{want}-d input")
         return Path(model.encode(dataset, out))
+
+
+def input_paths(cfg: PipelineConfig, plugins: Plugins | None = None) -> list[tuple[str, Path]]:
+    """(key path, path) of every file or folder parameter of the pipeline's components."""
+    registry = (plugins or get_plugins()).registry
+    found = []
+    for section in COMPONENT_SECTIONS:
+        cls = registry.get(section, cfg[section]["type"])
+        for param in cls.params:
+            value = cfg[section].get(param.name)
+            if param.type == "path" and value is not None:
+                found.append((f"{section}.{param.name}", Path(value)))
+    return found
+
+
+def _check_out(out: Path, run_dir: Path, cfg: PipelineConfig, plugins: Plugins,
+               force: bool) -> None:
+    target = out.resolve()
+    if target == run_dir.resolve() or run_dir.resolve() in target.parents:
+        raise RqfError(f"--out {out}: inside the run folder {run_dir}; write elsewhere (a run's "
+                       "own exports are redone by rqf run --resume)")
+    for key, path in input_paths(cfg, plugins):
+        source = path.resolve()
+        same = out.exists() and path.exists() and os.path.samefile(out, path)
+        if same or target == source or source in target.parents or target in source.parents:
+            raise RqfError(f"--out {out}: the pipeline reads {path} ({key}); rqf encode never "
+                           "writes over or into what it reads: choose another --out")
+    if out.exists() or out.is_symlink():
+        if out.is_dir():
+            raise RqfError(f"--out {out}: an existing folder; codes go to a new file or folder "
+                           "(remove it, or choose another --out)")
+        if not force:
+            raise RqfError(f"--out {out}: exists; pass --force to replace it")
 
 
 def _barrier(info) -> None:
