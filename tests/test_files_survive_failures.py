@@ -432,6 +432,30 @@ def test_deeply_nested_yaml_is_one_line(tmp_path):
                    "--set: model[0]", "nested more than 32 levels deep")
 
 
+def test_an_alias_bomb_or_a_self_alias_is_refused_at_once(tmp_path):
+    bomb = tmp_path / "bomb.yaml"
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    bomb.write_text("\n".join(lines) + "\nmodel: {type: rqvae, hidden_dims: *a8}\n")
+    # 9^9 values once expanded: measured by its distinct nodes, refused long before a timeout
+    one_line_error(rqf_proc("validate", str(bomb), timeout=30), "expands to more than 200,000 values")
+    looped = tmp_path / "loop.yaml"
+    looped.write_text("model: &m {type: rqvae, hidden_dims: [*m]}\n")
+    one_line_error(rqf_proc("validate", str(looped), timeout=30), "a value contains itself")
+
+
+def test_yaml_base_60_numbers_are_not_read_as_numbers(tmp_path, recsys_files):
+    config = recsys_pipeline(recsys_files, tmp_path / "run", dataset={"type": "sequences"},
+                             splitter={"type": "leave_last_out"}, model={"type": "mostpop"})
+    path = pipeline_file(tmp_path, config)
+    text = path.read_text()
+    assert "  type: mostpop\n" in text
+    path.write_text(text.replace("  type: mostpop\n", "  type: mostpop\n  history: 1:30\n"))
+    one_line_error(rqf_proc("validate", str(path)), "model.history", "'1:30'")
+    one_line_error(rqf_proc("validate", str(path), "--set", "model.history=0:20"),
+                   "model.history", "'0:20'")
+
+
 @pytest.mark.parametrize("text, fragment", [
     ("name: [unclosed\n", "invalid YAML at line 2"),
     ("!!python/object/apply:os.system ['touch pwned']\n", "invalid YAML"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -40,6 +41,30 @@ def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode, d
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
                               _mapping_without_duplicates)
 
+# YAML 1.1 reads 1:30 as the base-60 integer 90 and 1:30.5 as 90.5; a pipeline means neither:
+# such values stay strings, and validation names the key that expected a number
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers
+            if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"""^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$""",
+               re.X), list("-+0123456789"))
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9_]+(?:[eE][-+][0-9]+)?
+                   |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def _load_value(text: str) -> Any:
+    loader = _StrictLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
 
 def load_yaml(path: Path) -> dict[str, Any]:
     path = Path(path)
@@ -66,27 +91,64 @@ def load_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         kind = "empty" if data is None else f"a {type(data).__name__}"
         raise ConfigError(f"{path}: a pipeline must be a mapping of sections, but the file is {kind}")
-    too_deep = _too_deep(data)
-    if too_deep:
-        raise ConfigError(f"{path}: {too_deep}: nested more than {MAX_DEPTH} levels deep; a "
-                          "pipeline's values are plain numbers, strings, lists and mappings")
+    problem = shape_problem(data)
+    if problem:
+        raise ConfigError(f"{path}: {problem}")
     return data
 
 
 MAX_DEPTH = 32
+MAX_VALUES = 200_000  # values once YAML aliases are expanded; a pipeline has hundreds
 
 
-def _too_deep(data: Any) -> str | None:
-    """The key path of the first value nested deeper than MAX_DEPTH (iterative: no recursion)."""
-    stack = [(data, "", 0)]
+def _children(node: Any) -> list[tuple[str, Any]]:
+    if isinstance(node, dict):
+        return [(str(k), v) for k, v in node.items()]
+    if isinstance(node, list):
+        return [(f"[{i}]", v) for i, v in enumerate(node)]
+    return []
+
+
+def shape_problem(data: Any) -> str | None:
+    """Why ``data`` cannot be a pipeline's value: nested deeper than MAX_DEPTH, more than
+    MAX_VALUES values once YAML aliases are expanded (a "billion laughs" file), or a value that
+    contains itself; None when it can.
+
+    Each distinct list or mapping is measured once (aliases share them), so a file that would
+    expand to billions of values is refused in the time it takes to read it.
+    """
+    measured: dict[int, tuple[int, int]] = {}  # id -> (depth below, values once expanded)
+    open_nodes: set[int] = set()
+    stack = [data]
     while stack:
-        node, where, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            return where or "(top)"
-        if isinstance(node, dict):
-            stack.extend((v, f"{where}.{k}" if where else str(k), depth + 1) for k, v in node.items())
-        elif isinstance(node, list):
-            stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(node))
+        node = stack[-1]
+        if id(node) in measured or not _children(node):
+            measured.setdefault(id(node), (0, 1))
+            stack.pop()
+            continue
+        pending = [v for _, v in _children(node) if id(v) not in measured and _children(v)]
+        if pending and id(node) not in open_nodes:
+            open_nodes.add(id(node))
+            if any(id(v) in open_nodes for v in pending):
+                return "a value contains itself (a YAML alias to its own anchor)"
+            stack.extend(pending)
+            continue
+        kids = [measured.get(id(v), (0, 1)) for _, v in _children(node)]
+        open_nodes.discard(id(node))
+        measured[id(node)] = (1 + max(d for d, _ in kids), 1 + sum(c for _, c in kids))
+        stack.pop()
+    depth, values = measured[id(data)]
+    if values > MAX_VALUES:
+        return (f"expands to more than {MAX_VALUES:,} values (YAML aliases repeat what they "
+                f"point to): {values:,}; a pipeline's values are a few hundred")
+    if depth > MAX_DEPTH:
+        where, node = [], data
+        for _ in range(MAX_DEPTH + 1):  # follow the deepest branch to the first value too deep
+            key, node = max(_children(node), key=lambda kv: measured.get(id(kv[1]), (0, 1))[0])
+            where.append(key)
+        path = ".".join(where).replace(".[", "[")
+        return (f"{path}: nested more than {MAX_DEPTH} levels deep; a pipeline's values are "
+                "plain numbers, strings, lists and mappings")
     return None
 
 
@@ -101,7 +163,7 @@ def apply_overrides(config: dict[str, Any], overrides: Iterable[str]) -> dict[st
         if not all(keys):
             raise ConfigError(f"--set {item!r}: empty key in {key_path!r}")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = _load_value(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         except RecursionError:
@@ -116,9 +178,9 @@ def apply_overrides(config: dict[str, Any], overrides: Iterable[str]) -> dict[st
                 raise ConfigError(f"--set {item!r}: {'.'.join(keys[:depth + 1])} is not a section")
             node = child
         node[keys[-1]] = value
-    too_deep = _too_deep(config)
-    if too_deep:
-        raise ConfigError(f"--set: {too_deep}: nested more than {MAX_DEPTH} levels deep")
+    problem = shape_problem(config)
+    if problem:
+        raise ConfigError(f"--set: {problem}")
     return config
 
 

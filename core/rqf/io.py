@@ -189,3 +189,24 @@ class FolderLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def stored_outside(group: Any, name: str) -> str | None:
+    """How the dataset ``group[name]`` keeps its values outside its HDF5 file (an external
+    link, a virtual dataset, external raw storage), or None when they are in the file.
+
+    rqf reads only what a file holds: such a dataset could make a reader follow a path
+    anywhere on the machine.
+    """
+    import h5py
+
+    link = group.get(name, getlink=True)
+    if isinstance(link, h5py.ExternalLink):
+        return f"is an external link to {link.filename}:{link.path}"
+    obj = group.get(name)
+    if isinstance(obj, h5py.Dataset):
+        if obj.is_virtual:
+            return "is a virtual dataset mapped from other files"
+        if obj.external:
+            return f"keeps its values in an external file ({obj.external[0][0]})"
+    return None

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from rqf.errors import DataError
-from rqf.io import atomic_h5
+from rqf.io import atomic_h5, stored_outside
 from rqf.codes.statistics import unique_codes
 
 FORMAT = "rqf-semantic-ids-1"
@@ -72,6 +72,10 @@ class SemanticIds:
                 for name in ("item_ids", "codes", "unique_codes", "lookup_order"):
                     if name not in f:
                         raise DataError(f"{path}: not a semantic_ids.h5 file (no '{name}' dataset)")
+                    outside = stored_outside(f, name)
+                    if outside:
+                        raise DataError(f"{path}: {name} {outside}; rqf reads only values "
+                                        "inside the file")
                     arrays[name] = f[name][()]
                 self.attrs = dict(f.attrs)
         except OSError as exc:

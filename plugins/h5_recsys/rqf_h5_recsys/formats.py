@@ -13,7 +13,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from rqf import DataError, SequenceTable, flatten_rows, rows_of
+from rqf import DataError, SequenceTable, flatten_rows, rows_of, stored_outside
 
 CHUNK_ROWS = 65536
 # values this large make float32 squared distances overflow (768-d: above ~7e17)
@@ -63,7 +63,16 @@ def _dtype_kind(ds: h5py.Dataset) -> str:
 def _need(f: h5py.File, name: str, kinds: str, ndim: int, probs: Problems,
           expected: str) -> h5py.Dataset | None:
     if name not in f:
-        probs.add(name, f"missing dataset (expected {expected})")
+        if isinstance(f.get(name, getlink=True), h5py.ExternalLink):
+            probs.add(name, f"{stored_outside(f, name)}, which does not resolve; rqf reads only "
+                      "values inside the file")
+        else:
+            probs.add(name, f"missing dataset (expected {expected})")
+        return None
+    outside = stored_outside(f, name)
+    if outside:
+        probs.add(name, f"{outside}; rqf reads only values inside the file (copy them in, e.g. "
+                  "with h5py)")
         return None
     ds = f[name]
     if not isinstance(ds, h5py.Dataset):
@@ -181,9 +190,19 @@ def read_sequence_file(f: h5py.File, path: Path) -> tuple[SequenceTable | None, 
             probs.add(ds.name.lstrip("/"), f"has {ds.shape[0]} rows but sequences has {m}")
     if n_attr is not None and int(n_attr) != m:
         probs.add("attrs/n_sequences", f"says {int(n_attr)} but sequences has {m}")
-    raw_users = users[()]
-    user_ids = np.array([u.decode() if isinstance(u, bytes) else str(u) for u in raw_users],
-                        dtype=object)
+    try:
+        user_ids = np.array([u.decode() if isinstance(u, bytes) else str(u) for u in users[()]],
+                            dtype=object)
+    except UnicodeDecodeError:
+        row = next(i for i, u in enumerate(users[()]) if not _is_utf8(u))
+        probs.add("user_ids", f"row {row} is not UTF-8 text; user ids are strings")
+        return None, probs
+    unique, first, counts = np.unique(user_ids.astype(str), return_index=True,
+                                      return_counts=True)
+    if (counts > 1).any():
+        twice = np.flatnonzero(counts > 1)
+        probs.add("user_ids", f"{len(twice)} user ids appear more than once, e.g. "
+                  f"{str(unique[twice[0]])!r} (row {first[twice[0]]}); a user is one sequence")
     flat, offsets = flatten_rows(seqs[()])
     lengths = np.diff(offsets)
     if lens.shape[0] == m:
@@ -232,3 +251,11 @@ def check_known_items(table: SequenceTable, item_ids: np.ndarray, path: Path,
         probs.add("sequences", f"{int(unknown.sum())} interactions with {len(ids)} item ids not in "
                   f"the item file, e.g. {ids[:5].tolist()}")
     return rows
+
+
+def _is_utf8(value: Any) -> bool:
+    try:
+        value.decode() if isinstance(value, bytes) else str(value)
+    except UnicodeDecodeError:
+        return False
+    return True

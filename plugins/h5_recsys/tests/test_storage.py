@@ -69,6 +69,24 @@ def broken_items(tmp_path: Path, kind: str) -> Path:
         p.write_bytes(data[: len(data) // 2])
     elif kind == "not hdf5":
         p.write_text("item_id,embedding\n1,0.5\n")
+    elif kind in ("external link", "virtual dataset", "external storage"):
+        elsewhere = tmp_path / "elsewhere.bin"
+        elsewhere.write_bytes(np.ones((10, 4), np.float32).tobytes())
+        with h5py.File(tmp_path / "other.h5", "w") as f:
+            f["embeddings"] = np.ones((10, 4), np.float32)
+
+        def fn(f):
+            del f["embeddings"]
+            if kind == "external link":
+                f["embeddings"] = h5py.ExternalLink(str(tmp_path / "other.h5"), "embeddings")
+            elif kind == "virtual dataset":
+                layout = h5py.VirtualLayout(shape=(10, 4), dtype=np.float32)
+                layout[:] = h5py.VirtualSource(str(tmp_path / "other.h5"), "embeddings", (10, 4))
+                f.create_virtual_dataset("embeddings", layout)
+            else:
+                f.create_dataset("embeddings", (10, 4), np.float32,
+                                 external=[(str(elsewhere), 0, 160)])
+        edit(p, fn)
     return p
 
 
@@ -82,6 +100,9 @@ ITEM_CASES = {
     "attribute disagrees": "attrs/n_items: says 11 but item_ids has 10",
     "truncated": "cannot be opened as HDF5, the file may be truncated",
     "not hdf5": "not an HDF5 file",
+    "external link": "embeddings: is an external link to",
+    "virtual dataset": "embeddings: is a virtual dataset mapped from other files; rqf reads only",
+    "external storage": "embeddings: keeps its values in an external file",
 }
 
 
@@ -106,6 +127,9 @@ SEQUENCE_CASES = {
                           "timestamps: 1 rows differ in length from their sequence, first user 'a'"),
     "length mismatch": (dict(lengths=[3, 3]),
                         "sequence_lengths: 1 rows disagree with their sequence, first user 'b' (row 1): says 3"),
+    "duplicate user": (dict(user_ids=["a", "a"]),
+                       "user_ids: 1 user ids appear more than once, e.g. 'a' (row 0)"),
+    "user id not utf-8": (dict(user_ids=[b"a", b"\xff\xfe"]), "user_ids: row 1 is not UTF-8 text"),
 }
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from rqf import (DataError, Dataset, Param, RqfError, RunContext, TensorBatches, TrainingTask,
-                 atomic_path, autocast, load_tensors)
+from rqf import (DataError, Dataset, ItemSource, Param, RqfError, RunContext, TensorBatches,
+                 TrainingTask, atomic_path, autocast, load_tensors, missing_members)
 from rqf.codes import PrefixTrie, SemanticIds, sha256_of
 from rqf_tiger.decode import constrained_beam_search
 from rqf_tiger.evaluation import (HISTORY, TOP_K, Examples, NextItemModel, eval_examples,
@@ -108,6 +108,24 @@ class TigerModel(NextItemModel):
         # one row per item (sorted by id) and a last row of padding for an empty slot
         self.item_tokens = torch.from_numpy(np.vstack([tokens, np.full(self.levels, PAD)]))
         self.leaf_item = ids.item_ids[self.trie.rows].astype(np.int64)  # leaf -> item id
+
+    def check(self, dataset: Dataset) -> None:
+        """The IDs must be of this catalogue: an ID for every item of the storage, and none
+        for an item outside it (IDs of another catalogue would rank items it does not have)."""
+        storage = getattr(dataset, "storage", None)
+        if storage is None or missing_members(storage, ItemSource):
+            return
+        catalogue = np.unique(np.asarray(storage.item_ids, np.int64))
+        without = np.setdiff1d(catalogue, self.item_ids, assume_unique=True)
+        foreign = np.setdiff1d(self.item_ids, catalogue, assume_unique=True)
+        if len(without) or len(foreign):
+            raise DataError(
+                f"{self.ids_path}: made for another catalogue: {len(without)} of the "
+                f"{len(catalogue)} items of the data have no semantic ID"
+                f"{f' (e.g. {without[:3].tolist()})' if len(without) else ''} and "
+                f"{len(foreign)} IDs name items it does not hold"
+                f"{f' (e.g. {foreign[:3].tolist()})' if len(foreign) else ''}; make the IDs "
+                "from this item file (e.g. examples/rqkmeans.yaml)")
 
     def _rows(self, items: np.ndarray, where: str) -> np.ndarray:
         """Row of each item id in the vocabulary; -1 stays padding, unknown ids are an error."""

@@ -4,11 +4,14 @@ gives exactly the metrics reported."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import h5py
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import rqf
 from rqf.codes import write_semantic_ids
@@ -80,15 +83,26 @@ def test_tiger_trains_decodes_valid_items_and_exports_exactly_its_metrics(tiger_
     assert fit["best_value"] == max(h["valid_ndcg@10"] for h in fit["history"])
 
 
-def test_tiger_refuses_ids_that_miss_items_of_the_sequences(tmp_path, recsys_files):
-    ids = write_semantic_ids(tmp_path / "partial.h5", np.arange(101, 301),
-                             np.random.default_rng(0).integers(0, 8, (200, 2)), None,
-                             {"codebook_size": 8})
+@pytest.mark.parametrize("ids, fragment", [
+    (np.arange(101, 301), "100 of the 300 items of the data have no semantic ID (e.g. [301, 302"),
+    (np.r_[np.arange(101, 401), 9000, 9001], "and 2 IDs name items it does not hold (e.g. [9000"),
+])
+def test_tiger_refuses_ids_of_another_catalogue_in_validate_and_run(tmp_path, recsys_files, ids,
+                                                                    fragment):
+    path = write_semantic_ids(tmp_path / "other.h5", ids,
+                              np.random.default_rng(0).integers(0, 8, (len(ids), 3)), None,
+                              {"codebook_size": 8})
     config = sequence_pipeline(recsys_files, tmp_path / "t", {"type": "tiger",
-                                                              "semantic_ids": str(ids)},
+                                                              "semantic_ids": str(path)},
                                max_steps=2)
-    with pytest.raises(rqf.DataError, match="items of the training .* have no semantic ID"):
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(config))
+    proc = subprocess.run([sys.executable, "-m", "rqf", "validate", str(tmp_path / "p.yaml")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "made for another catalogue" in proc.stderr and fragment in proc.stderr
+    with pytest.raises(rqf.DataError, match="made for another catalogue"):
         rqf.run(config)
+    assert not (tmp_path / "t").exists()  # refused before the run folder was made
 
 
 # --- the training loop's seams used here ----------------------------------------------------
