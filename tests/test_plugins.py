@@ -90,9 +90,62 @@ def test_two_plugins_registering_one_name_is_an_error_naming_both():
 
     plugins = Plugins().load(entry_points=False)
     plugins.add(Module, "clashing")
-    with pytest.raises(rqf.PluginError, match="splitter 'index' is registered twice: by plugin "
-                                              "'builtin' and by plugin 'clashing'"):
-        plugins.check_conflicts()
+    assert plugins.clashes() == ["splitter 'index' is registered by plugin 'builtin' (rqf "
+                                 f"{rqf.__version__}) and plugin 'clashing' (? ?); it is disabled, "
+                                 "the rest of both plugins works"]
+    with pytest.raises(ConfigError, match="splitter 'index' is registered by plugins 'builtin' "
+                                          "and 'clashing', so it is disabled"):
+        plugins.registry.get("splitter", "index")
+
+
+TWIN = """
+import rqf
+from rqf_toy_splitter import SignCodes
+
+
+class Twin(SignCodes):
+    name = "twin"
+
+
+@rqf.hookimpl
+def register_models(register):
+    register(Twin)
+"""
+
+
+def test_a_name_two_plugins_register_is_disabled_and_the_rest_works(tmp_path, recsys_files):
+    import os
+    import subprocess
+
+    import yaml
+
+    site = tmp_path / "site"
+    for dist in ("rqf-twin-a", "rqf-twin-b"):
+        module = dist.replace("-", "_")
+        info = site / f"{module}-0.0.1.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.0.1\n")
+        (info / "entry_points.txt").write_text(f"[rqf]\n{module} = {module}\n")
+        (site / f"{module}.py").write_text(TWIN)
+    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{FIXTURE}"}
+
+    def validate(model):
+        path = tmp_path / f"{model}.yaml"
+        path.write_text(yaml.safe_dump(recsys_pipeline(recsys_files, tmp_path / "run",
+                                                       model={"type": model})))
+        return subprocess.run([sys.executable, "-m", "rqf", "validate", str(path)],
+                              capture_output=True, text=True, env=env, timeout=120)
+
+    fine = validate("rqkmeans")
+    assert fine.returncode == 0, fine.stderr
+    assert fine.stderr.strip() == ("warning: model 'twin' is registered by plugin 'rqf_twin_a' "
+                                   "(rqf-twin-a 0.0.1) and plugin 'rqf_twin_b' (rqf-twin-b "
+                                   "0.0.1); it is disabled, the rest of both plugins works")
+    used = validate("twin")
+    assert used.returncode == 2 and "Traceback" not in used.stderr
+    assert used.stderr.strip().splitlines()[-1].endswith(
+        "model.type: model 'twin' is registered by plugins 'rqf_twin_a' and 'rqf_twin_b', so it "
+        "is disabled; uninstall one, or leave one out with RQF_LOAD_PLUGINS")
 
 
 def test_load_plugins_variable_limits_entry_points(monkeypatch):

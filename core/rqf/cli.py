@@ -88,7 +88,7 @@ def plugins(verbose: bool, debug: bool) -> None:
         for p in TRAIN_PARAMS:
             click.echo(f"      {p.describe()}")
     problems = [f"plugin {f.name!r} ({f.distribution} {f.version}) failed to load: {f.error}"
-                for f in pm.failures] + pm.conflicts
+                for f in pm.failures] + pm.clashes()
     for problem in problems:
         _echo_err(f"error: {problem}")
     if problems:
@@ -198,7 +198,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         from rqf.plugins import get_plugins
 
-        get_plugins().add_commands(cli)
+        plugins = get_plugins()
+        plugins.add_commands(cli)
+        if args[:1] != ["plugins"]:  # which lists them as its problems
+            for clash in plugins.clashes():
+                _echo_err(f"warning: {clash}")
         cli.main(args=args, prog_name="rqf", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

@@ -28,7 +28,6 @@ def resolve_config(config: str | Path | Mapping[str, Any], overrides: Iterable[s
     file it came from in error messages.
     """
     plugins = plugins or get_plugins()
-    plugins.check_conflicts()
     if isinstance(config, Mapping):
         raw, base_dir = dict(config), Path.cwd()
     else:

@@ -16,7 +16,6 @@ from typing import Any
 import pluggy
 
 from rqf import hookspecs
-from rqf.errors import PluginError
 from rqf.registry import Registry
 
 ENTRY_POINT_GROUP = "rqf"
@@ -43,7 +42,6 @@ class Plugins:
         self.registry = Registry()
         self.info: dict[str, PluginInfo] = {}
         self.failures: list[PluginInfo] = []
-        self.conflicts: list[str] = []
 
     def load(self, entry_points: bool = True) -> "Plugins":
         from rqf import builtin
@@ -84,8 +82,6 @@ class Plugins:
                     continue
                 try:
                     impl.function(register=partial(self.registry.add, kind, plugin=name))
-                except PluginError as exc:
-                    self.conflicts.append(str(exc))
                 except Exception as exc:
                     self._fail(info, f"{hook_name} raised {type(exc).__name__}: {exc}")
                     return
@@ -104,9 +100,18 @@ class Plugins:
                 self.failures.append(PluginInfo(known.name, known.distribution, known.version,
                                                 f"register_commands raised {type(exc).__name__}: {exc}"))
 
-    def check_conflicts(self) -> None:
-        if self.conflicts:
-            raise PluginError(self.conflicts[0])
+    def clashes(self) -> list[str]:
+        """One line per name two installed plugins register (disabled), naming both."""
+        lines = []
+        for (kind, name), plugins in self.registry.clashes.items():
+            who = " and ".join(f"plugin {p!r} ({self._distribution(p)})" for p in plugins)
+            lines.append(f"{kind} {name!r} is registered by {who}; it is disabled, the "
+                         "rest of both plugins works")
+        return lines
+
+    def _distribution(self, plugin: str) -> str:
+        info = self.info.get(plugin)
+        return f"{info.distribution} {info.version}" if info else "?"
 
 
 def _selected_entry_points() -> list[md.EntryPoint]:

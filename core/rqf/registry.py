@@ -28,6 +28,8 @@ class Entry:
 class Registry:
     def __init__(self) -> None:
         self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+        # a name two plugins register is nobody's: (kind, name) -> the plugins that claimed it
+        self.clashes: dict[tuple[str, str], list[str]] = {}
 
     def add(self, kind: str, cls: type[Component], plugin: str) -> None:
         base = KINDS[kind]
@@ -37,10 +39,16 @@ class Registry:
         if not cls.name:
             raise PluginError(f"plugin {plugin!r} registered {cls.__name__} as a {kind} "
                               "without a 'name'")
+        clash = self.clashes.get((kind, cls.name))
+        if clash is not None:
+            clash.append(plugin)
+            return
         existing = self._entries[kind].get(cls.name)
         if existing is not None and existing.cls is not cls:
-            raise PluginError(f"{kind} {cls.name!r} is registered twice: by plugin "
-                              f"{existing.plugin!r} and by plugin {plugin!r}")
+            # neither wins: which one a pipeline got would depend on the order of installation
+            self.clashes[(kind, cls.name)] = [existing.plugin, plugin]
+            del self._entries[kind][cls.name]
+            return
         self._entries[kind][cls.name] = Entry(kind, cls.name, cls, plugin)
 
     def get(self, kind: str, name: str, key_path: str | None = None) -> type[Component]:
@@ -48,6 +56,10 @@ class Registry:
         if name in entries:
             return entries[name].cls
         where = f"{key_path}: " if key_path else ""
+        if (kind, name) in self.clashes:
+            by = " and ".join(repr(p) for p in self.clashes[(kind, name)])
+            raise ConfigError(f"{where}{kind} {name!r} is registered by plugins {by}, so it is "
+                              "disabled; uninstall one, or leave one out with RQF_LOAD_PLUGINS")
         hint = closest(str(name), entries)
         available = ", ".join(sorted(entries)) or "none installed"
         message = f"{where}unknown {kind} {name!r}"
