@@ -138,8 +138,9 @@ def test_two_runs_on_one_folder_one_is_refused(tmp_path, recsys_files):
         while not (tmp_path / "run" / ".rqf-run.lock.holder").exists():
             assert time.monotonic() < deadline and first.poll() is None
             time.sleep(0.05)
-        second = rqf_proc("run", str(path), "--resume")
-        one_line_error(second, "another rqf run is writing here", f"process {first.pid}")
+        for flags in (["--resume"], [], ["--force"]):  # never "pass --resume" to a live run
+            second = rqf_proc("run", str(path), *flags)
+            one_line_error(second, "another rqf run is writing here", f"process {first.pid}")
     finally:
         first.kill()
         first.wait()
@@ -454,6 +455,41 @@ def test_yaml_base_60_numbers_are_not_read_as_numbers(tmp_path, recsys_files):
     one_line_error(rqf_proc("validate", str(path)), "model.history", "'1:30'")
     one_line_error(rqf_proc("validate", str(path), "--set", "model.history=0:20"),
                    "model.history", "'0:20'")
+
+
+def test_edge_data_gets_one_line_that_says_what_is_wrong(tmp_path, recsys_files):
+    from rqf.codes import write_semantic_ids
+    from rqf_h5_recsys.testing import write_seed_sequences
+
+    items = write_seed_items(tmp_path / "items.h5", np.arange(1, 11),
+                             np.random.default_rng(0).normal(size=(10, 4)))
+    with h5py.File(tmp_path / "none.h5", "w") as f:  # a catalogue without interactions
+        f.create_dataset("user_ids", (0,), dtype=h5py.string_dtype())
+        f.create_dataset("sequences", (0,), dtype=h5py.vlen_dtype(np.int64))
+        f.create_dataset("sequence_lengths", data=np.zeros(0, np.int32))
+        f.attrs["n_sequences"] = 0
+    three = write_seed_sequences(tmp_path / "three.h5", ["a", "b"], [[1, 2, 3], [4, 5, 6]])
+    empty_ids = write_semantic_ids(tmp_path / "empty_ids.h5", np.zeros(0, np.int64),
+                                   np.zeros((0, 2), np.int64), None, {"codebook_size": 4})
+    ids = write_semantic_ids(tmp_path / "ids.h5", np.arange(1, 11),
+                             np.arange(20).reshape(10, 2) % 4, None, {"codebook_size": 4})
+
+    def pipeline(sequences, model):
+        return pipeline_file(tmp_path, {
+            "output_dir": str(tmp_path / "run"),
+            "storage": {"type": "h5_recsys", "items": str(items), "sequences": str(sequences)},
+            "dataset": "sequences", "splitter": "leave_last_out", "model": model,
+            "train": {"progress": False, "max_steps": 2}})
+
+    for command in ("validate", "run"):
+        one_line_error(rqf_proc(command, str(pipeline(tmp_path / "none.h5", {"type": "mostpop"}))),
+                       "none.h5: holds no user sequences")
+    one_line_error(rqf_proc("validate", str(pipeline(three, {"type": "tiger",
+                                                             "semantic_ids": str(empty_ids)}))),
+                   "empty_ids.h5: holds no items")
+    one_line_error(rqf_proc("run", str(pipeline(three, {"type": "tiger", "semantic_ids": str(ids),
+                                                        "beam": 10}))),
+                   "no next-item examples", "a user needs four")
 
 
 @pytest.mark.parametrize("text, fragment", [

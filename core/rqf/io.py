@@ -184,6 +184,22 @@ class FolderLock:
     def held(self) -> bool:
         return self._lock is not None
 
+    def busy(self) -> str | None:
+        """Who holds the lock now (another live process), or None; creates no file."""
+        if self._lock is not None or not self.path.exists():
+            return None
+        from filelock import FileLock, Timeout
+
+        probe = FileLock(self.path, timeout=0)
+        try:
+            probe.acquire()
+        except Timeout:
+            return self._holder()
+        except OSError:
+            return None
+        probe.release()
+        return None
+
     def __enter__(self) -> "FolderLock":
         return self.acquire()
 

@@ -115,6 +115,10 @@ class RunFolder:
                            f"{MARKER} marker); rqf writes into, resumes and deletes only folders it made: choose "
                            "another output_dir")
         self.marker_claims()  # a forged claim is refused before anything is removed
+        holder = self.lock.busy()
+        if holder:
+            raise RqfError(f"{out}: another rqf run is writing here ({holder}); one writer at a "
+                           "time")
         finished = (out / FINISHED_MARKER).exists()
         if resume:
             saved = read_run_config(out / "config.yaml")

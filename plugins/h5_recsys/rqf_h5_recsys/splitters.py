@@ -19,6 +19,11 @@ def _sequences(dataset: Dataset, splitter: str) -> SequenceView:
     if missing_members(dataset, SequenceView):
         raise ConfigError(f"splitter.type: {splitter!r} splits user sequences; use "
                           f"dataset.type: sequences (got {dataset.name!r}), or the 'index' splitter")
+    if not len(dataset.records):  # type: ignore[attr-defined]
+        where = getattr(getattr(dataset, "storage", None), "sequences_path", None) or "the data"
+        raise DataError(f"{where}: holds no user sequences; {splitter!r} needs users with items "
+                        "(a catalogue without interactions trains item models with dataset: "
+                        "items and the 'index' splitter)")
     return dataset  # type: ignore[return-value]
 
 

@@ -96,6 +96,9 @@ class TigerModel(NextItemModel):
     # -- the vocabulary ---------------------------------------------------------------------
     def _load_ids(self, path: Path) -> None:
         ids = SemanticIds(path)
+        if not len(ids.item_ids):
+            raise DataError(f"{path}: holds no items; tiger generates the IDs of a catalogue's "
+                            "items (make them with a tokenizer run, e.g. examples/rqkmeans.yaml)")
         self.ids_path, self.ids_sha256 = path, sha256_of(path)
         codes = ids.unique_codes.astype(np.int64)
         self.levels = codes.shape[1]
@@ -149,8 +152,9 @@ class TigerModel(NextItemModel):
         self.precision = ctx.train.precision
         ex = train_examples(train, cfg["history"])
         if not len(ex):
-            raise RqfError("tiger: the training split holds no next-item examples (sequences of "
-                           "at least two items)")
+            raise RqfError("tiger: the training split holds no next-item examples: a training "
+                           "sequence needs two items after the splitter held out its targets "
+                           "(leave_last_out keeps all but the last two, so a user needs four)")
         valid_ex = eval_examples(valid, cfg["history"]) if valid is not None else None
         if valid_ex is not None and cfg["monitor_users"] and len(valid_ex) > cfg["monitor_users"]:
             pick = np.random.default_rng(ctx.seed).choice(len(valid_ex), cfg["monitor_users"],
