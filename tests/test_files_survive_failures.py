@@ -418,6 +418,36 @@ def test_absurd_values_are_refused_before_the_run_folder_exists(tmp_path, recsys
     assert not run.exists()
 
 
+@pytest.mark.parametrize("model, train, fragment", [
+    ({"type": "tiger", "beam": 10**9}, {}, "model.beam: 1000000000 beams for 300 items"),
+    ({"type": "tiger", "layers": 100000}, {}, "model.layers, model.history: a network of"),
+    ({"type": "tiger", "ff": 100000}, {}, "train.batch_size, model.history, model.ff: a training"),
+    ({"type": "lastitem_nn", "history": 10**9}, {}, "model.history: histories of 1000000000 items"),
+    ({"type": "rqvae", "codebook_size": 10**9}, {}, "model.hidden_dims: an RQ-VAE of 1.6e+10"),
+    ({"type": "rqvae", "hidden_dims": [10**8]}, {}, "model.hidden_dims: an RQ-VAE of 5e+09"),
+    ({"type": "rqvae", "levels": 10**5}, {}, "model.levels: expected a value <= 64"),
+    ({"type": "rqkmeans", "kmeans_iters": 10**9}, {}, "model.kmeans_iters: expected a value <="),
+    ({"type": "rqkmeans", "codebook_size": 10**9}, {}, "model.codebook_size: 3 x 1000000000 codes"),
+])
+def test_absurd_sizes_are_refused_with_the_key_and_the_estimate(tmp_path, recsys_files, model,
+                                                                train, fragment):
+    from rqf.codes import write_semantic_ids
+
+    if model["type"] in ("tiger", "lastitem_nn"):
+        ids = write_semantic_ids(tmp_path / "ids.h5", np.arange(101, 401),
+                                 np.arange(900).reshape(300, 3) % 8, None, {"codebook_size": 8})
+        if model["type"] == "tiger":
+            model = {**model, "semantic_ids": str(ids)}
+        config = recsys_pipeline(recsys_files, tmp_path / "run", dataset={"type": "sequences"},
+                                 splitter={"type": "leave_last_out"}, model=model)
+    else:
+        config = recsys_pipeline(recsys_files, tmp_path / "run", model=model)
+    path = pipeline_file(tmp_path, config)
+    for command in ("validate", "run"):  # validate refuses what run would, before training
+        one_line_error(rqf_proc(command, str(path), timeout=60), fragment)
+    assert not (tmp_path / "run").exists()
+
+
 def test_deeply_nested_yaml_is_one_line(tmp_path):
     deep = tmp_path / "deep.yaml"
     deep.write_text("name: x\nmodel: " + "[" * 20000 + "]" * 20000 + "\n")

@@ -8,6 +8,7 @@ from rqf.errors import ConfigError, DataError, PluginError, RqfError
 from rqf.hookspecs import hookimpl
 from rqf.interfaces import (Dataset, InspectReport, ItemVectors, Model, RunContext,
                             SequenceVectors, Splitter, Storage)
+from rqf.memory import require_memory
 from rqf.params import Param, validate_params
 
 __version__ = "0.1.0"
@@ -48,7 +49,7 @@ __all__ = [
     # components: the four interfaces, what they declare and the errors they raise
     "Storage", "Dataset", "Splitter", "Model", "Param", "validate_params", "RunContext",
     "InspectReport", "ItemVectors", "SequenceVectors", "hookimpl", "IndexSplitter",
-    "check_disjoint", "RqfError", "ConfigError", "DataError", "PluginError",
+    "check_disjoint", "RqfError", "ConfigError", "DataError", "PluginError", "require_memory",
     # data protocols a storage implements, and the helpers recsys datasets share
     "ItemSource", "SequenceSource", "SequenceTable", "SequenceView", "SequenceRecords",
     "KeyedArrays", "ArrayGroup", "ItemRows", "missing_members", "require", "read_rows",

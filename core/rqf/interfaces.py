@@ -217,9 +217,10 @@ class Model(Component, ABC):
         self.data_info = dict(data_info)
         self.config = self.resolve(params, "model")
 
-    def check(self, dataset: Dataset) -> None:
-        """Refuse data this model cannot use (e.g. IDs made for another catalogue), before
-        anything is trained or written: ``rqf validate`` and ``rqf run`` both call it."""
+    def check(self, dataset: Dataset, train: "TrainConfig") -> None:
+        """Refuse data this model cannot use (e.g. IDs made for another catalogue) or settings
+        the data makes absurd (e.g. more memory than the machine has), before anything is
+        trained or written: ``rqf validate`` and ``rqf run`` both call it."""
 
     @abstractmethod
     def fit(self, train: Dataset, valid: Dataset | None, ctx: RunContext) -> dict[str, Any]:

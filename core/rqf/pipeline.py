@@ -120,7 +120,7 @@ def build(cfg: PipelineConfig, plugins: Plugins | None = None) -> Components:
             raise RqfError(f"splitter {splitter.name!r} left no training samples")
         model = registry.get("model", cfg["model"]["type"])(dataset.describe(),
                                                              **_params(cfg["model"]))
-        model.check(dataset)
+        model.check(dataset, TrainConfig(**cfg["train"]))
     except BaseException:
         storage.close()
         raise

@@ -47,7 +47,7 @@ class ItemTokenizer(Model):
     """A model that turns item vectors into semantic IDs (see the module docstring)."""
 
     # the parameters every tokenizer takes; a subclass lists them in its own params
-    LEVELS = Param("levels", int, 3, "number of residual codebooks (code length)", min=1)
+    LEVELS = Param("levels", int, 3, "number of residual codebooks (code length)", min=1, max=64)
     CODEBOOK_SIZE = Param("codebook_size", int, 256, "codes per codebook", min=2)
     COLLISION_HANDLING = Param(
         "collision_handling", str, "reassign", "how items that share a code tuple get distinct "

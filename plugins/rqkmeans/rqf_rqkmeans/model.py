@@ -10,7 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rqf import ConfigError, Dataset, Param, RqfError, RunContext, atomic_path, load_tensors
+from rqf import (ConfigError, Dataset, Param, RqfError, RunContext, atomic_path, load_tensors,
+                 require_memory)
 from rqf.codes import (CodedItems, ItemTokenizer, balanced_kmeans, handle_collisions, kmeans,
                        nearest, squared_distances)
 
@@ -30,7 +31,7 @@ class RQKMeansModel(ItemTokenizer):
               choices=("l2", "standardize", "none")),
         Param("balanced", bool, False, "keep each level's clusters near equal size (Sinkhorn "
               "assignment between k-means updates); items are still coded by nearest centroid"),
-        Param("kmeans_iters", int, 50, "Lloyd iterations per level", min=1),
+        Param("kmeans_iters", int, 50, "Lloyd iterations per level", min=1, max=10_000),
         Param("kmeans_samples", int, 262144, "at most this many training vectors are clustered",
               min=1),
         ItemTokenizer.COLLISION_HANDLING,
@@ -46,6 +47,14 @@ class RQKMeansModel(ItemTokenizer):
                               f"{data_info.get('unit')}s (use rqvae for tokens)")
         config = self.config
         self.input_dim = int(data_info["input_dim"])
+        items = int(data_info.get("n_items") or data_info.get("n_samples") or 0)
+        size = config["codebook_size"]
+        # the codebooks, one encoding chunk's distances, every item's last-level distances
+        need = (config["levels"] * size * self.input_dim + ENCODE_CHUNK * size
+                + items * size) * 4
+        require_memory("model.levels, model.codebook_size", need,
+                       f"{config['levels']} x {size} codes of {self.input_dim}-d vectors over "
+                       f"{items:,} items")
         self.codebooks = torch.zeros(config["levels"], config["codebook_size"], self.input_dim)
         self.mean = torch.zeros(self.input_dim)
         self.std = torch.ones(self.input_dim)

@@ -11,8 +11,8 @@ import torch
 
 from rqf import (ConfigError, DataError, Dataset, ItemVectors, Param, RqfError, RunContext,
                  SequenceVectors, TensorBatches, TrainingTask, atomic_path, autocast,
-                 load_tensors, resolve_device)
-from rqf.codes import CodedItems, ItemTokenizer
+                 load_tensors, require_memory, resolve_device)
+from rqf.codes import DISTANCE_CHUNK, CodedItems, ItemTokenizer
 from rqf_rqvae.module import ACTIVATIONS, RQVAE
 
 MODEL_FORMAT = "rqf-rqvae-1"
@@ -78,7 +78,7 @@ class RQVAEModel(ItemTokenizer):
               "codebooks); default: torch's initialisation", choices=("data", "default")),
         ItemTokenizer.COLLISION_HANDLING,
         Param("kmeans_init", bool, True, "initialise each codebook by k-means on encoded data"),
-        Param("kmeans_iters", int, 25, "k-means iterations per level", min=1),
+        Param("kmeans_iters", int, 25, "k-means iterations per level", min=1, max=10_000),
         Param("kmeans_samples", int, 65536, "vectors used for the k-means initialisation", min=1),
         Param("restart_every", int, 50, "check for dead codes every N steps (0: never)", min=0),
         Param("restart_threshold", float, 1.0,
@@ -121,9 +121,32 @@ class RQVAEModel(ItemTokenizer):
         if any(h <= 0 for h in params["hidden_dims"]):
             raise ConfigError(f"model.hidden_dims: widths must be positive, got {params['hidden_dims']}")
         self.input_dim = input_dim
+        self._require_memory()
         self.net = self._build()
         self.device = torch.device("cpu")
         self.precision = "fp32"
+
+    def _require_memory(self) -> None:
+        c = self.config
+        widths = [self.input_dim, *c["hidden_dims"], c["latent_dim"]]
+        layers = sum(a * b + b for a, b in zip(widths, widths[1:]))
+        books = c["levels"] * c["codebook_size"] * c["latent_dim"]
+        params = 2 * layers + books  # encoder and its mirror, the codebooks
+        # weights, gradients and two Adam moments in fp32; k-means distances of one chunk
+        need = params * 16 + DISTANCE_CHUNK * c["codebook_size"] * 4 * 2
+        require_memory("model.levels, model.codebook_size, model.hidden_dims", need,
+                       f"an RQ-VAE of {params:.3g} parameters ({c['levels']} x "
+                       f"{c['codebook_size']} codes) with its optimizer state")
+
+    def check(self, dataset: Dataset, train: Any) -> None:
+        c = self.config
+        widths = [self.input_dim, *c["hidden_dims"], c["latent_dim"]]
+        batch = min(train.batch_size, max(len(dataset), 1))
+        # activations of encoder and decoder kept for the backward pass, and their gradients
+        need = batch * sum(widths) * 4 * 2 * 3
+        require_memory("train.batch_size, model.hidden_dims", need,
+                       f"a training batch of {batch:,} vectors through layers of "
+                       f"{', '.join(map(str, widths))}")
 
     def _build(self) -> RQVAE:
         c = self.config

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 
 from rqf import (ConfigError, DataError, Dataset, Model, Param, RunContext, SequenceView,
-                 atomic_h5, missing_members)
+                 atomic_h5, missing_members, require_memory)
 
 KS = (5, 10)
 FORMAT = "rqf-recommendations-1"
@@ -151,6 +151,15 @@ class NextItemModel(Model):
         config = {p.name: p.default for p in self.params}
         config.update(params)
         super().__init__(data_info, **config)
+
+    def check(self, dataset: Dataset, train: Any) -> None:
+        """Histories of every example as (examples, history) arrays must fit in memory."""
+        table = getattr(dataset, "table", None)
+        if table is None:
+            return
+        examples, history = len(table.item_ids), self.config["history"]
+        require_memory("model.history", examples * history * 8 * 3,
+                       f"histories of {history} items for up to {examples:,} examples")
 
     def recommend(self, history: np.ndarray, k: int) -> np.ndarray:
         raise NotImplementedError

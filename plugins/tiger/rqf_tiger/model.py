@@ -11,8 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from rqf import (DataError, Dataset, ItemSource, Param, RqfError, RunContext, TensorBatches,
-                 TrainingTask, atomic_path, autocast, load_tensors, missing_members)
+from rqf import (ConfigError, DataError, Dataset, ItemSource, Param, RqfError, RunContext,
+                 TensorBatches, TrainingTask, atomic_path, autocast, load_tensors, missing_members,
+                 require_memory)
 from rqf.codes import PrefixTrie, SemanticIds, sha256_of
 from rqf_tiger.decode import constrained_beam_search
 from rqf_tiger.evaluation import (HISTORY, TOP_K, Examples, NextItemModel, eval_examples,
@@ -88,10 +89,25 @@ class TigerModel(NextItemModel):
         if cfg["beam"] < cfg["top_k"]:
             raise RqfError(f"model.beam: {cfg['beam']} beams cannot give top_k {cfg['top_k']} items")
         self._load_ids(Path(cfg["semantic_ids"]))
+        if cfg["beam"] > len(self.item_ids):
+            raise ConfigError(f"model.beam: {cfg['beam']} beams for {len(self.item_ids)} items; "
+                              f"a beam holds distinct items, so at most {len(self.item_ids)}")
+        self._require_network_memory()
         self.net = TigerNet(self.n_tokens, cfg["history"] * self.levels, self.levels,
                             cfg["d_model"], cfg["heads"], cfg["layers"], cfg["ff"], cfg["dropout"])
         self.device = torch.device("cpu")
         self.precision = "fp32"
+
+    def _require_network_memory(self) -> None:
+        cfg = self.config
+        d, ff, layers = cfg["d_model"], cfg["ff"], cfg["layers"]
+        positions = cfg["history"] * self.levels + self.levels + 1
+        # encoder 4d^2 + 2d*ff, decoder 8d^2 + 2d*ff per layer; embeddings and the output head
+        params = layers * (12 * d * d + 4 * d * ff) + (2 * self.n_tokens + positions) * d
+        require_memory("model.d_model, model.ff, model.layers, model.history", params * 16,
+                       f"a network of {params:.3g} parameters ({layers}+{layers} layers, d_model "
+                       f"{d}, ff {ff}, {self.n_tokens} ID tokens, {positions} positions) with "
+                       "its gradients and optimizer state")
 
     # -- the vocabulary ---------------------------------------------------------------------
     def _load_ids(self, path: Path) -> None:
@@ -112,9 +128,18 @@ class TigerModel(NextItemModel):
         self.item_tokens = torch.from_numpy(np.vstack([tokens, np.full(self.levels, PAD)]))
         self.leaf_item = ids.item_ids[self.trie.rows].astype(np.int64)  # leaf -> item id
 
-    def check(self, dataset: Dataset) -> None:
+    def check(self, dataset: Dataset, train: Any) -> None:
         """The IDs must be of this catalogue: an ID for every item of the storage, and none
         for an item outside it (IDs of another catalogue would rank items it does not have)."""
+        super().check(dataset, train)
+        cfg = self.config
+        width = cfg["history"] * self.levels
+        # activations kept for the backward pass: attention and feed-forward of every layer
+        activations = train.batch_size * width * (cfg["ff"] + 8 * cfg["d_model"]) * 4 \
+            * 2 * cfg["layers"] * 3
+        require_memory("train.batch_size, model.history, model.ff", activations,
+                       f"a training batch of {train.batch_size} histories of {width} tokens "
+                       f"through {cfg['layers']}+{cfg['layers']} layers")
         storage = getattr(dataset, "storage", None)
         if storage is None or missing_members(storage, ItemSource):
             return
