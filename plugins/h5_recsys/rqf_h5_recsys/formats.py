@@ -129,47 +129,77 @@ def check_item_file(f: h5py.File, path: Path, check_values: bool = True,
         probs.add("attrs/embedding_dim", f"says {int(d_attr)} but embeddings are {emb.shape[1]}-d")
     if n == 0:
         probs.add("item_ids", "is empty")
-    max_len = 0
-    if feats is not None and feat_len is not None:
-        max_len = feats.shape[1]
-        if "max_feature_len" in f.attrs and int(f.attrs["max_feature_len"]) != max_len:
-            probs.add("attrs/max_feature_len", f"says {int(f.attrs['max_feature_len'])} but "
-                      f"features has {max_len} columns")
-        for ds in (feats, feat_len):
-            if ds.shape[0] != n:
-                probs.add(ds.name.lstrip("/"), f"has {ds.shape[0]} rows but item_ids has {n}")
-        if feat_len.shape[0] == n:
-            lengths = feat_len[()]
-            bad = np.flatnonzero((lengths < 0) | (lengths > max_len))
-            if len(bad):
-                probs.add("feature_lengths", f"{len(bad)} values outside 0..{max_len}, first at "
-                          f"row {bad[0]} ({lengths[bad[0]]})")
+    max_len = _check_features(f, feats, feat_len, n, probs)
     uniq, counts = np.unique(item_ids, return_counts=True)
     dup = uniq[counts > 1]
     if len(dup):
         probs.add("item_ids", f"{len(dup)} duplicate ids, e.g. {dup[:5].tolist()}")
     if check_values and emb.shape[0] == n:
-        source = emb if embeddings is None else embeddings
-        bad_rows, huge_rows, peak = [], [], 0.0
-        for start in range(0, n, CHUNK_ROWS):  # streamed in chunks when lazy
-            chunk = np.abs(source[start:start + CHUNK_ROWS])
-            finite = np.isfinite(chunk).all(axis=1)
-            bad_rows.append(start + np.flatnonzero(~finite))
-            top = np.where(np.isfinite(chunk), chunk, 0).max(axis=1) if chunk.size else chunk
-            huge_rows.append(start + np.flatnonzero(top >= MAX_ABS_VALUE))
-            peak = max(peak, float(top.max()) if len(top) else 0.0)
-        bad = np.concatenate(bad_rows) if bad_rows else np.zeros(0, np.int64)
-        huge = np.concatenate(huge_rows) if huge_rows else np.zeros(0, np.int64)
-        if len(bad):
-            probs.add("embeddings", f"{len(bad)} rows hold NaN or Inf, first at row {bad[0]} "
-                      f"(item id {item_ids[bad[0]]})")
-        if len(huge):
-            probs.add("embeddings", f"{len(huge)} rows hold values of magnitude >= "
-                      f"{MAX_ABS_VALUE:.0e} (up to {peak:.3g}, first at row {huge[0]}, item id "
-                      f"{item_ids[huge[0]]}): unusable scale, distances between such vectors "
-                      "overflow float32; rescale the embeddings")
+        _check_values(emb if embeddings is None else embeddings, item_ids, probs)
     meta = ItemMeta(n, emb.shape[1], item_ids, emb.dtype, feats is not None, max_len)
     return meta, probs
+
+
+def _check_features(f: h5py.File, feats: h5py.Dataset | None, feat_len: h5py.Dataset | None,
+                    n: int, probs: Problems) -> int:
+    """Feature tokens against their lengths and the item count; the feature width."""
+    if feats is None or feat_len is None:
+        return 0
+    max_len = feats.shape[1]
+    if "max_feature_len" in f.attrs and int(f.attrs["max_feature_len"]) != max_len:
+        probs.add("attrs/max_feature_len", f"says {int(f.attrs['max_feature_len'])} but "
+                  f"features has {max_len} columns")
+    for ds in (feats, feat_len):
+        if ds.shape[0] != n:
+            probs.add(ds.name.lstrip("/"), f"has {ds.shape[0]} rows but item_ids has {n}")
+    if feat_len.shape[0] == n:
+        lengths = feat_len[()]
+        bad = np.flatnonzero((lengths < 0) | (lengths > max_len))
+        if len(bad):
+            probs.add("feature_lengths", f"{len(bad)} values outside 0..{max_len}, first at "
+                      f"row {bad[0]} ({lengths[bad[0]]})")
+    return max_len
+
+
+def _check_values(source, item_ids: np.ndarray, probs: Problems) -> None:
+    """NaN, Inf and unusably large embedding values, streamed in chunks when lazy."""
+    n = len(item_ids)
+    bad_rows, huge_rows, peak = [], [], 0.0
+    for start in range(0, n, CHUNK_ROWS):  # streamed in chunks when lazy
+        chunk = np.abs(source[start:start + CHUNK_ROWS])
+        finite = np.isfinite(chunk).all(axis=1)
+        bad_rows.append(start + np.flatnonzero(~finite))
+        top = np.where(np.isfinite(chunk), chunk, 0).max(axis=1) if chunk.size else chunk
+        huge_rows.append(start + np.flatnonzero(top >= MAX_ABS_VALUE))
+        peak = max(peak, float(top.max()) if len(top) else 0.0)
+    bad = np.concatenate(bad_rows) if bad_rows else np.zeros(0, np.int64)
+    huge = np.concatenate(huge_rows) if huge_rows else np.zeros(0, np.int64)
+    if len(bad):
+        probs.add("embeddings", f"{len(bad)} rows hold NaN or Inf, first at row {bad[0]} "
+                  f"(item id {item_ids[bad[0]]})")
+    if len(huge):
+        probs.add("embeddings", f"{len(huge)} rows hold values of magnitude >= "
+                  f"{MAX_ABS_VALUE:.0e} (up to {peak:.3g}, first at row {huge[0]}, item id "
+                  f"{item_ids[huge[0]]}): unusable scale, distances between such vectors "
+                  "overflow float32; rescale the embeddings")
+
+
+def _read_user_ids(users: h5py.Dataset, probs: Problems) -> np.ndarray | None:
+    """User ids as strings, each once; None when they are not text."""
+    try:
+        user_ids = np.array([u.decode() if isinstance(u, bytes) else str(u) for u in users[()]],
+                            dtype=object)
+    except UnicodeDecodeError:
+        row = next(i for i, u in enumerate(users[()]) if not _is_utf8(u))
+        probs.add("user_ids", f"row {row} is not UTF-8 text; user ids are strings")
+        return None
+    unique, first, counts = np.unique(user_ids.astype(str), return_index=True,
+                                      return_counts=True)
+    if (counts > 1).any():
+        twice = np.flatnonzero(counts > 1)
+        probs.add("user_ids", f"{len(twice)} user ids appear more than once, e.g. "
+                  f"{str(unique[twice[0]])!r} (row {first[twice[0]]}); a user is one sequence")
+    return user_ids
 
 
 def read_sequence_file(f: h5py.File, path: Path) -> tuple[SequenceTable | None, Problems]:
@@ -190,19 +220,9 @@ def read_sequence_file(f: h5py.File, path: Path) -> tuple[SequenceTable | None, 
             probs.add(ds.name.lstrip("/"), f"has {ds.shape[0]} rows but sequences has {m}")
     if n_attr is not None and int(n_attr) != m:
         probs.add("attrs/n_sequences", f"says {int(n_attr)} but sequences has {m}")
-    try:
-        user_ids = np.array([u.decode() if isinstance(u, bytes) else str(u) for u in users[()]],
-                            dtype=object)
-    except UnicodeDecodeError:
-        row = next(i for i, u in enumerate(users[()]) if not _is_utf8(u))
-        probs.add("user_ids", f"row {row} is not UTF-8 text; user ids are strings")
+    user_ids = _read_user_ids(users, probs)
+    if user_ids is None:
         return None, probs
-    unique, first, counts = np.unique(user_ids.astype(str), return_index=True,
-                                      return_counts=True)
-    if (counts > 1).any():
-        twice = np.flatnonzero(counts > 1)
-        probs.add("user_ids", f"{len(twice)} user ids appear more than once, e.g. "
-                  f"{str(unique[twice[0]])!r} (row {first[twice[0]]}); a user is one sequence")
     flat, offsets = flatten_rows(seqs[()])
     lengths = np.diff(offsets)
     if lens.shape[0] == m:

@@ -126,6 +126,17 @@ class TemporalSplitter(Splitter):
               nullable=True, min=0, max=1),
     )
 
+    def _cutoffs(self, ts: np.ndarray) -> tuple[int, int | None]:
+        """The test cut-off time and, with valid_quantile, the validation cut-off before it."""
+        q, cut = self.config["cutoff_quantile"], self.config["cutoff_time"]
+        cut = int(np.quantile(ts, q, method="higher")) if cut is None else int(cut)
+        vq = self.config["valid_quantile"]
+        valid_cut = int(np.quantile(ts, vq, method="higher")) if vq is not None else None
+        if valid_cut is not None and valid_cut > cut:
+            raise ConfigError(f"splitter.valid_quantile: {vq} gives a cut-off after the test "
+                              f"cut-off ({valid_cut} > {cut})")
+        return cut, valid_cut
+
     def split(self, dataset: Dataset) -> dict[str, Dataset]:
         data = _sequences(dataset, self.name)
         ts = data.table.timestamps
@@ -133,14 +144,7 @@ class TemporalSplitter(Splitter):
             raise DataError(f"{_where(data)}: timestamps: the temporal splitter "
                             "needs per-interaction timestamps and this file has none (use "
                             "splitter.type: auto or index)")
-        q = self.config["cutoff_quantile"]
-        cut = self.config["cutoff_time"]
-        cut = int(np.quantile(ts, q, method="higher")) if cut is None else int(cut)
-        vq = self.config["valid_quantile"]
-        valid_cut = int(np.quantile(ts, vq, method="higher")) if vq is not None else None
-        if valid_cut is not None and valid_cut > cut:
-            raise ConfigError(f"splitter.valid_quantile: {vq} gives a cut-off after the test "
-                              f"cut-off ({valid_cut} > {cut})")
+        cut, valid_cut = self._cutoffs(ts)
         r = data.records
         base = data.table.offsets[r.user]
 
@@ -184,7 +188,8 @@ class TemporalSplitter(Splitter):
                                                    or last_train_time < train_cut)
         if not leakage["passed"]:
             raise DataError(f"temporal: training input reaches past the cut-off {leakage}")
-        self.report = {"splitter": self.name, "cutoff_time": cut, "cutoff_quantile": q,
+        self.report = {"splitter": self.name, "cutoff_time": cut,
+                       "cutoff_quantile": self.config["cutoff_quantile"],
                        "valid_cutoff_time": valid_cut,
                        "counts": {role: len(v) for role, v in splits.items()},
                        "users_without": dropped, "leakage_check": leakage}

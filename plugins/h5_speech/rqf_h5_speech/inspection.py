@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -71,8 +72,19 @@ def sample_problems(arrays: SampleArrays, feature: str = FEATURE, dim: int | Non
     return problems
 
 
-def inspect_cache(directory: Path, full: bool = False) -> InspectReport:
+@dataclass
+class _Seen:
+    """What the samples read so far have in common: their lengths, dtypes, codecs, width."""
 
+    lengths: list[int] = field(default_factory=list)
+    dtypes: set[str] = field(default_factory=set)
+    codecs: set[str] = field(default_factory=set)
+    dim: int | None = None
+
+
+def inspect_cache(directory: Path, full: bool = False) -> InspectReport:
+    """Shards, sizes, the T distribution and every problem of a cache; ``full`` reads every
+    sample's values, else an evenly spread few."""
     report = InspectReport(f"{directory}: sharded feature cache")
     try:
         index = CacheIndex.load(directory)
@@ -92,50 +104,55 @@ def inspect_cache(directory: Path, full: bool = False) -> InspectReport:
     by_shard: dict[int, list[tuple[str, str]]] = {}
     for key, (file_idx, group) in index.entries.items():
         by_shard.setdefault(file_idx, []).append((key, group))
-    lengths, dtypes, codecs = [], set(), set()
-    dim: int | None = None
+    seen = _Seen()
     for file_idx in sorted(set(counts) & set(on_disk)):
         path = on_disk[file_idx]
         report.lines.append(f"  {path.name}: {counts[file_idx]} samples, "
                             f"{path.stat().st_size / 1e6:.1f} MB")
-        try:
-            f = h5py.File(path, "r")
-        except OSError as exc:
-            report.problems.append(f"{path}: cannot be opened, truncated or corrupted "
-                                   f"({str(exc).splitlines()[0]})")
-            continue
-        with f:
-            if KEYS_DATASET in f:
-                stored = {k.decode() if isinstance(k, bytes) else k for k in f[KEYS_DATASET][()]}
-                listed = {k for k, _ in by_shard.get(file_idx, [])}
-                if listed - stored:
-                    report.problems.append(f"{path}: {len(listed - stored)} indexed samples are "
-                                           "not among the keys the shard recorded")
-            for key, group in by_shard.get(file_idx, []):
-                if key not in chosen:
-                    continue
-                try:
-                    arrays = SampleArrays(f, group, key)
-                except DataError as exc:
-                    report.problems.append(str(exc))
-                    continue
-                problems = sample_problems(arrays, dim=dim)
-                report.problems += problems
-                for name in arrays.datasets:
-                    dtypes.add(str(arrays.dtype(name)))
-                    codecs.add(f[group][name].compression or "none")
-                if not problems and FEATURE in arrays:
-                    dim = dim or arrays.shape(FEATURE)[1]
-                    lengths.append(arrays.shape(FEATURE)[0])
-    report.lines.append(f"dtypes: {', '.join(sorted(dtypes)) or '-'}; compression: "
-                        f"{', '.join(sorted(codecs)) or '-'}")
-    if lengths:
-        q = np.percentile(lengths, [0, 50, 90, 100])
+        _inspect_shard(path, by_shard.get(file_idx, []), chosen, report, seen)
+    report.lines.append(f"dtypes: {', '.join(sorted(seen.dtypes)) or '-'}; compression: "
+                        f"{', '.join(sorted(seen.codecs)) or '-'}")
+    if seen.lengths:
+        q = np.percentile(seen.lengths, [0, 50, 90, 100])
         report.lines.append("frames per sample (T): min {:.0f}, median {:.0f}, p90 {:.0f}, "
-                            "max {:.0f}, mean {:.1f}".format(*q, float(np.mean(lengths))))
+                            "max {:.0f}, mean {:.1f}".format(*q, float(np.mean(seen.lengths))))
     if len(chosen) < len(keys):
         report.lines.append(f"checked {len(chosen)} of {len(keys)} samples, evenly spread "
                             "(values read: NaN/Inf); rqf inspect --full checks every one")
     else:
         report.lines.append(f"checked all {len(keys)} samples (shapes, dtypes, NaN/Inf)")
     return report
+
+
+def _inspect_shard(path: Path, listed: list[tuple[str, str]], chosen: set[str],
+                   report: InspectReport, seen: _Seen) -> None:
+    """The shard's recorded keys against the index, and the chosen samples' arrays."""
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        report.problems.append(f"{path}: cannot be opened, truncated or corrupted "
+                               f"({str(exc).splitlines()[0]})")
+        return
+    with f:
+        if KEYS_DATASET in f:
+            stored = {k.decode() if isinstance(k, bytes) else k for k in f[KEYS_DATASET][()]}
+            missing = {k for k, _ in listed} - stored
+            if missing:
+                report.problems.append(f"{path}: {len(missing)} indexed samples are not among "
+                                       "the keys the shard recorded")
+        for key, group in listed:
+            if key not in chosen:
+                continue
+            try:
+                arrays = SampleArrays(f, group, key)
+            except DataError as exc:
+                report.problems.append(str(exc))
+                continue
+            problems = sample_problems(arrays, dim=seen.dim)
+            report.problems += problems
+            for name in arrays.datasets:
+                seen.dtypes.add(str(arrays.dtype(name)))
+                seen.codecs.add(f[group][name].compression or "none")
+            if not problems and FEATURE in arrays:
+                seen.dim = seen.dim or arrays.shape(FEATURE)[1]
+                seen.lengths.append(arrays.shape(FEATURE)[0])
