@@ -9,7 +9,9 @@ block with chosen plugin modules registered, as if they were installed.
     from rqf.testing import MemoryItems, MemoryItemsDataset, use_plugins, toy_items
 
 ``clustered`` makes structured vectors; ``real_data`` finds a folder of the public data kept
-beside a checkout (``../shared/data``, or ``$RQF_SHARED_DATA``) and skips the test without it.
+beside a checkout (``../shared/data``, or ``$RQF_SHARED_DATA``) and skips the test without it;
+``needs`` skips a test that needs another plugin. ``rqf_proc``, ``pipeline_file`` and
+``one_line_error`` run the command line as a real process and check its one-line errors.
 """
 
 from __future__ import annotations
@@ -183,3 +185,34 @@ def needs(*modules: str):
 
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     return pytest.mark.skipif(bool(missing), reason=f"needs {', '.join(missing)}")
+
+
+# -- the command line as a real process -----------------------------------------------------
+
+def rqf_proc(*args: str, cwd: Path | None = None, timeout: int = 300) -> Any:
+    """``python -m rqf ARGS`` in a new process, its output captured."""
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", "rqf", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout)
+
+
+def one_line_error(proc: Any, *fragments: str) -> str:
+    """The process failed with exit 2 and a single ``error:`` line holding every fragment."""
+    err = proc.stderr.strip()
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in err, err
+    last = err.splitlines()[-1]
+    assert last.startswith("error: "), err
+    for fragment in fragments:
+        assert fragment in last, (fragment, last)
+    return last
+
+
+def pipeline_file(tmp_path: Path, config: dict, name: str = "pipeline.yaml") -> Path:
+    """``config`` written as a pipeline file in ``tmp_path``."""
+    import yaml
+
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config))
+    return path
