@@ -136,6 +136,35 @@ def encode(run_dir: Path, out: Path, overrides: tuple[str, ...], device: str, fo
     click.echo(f"wrote {encode_run(run_dir, out, overrides, device, force)}")
 
 
+@cli.command("export")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", required=True,
+              type=click.Choice(["index-json", "csv", "parquet", "recbole"]),
+              help="index-json: LC-Rec / LETTER / MiniOneRec's .index.json; recbole: an atomic "
+                   "file; parquet needs pyarrow.")
+@click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--numbering", type=click.Choice(["id", "row"]), default="id", show_default=True,
+              help="Key each ID by item id, or by 0-based row of the item file.")
+@click.option("--token", default="<{letter}_{code}>", show_default=True,
+              help="Token template of index-json and recbole: {letter} (a, b, c… by level), "
+                   "{level}, {code}.")
+@click.option("--force", is_flag=True, help="Replace an existing --out file.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def export(run: Path, fmt: str, out: Path, numbering: str, token: str, force: bool,
+           debug: bool) -> None:
+    """Write the semantic IDs of RUN (a run folder or a semantic_ids.h5) for another tool."""
+    from rqf.codes import SemanticIds
+    from rqf.codes.interchange import export_ids
+
+    path = run / "semantic_ids.h5" if run.is_dir() else run
+    ids = SemanticIds(path)  # checked whole before anything is written
+    if out.resolve() == path.resolve():
+        raise RqfError(f"--out {out}: is the file this command reads; choose another --out")
+    if out.exists() and not force:
+        raise RqfError(f"--out {out}: exists; pass --force to replace it")
+    click.echo(f"wrote {export_ids(ids, fmt, out, numbering, token)}")
+
+
 @cli.command()
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
               help="Write the schema here instead of printing it.")

@@ -38,3 +38,30 @@ def from_interactions_cmd(interactions: Path, out_dir: Path, embeddings: Path | 
                                 drop_unknown_items=drop_unknown_items)
     for kind, path in written.items():
         click.echo(f"wrote {kind}: {path}")
+
+
+@click.command("import-ids")
+@click.argument("index", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--items", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="item_data.h5 the IDs are for: every item must have one.")
+@click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="semantic_ids.h5 to write (what tiger's model.semantic_ids reads).")
+@click.option("--numbering", type=click.Choice(["id", "row"]), default="id", show_default=True,
+              help="The index's keys are item ids, or 0-based rows of the item file.")
+@click.option("--force", is_flag=True, help="Replace an existing --out file.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def import_ids_cmd(index: Path, items: Path, out: Path, numbering: str, force: bool,
+                   debug: bool) -> None:
+    """Turn another tool's .index.json (LC-Rec, LETTER, MiniOneRec) into semantic_ids.h5."""
+    from rqf import RqfError
+    from rqf.codes.interchange import import_ids
+    from rqf_h5_recsys.storage import H5RecsysStorage
+
+    for source in (index, items):
+        if out.resolve() == source.resolve():
+            raise RqfError(f"--out {out}: is the file this command reads; choose another --out")
+    if out.exists() and not force:
+        raise RqfError(f"--out {out}: exists; pass --force to replace it")
+    with H5RecsysStorage(str(items)) as storage:
+        item_ids = storage.item_ids
+    click.echo(f"wrote {import_ids(index, item_ids, out, numbering)}")

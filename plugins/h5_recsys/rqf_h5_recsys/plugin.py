@@ -26,9 +26,10 @@ def register_splitters(register):
 
 @hookimpl
 def register_commands(cli):
-    from rqf_h5_recsys.commands import recsys
+    from rqf_h5_recsys.commands import import_ids_cmd, recsys
 
     cli.add_command(recsys)
+    cli.add_command(import_ids_cmd)
 
 
 @hookimpl
