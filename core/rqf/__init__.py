@@ -45,7 +45,7 @@ def __getattr__(name):
 # their tests)
 __all__ = [
     # running and reopening pipelines
-    "run", "encode", "__version__",
+    "run", "encode", "load", "__version__",
     # components: the four interfaces, what they declare and the errors they raise
     "Storage", "Dataset", "Splitter", "Model", "Param", "validate_params", "RunContext",
     "InspectReport", "ItemVectors", "SequenceVectors", "hookimpl", "IndexSplitter",
@@ -61,6 +61,14 @@ __all__ = [
     "atomic_path", "atomic_h5", "write_json_atomic", "write_text_atomic", "FolderLock",
     "disk_full", "is_disk_full", "stored_outside",
 ]
+
+
+def load(run_dir, device="auto"):
+    """The model of a finished run (``rqf.load(RUN).recommend_histories([[12, 7, 33]], k=10)``
+    for a model that ranks items); see ``rqf.pipeline.load``."""
+    from rqf.pipeline import load as _load
+
+    return _load(run_dir, device=device)
 
 
 def encode(run_dir, out, overrides=(), device="auto", force=False):

@@ -166,6 +166,46 @@ def export(run: Path, fmt: str, out: Path, numbering: str, token: str, force: bo
 
 
 @cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--history", help="One user's item ids, oldest first, e.g. 12,7,33.")
+@click.option("--users", type=click.Path(path_type=Path, dir_okay=False),
+              help="A file of histories, one a line: USER<TAB>12,7,33 (or just 12,7,33).")
+@click.option("--k", type=int, default=None, help="Items per user (default: the model's top_k).")
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def recommend(run_dir: Path, history: str | None, users: Path | None, k: int | None,
+              device: str, debug: bool) -> None:
+    """Recommend items for given histories with the model of RUN_DIR (tiger, a baseline…)."""
+    from rqf.pipeline import load
+
+    if (history is None) == (users is None):
+        raise RqfError("recommend: give --history 12,7,33 or --users FILE")
+    names, histories = ["-"], [history or ""]
+    if users is not None:
+        try:
+            lines = [line for line in users.read_text().splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RqfError(f"--users {users}: cannot read ({exc})") from None
+        names = [line.split("\t", 1)[0] if "\t" in line else str(i + 1)
+                 for i, line in enumerate(lines)]
+        histories = [line.split("\t", 1)[-1] for line in lines]
+    parsed = []
+    for name, text in zip(names, histories):
+        try:
+            parsed.append([int(x) for x in text.replace(" ", "").split(",") if x])
+        except ValueError:
+            raise RqfError(f"history of {name}: expected comma-separated item ids, got "
+                           f"{text!r}") from None
+    model = load(run_dir, device=device)
+    if not hasattr(model, "recommend_histories"):
+        raise RqfError(f"{run_dir}: model {model.name!r} does not rank items")
+    top = model.recommend_histories(parsed, k)
+    for name, items in zip(names, top):
+        shown = ",".join(str(int(i)) for i in items if i >= 0)
+        click.echo(shown if users is None else f"{name}\t{shown}")
+
+
+@cli.command()
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
               help="Write the schema here instead of printing it.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")

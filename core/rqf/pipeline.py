@@ -284,6 +284,32 @@ def encode(run_dir: str | Path, out: str | Path, overrides: Iterable[str] = (),
         return Path(model.encode(dataset, out))
 
 
+def load(run_dir: str | Path, device: str = "auto") -> Model:
+    """The model of a finished run, ready to use: its saved weights, or, for a model that keeps
+    none (a baseline refit in seconds), the model fit again on the run's training split."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise RqfError(f"{run_dir}: not an rqf run folder (no config.yaml)")
+    plugins = get_plugins()
+    cfg = resolve_config(read_run_config(config_path), (), plugins, source=config_path)
+    cls = plugins.registry.get("model", cfg["model"]["type"])
+    if cls.keeps_weights:
+        model_path = run_dir / MODEL_FILE
+        if not model_path.is_file():
+            raise RqfError(f"{model_path}: missing (the run has not finished training; "
+                           "rqf run --resume finishes it)")
+        return cls.load(model_path, device=device)
+    parts = build(cfg, plugins)
+    try:
+        ctx = RunContext(run_dir=run_dir, train=TrainConfig(**cfg["train"]), export=cfg["export"],
+                         seed=cfg["seed"], echo=lambda _msg: None)
+        parts.model.fit(parts.splits["train"], parts.splits.get("valid"), ctx)
+    finally:
+        parts.storage.close()
+    return parts.model
+
+
 def input_paths(cfg: PipelineConfig, plugins: Plugins | None = None) -> list[tuple[str, Path]]:
     """(key path, path) of every file or folder parameter of the pipeline's components."""
     registry = (plugins or get_plugins()).registry

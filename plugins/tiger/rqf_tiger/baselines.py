@@ -47,6 +47,9 @@ class LastItemNNModel(NextItemModel):
         self.order = np.argsort(self.ids)
         return {"items": int(len(self.ids))}
 
+    def known_items(self) -> np.ndarray:
+        return self.ids
+
     def recommend(self, history: np.ndarray, k: int) -> np.ndarray:
         lengths = (history >= 0).sum(1)
         last = history[np.arange(len(history)), np.maximum(lengths - 1, 0)]

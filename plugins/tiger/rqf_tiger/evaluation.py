@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -162,7 +162,34 @@ class NextItemModel(Model):
                        f"histories of {history} items for up to {examples:,} examples")
 
     def recommend(self, history: np.ndarray, k: int) -> np.ndarray:
+        """(n, k) item ids, best first, for (n, H) histories left-aligned and -1 padded."""
         raise NotImplementedError
+
+    def known_items(self) -> np.ndarray | None:
+        """Item ids a history may hold (None: any); the fitted or loaded catalogue."""
+        return None
+
+    def recommend_histories(self, histories: Sequence[Sequence[int]], k: int | None = None
+                            ) -> np.ndarray:
+        """The top ``k`` items (default ``top_k``) for each history of item ids, oldest first;
+        the last ``history`` items of each are read, as in training."""
+        k = self.config["top_k"] if k is None else int(k)
+        if k < 1:
+            raise ConfigError(f"k: expected a positive number of items, got {k}")
+        width = self.config["history"]
+        rows = np.full((len(histories), width), -1, np.int64)
+        known = self.known_items()
+        for i, items in enumerate(histories):
+            items = [int(x) for x in items][-width:]
+            if not items:
+                raise DataError(f"history {i + 1} is empty; give at least one item id")
+            if known is not None:
+                unknown = np.setdiff1d(items, known)
+                if len(unknown):
+                    raise DataError(f"history {i + 1}: item {int(unknown[0])} is not in the "
+                                    "catalogue the model was trained on")
+            rows[i, :len(items)] = items
+        return self.recommend(rows, k)
 
     def rank(self, view: Dataset) -> Ranking:
         """The examples of ``view`` (one per user with a target) and their top items."""

@@ -205,10 +205,16 @@ class TigerModel(NextItemModel):
                 "device": str(device), "history": result.history}
 
     # -- ranking ------------------------------------------------------------------------------
+    def known_items(self) -> np.ndarray:
+        return self.item_ids
+
     @torch.no_grad()
     def recommend(self, history: np.ndarray, k: int) -> np.ndarray:
         """The top ``k`` items of each history: whole IDs from the constrained beam search."""
         net, device, cfg = self.net, self.device, self.config
+        if k > cfg["beam"]:
+            raise ConfigError(f"k: {k} items from {cfg['beam']} beams; at most {cfg['beam']} "
+                              "(model.beam decides how many whole IDs are decoded)")
         was_training = net.training
         net.eval()
         trie = self.trie.to(device)

@@ -83,6 +83,40 @@ def test_tiger_trains_decodes_valid_items_and_exports_exactly_its_metrics(tiger_
     assert fit["best_value"] == max(h["valid_ndcg@10"] for h in fit["history"])
 
 
+def test_a_loaded_run_recommends_what_its_test_split_was_scored_on(tiger_run, recsys_files,
+                                                                  tmp_path):
+    result, _ = tiger_run
+    users, items, _ = read_recommendations(result.run_dir / "recommendations.h5")
+    with h5py.File(recsys_files["sequences"]) as f:
+        seqs = {u.decode(): s.tolist() for u, s in zip(f["user_ids"][()], f["sequences"][()])}
+    histories = [seqs[u][:-1] for u in users]  # leave-last-out: all but the held-out item
+    model = rqf.load(result.run_dir)
+    np.testing.assert_array_equal(model.recommend_histories(histories), items)
+    np.testing.assert_array_equal(model.recommend_histories(histories[:3], k=4), items[:3, :4])
+    with pytest.raises(rqf.DataError, match="history 2: item 999 is not in the catalogue"):
+        model.recommend_histories([histories[0], [101, 999]])
+    with pytest.raises(rqf.ConfigError, match="k: 13 items from 12 beams"):
+        model.recommend_histories(histories[:1], k=13)
+    (tmp_path / "users.tsv").write_text("".join(f"{u}\t{','.join(map(str, h))}\n"
+                                                for u, h in zip(users[:5], histories[:5])))
+    proc = subprocess.run([sys.executable, "-m", "rqf", "recommend", str(result.run_dir),
+                           "--users", str(tmp_path / "users.tsv"), "--k", "5"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [f"{u}\t{','.join(map(str, row[:5]))}"
+                                        for u, row in zip(users[:5], items)]
+
+
+def test_a_baseline_run_is_refit_to_recommend(tmp_path, recsys_files):
+    result = rqf.run(sequence_pipeline(recsys_files, tmp_path / "nn", {"type": "lastitem_nn"}))
+    users, items, _ = read_recommendations(result.run_dir / "recommendations.h5")
+    with h5py.File(recsys_files["sequences"]) as f:
+        seqs = {u.decode(): s.tolist() for u, s in zip(f["user_ids"][()], f["sequences"][()])}
+    model = rqf.load(result.run_dir)
+    np.testing.assert_array_equal(model.recommend_histories([seqs[u][:-1] for u in users]),
+                                  items)
+
+
 @pytest.mark.parametrize("ids, fragment", [
     (np.arange(101, 301), "100 of the 300 items of the data have no semantic ID (e.g. [301, 302"),
     (np.r_[np.arange(101, 401), 9000, 9001], "and 2 IDs name items it does not hold (e.g. [9000"),
