@@ -159,6 +159,27 @@ def test_item_export_killed_half_way_is_redone_on_resume(tmp_path, recsys_files)
     assert len(SemanticIds(run / "semantic_ids.h5").item_ids) == 300
 
 
+def test_ctrl_c_says_how_to_continue_and_resume_finishes_the_run(tmp_path, recsys_files):
+    run = tmp_path / "run"
+    path = pipeline_file(tmp_path, recsys_pipeline(recsys_files, run, train={
+        "epochs": None, "max_steps": 3000, "batch_size": 32, "progress": False,
+        "checkpoint_every": 50}))
+    proc = subprocess.Popen([PYTHON, "-m", "rqf", "run", str(path)], stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 120
+    while not list((run / "checkpoints").glob("step_*.pt")):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == f"interrupted: continue with rqf run {path} --resume"
+    resumed = rqf_proc("run", str(path), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0 < metrics["fit"]["resumed_from"] < 3000 and metrics["fit"]["steps"] == 3000
+
+
 # --- a full disk: one line, no half file, nothing committed lost ----------------------------
 
 def _small_disk_works() -> bool:

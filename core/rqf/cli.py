@@ -278,11 +278,12 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        _echo_err("aborted")
-        sys.exit(1)
-    except KeyboardInterrupt:
-        _echo_err("interrupted")
+    except (KeyboardInterrupt, click.exceptions.Abort):  # click turns Ctrl-C into Abort
+        if args[:1] == ["run"] and len(args) > 1:
+            # what a run wrote is whole: every file is renamed into place, checkpoints too
+            _echo_err(f"interrupted: continue with rqf run {args[1]} --resume")
+        else:
+            _echo_err("interrupted")
         sys.exit(130)
     except SystemExit:
         raise

@@ -80,6 +80,8 @@ class RQKMeansModel(ItemTokenizer):
             x = x[torch.randperm(len(x), generator=g)[:cfg["kmeans_samples"]]]
         if cfg["normalize"] == "standardize":
             self.mean, self.std = x.mean(0), x.std(0).clamp_min(1e-6)
+        ctx.echo(f"rqkmeans: clustering {len(x):,} vectors into {cfg['levels']} levels of "
+                 f"{cfg['codebook_size']} codes ({cfg['kmeans_iters']} iterations each)")
         residual = self._prepare(x)
         cluster = balanced_kmeans if cfg["balanced"] else kmeans
         for level in range(cfg["levels"]):

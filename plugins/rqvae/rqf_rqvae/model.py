@@ -204,6 +204,9 @@ class RQVAEModel(ItemTokenizer):
         self.net.to(device)
         t0 = time.perf_counter()
         if trainer.resume_checkpoint is None:  # a checkpoint holds the initialised weights
+            cfg = self.config
+            ctx.echo(f"rqvae: initialising {cfg['levels']} codebooks of {cfg['codebook_size']} "
+                     f"codes by k-means on {min(len(data), cfg['kmeans_samples']):,} vectors")
             self._initialise(data, ctx.seed)
         init_seconds = time.perf_counter() - t0
         valid_tensor = None
