@@ -116,11 +116,7 @@ def register_datasets(register):
 
 def toy_items(n: int = 300, dim: int = 16, clusters: int = 8, seed: int = 0) -> MemoryItems:
     """Clustered unit vectors (ids 1..n): a tokenizer has structure to find in them."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(clusters, dim))
-    x = centres[rng.integers(0, clusters, n)] + 0.3 * rng.normal(size=(n, dim))
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return MemoryItems.from_arrays(np.arange(1, n + 1), x.astype(np.float32))
+    return MemoryItems.from_arrays(np.arange(1, n + 1), clustered(n, dim, clusters, seed))
 
 
 @contextlib.contextmanager
