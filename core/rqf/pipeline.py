@@ -253,25 +253,12 @@ def encode(run_dir: str | Path, out: str | Path, overrides: Iterable[str] = (),
     nor lie inside the run, and an existing ``out`` is replaced only with ``force``.
     """
     run_dir, out = Path(run_dir), Path(out)
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise RqfError(f"{run_dir}: not an rqf run folder (no config.yaml)")
-    for override in overrides:
-        key = str(override).split("=", 1)[0].strip()
-        if key.split(".", 1)[0] not in ("storage", "dataset"):
-            raise ConfigError(f"--set {key}: rqf encode uses the model as it was trained; only "
-                              "the data to encode (storage.*, dataset.*) may change")
     plugins = get_plugins()
-    # --set paths are the user's: relative to the working directory, not to the run
-    cfg = resolve_config(read_run_config(config_path), overrides, plugins, source=config_path)
-    cls = plugins.registry.get("model", cfg["model"]["type"])
-    model_path = run_dir / MODEL_FILE
+    cfg, cls = _reopen(run_dir, plugins, overrides)
     if not cls.keeps_weights:
         raise RqfError(f"{run_dir}: model {cls.name!r} keeps no weights and makes no codes; "
                        "there is nothing to encode with")
-    if not model_path.is_file():
-        raise RqfError(f"{model_path}: missing (the run has not finished training; "
-                       "rqf run --resume finishes it)")
+    model_path = _model_file(run_dir)
     _check_out(out, run_dir, cfg, plugins, force)
     model = cls.load(model_path, device=device)
     storage, dataset = build_data(cfg["storage"], cfg["dataset"], plugins)
@@ -288,18 +275,10 @@ def load(run_dir: str | Path, device: str = "auto") -> Model:
     """The model of a finished run, ready to use: its saved weights, or, for a model that keeps
     none (a baseline refit in seconds), the model fit again on the run's training split."""
     run_dir = Path(run_dir)
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise RqfError(f"{run_dir}: not an rqf run folder (no config.yaml)")
     plugins = get_plugins()
-    cfg = resolve_config(read_run_config(config_path), (), plugins, source=config_path)
-    cls = plugins.registry.get("model", cfg["model"]["type"])
+    cfg, cls = _reopen(run_dir, plugins)
     if cls.keeps_weights:
-        model_path = run_dir / MODEL_FILE
-        if not model_path.is_file():
-            raise RqfError(f"{model_path}: missing (the run has not finished training; "
-                           "rqf run --resume finishes it)")
-        return cls.load(model_path, device=device)
+        return cls.load(_model_file(run_dir), device=device)
     parts = build(cfg, plugins)
     try:
         ctx = RunContext(run_dir=run_dir, train=TrainConfig(**cfg["train"]), export=cfg["export"],
@@ -308,6 +287,31 @@ def load(run_dir: str | Path, device: str = "auto") -> Model:
     finally:
         parts.storage.close()
     return parts.model
+
+
+def _reopen(run_dir: Path, plugins: Plugins, overrides: Iterable[str] = ()
+            ) -> tuple[PipelineConfig, type[Model]]:
+    """A finished run's saved pipeline, validated after ``overrides`` (which may change only
+    the data: the model is used as it was trained), and its model class."""
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise RqfError(f"{run_dir}: not an rqf run folder (no config.yaml)")
+    for override in overrides:
+        key = str(override).split("=", 1)[0].strip()
+        if key.split(".", 1)[0] not in ("storage", "dataset"):
+            raise ConfigError(f"--set {key}: rqf encode uses the model as it was trained; only "
+                              "the data to encode (storage.*, dataset.*) may change")
+    # --set paths are the user's: relative to the working directory, not to the run
+    cfg = resolve_config(read_run_config(config_path), overrides, plugins, source=config_path)
+    return cfg, plugins.registry.get("model", cfg["model"]["type"])
+
+
+def _model_file(run_dir: Path) -> Path:
+    path = run_dir / MODEL_FILE
+    if not path.is_file():
+        raise RqfError(f"{path}: missing (the run has not finished training; rqf run --resume "
+                       "finishes it)")
+    return path
 
 
 def input_paths(cfg: PipelineConfig, plugins: Plugins | None = None) -> list[tuple[str, Path]]:
