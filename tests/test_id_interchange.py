@@ -111,4 +111,10 @@ def test_export_and_import_commands_round_trip_and_never_overwrite(tmp_path, ids
                    "is the file this command reads")
     one_line_error(rqf_proc("export", str(ids_file), "--format", "csv", "--out", str(index)),
                    "exists; pass --force")
+    link = tmp_path / "ids_link.h5"
+    link.hardlink_to(ids_file)  # the same file under another name: never written over
+    ids_bytes = ids_file.read_bytes()
+    one_line_error(rqf_proc("export", str(ids_file), "--format", "csv", "--out", str(link),
+                            "--force"), "is the file this command reads")
+    assert ids_file.read_bytes() == ids_bytes
     assert items.read_bytes() == before and index.read_text().startswith("{")

@@ -25,7 +25,7 @@ def run(config, overrides=(), force=False, resume=False, echo=None):
 _LAZY = {
     "atomic_path": "rqf.io", "atomic_h5": "rqf.io", "write_json_atomic": "rqf.io",
     "write_text_atomic": "rqf.io", "FolderLock": "rqf.io", "disk_full": "rqf.io",
-    "is_disk_full": "rqf.io", "stored_outside": "rqf.io",
+    "is_disk_full": "rqf.io", "stored_outside": "rqf.io", "check_output": "rqf.io",
     "Trainer": "rqf.training", "TrainingTask": "rqf.training", "TrainConfig": "rqf.training",
     "FitResult": "rqf.training", "BatchSource": "rqf.training", "TensorBatches": "rqf.training",
     "LoaderBatches": "rqf.training", "to_device": "rqf.training", "autocast": "rqf.training",
@@ -59,7 +59,7 @@ __all__ = [
     "LoaderBatches", "to_device", "autocast", "resolve_device", "load_tensors",
     # files that are whole or absent
     "atomic_path", "atomic_h5", "write_json_atomic", "write_text_atomic", "FolderLock",
-    "disk_full", "is_disk_full", "stored_outside",
+    "disk_full", "is_disk_full", "stored_outside", "check_output",
 ]
 
 

@@ -156,12 +156,11 @@ def export(run: Path, fmt: str, out: Path, numbering: str, token: str, force: bo
     from rqf.codes import SemanticIds
     from rqf.codes.interchange import export_ids
 
+    from rqf.io import check_output
+
     path = run / "semantic_ids.h5" if run.is_dir() else run
     ids = SemanticIds(path)  # checked whole before anything is written
-    if out.resolve() == path.resolve():
-        raise RqfError(f"--out {out}: is the file this command reads; choose another --out")
-    if out.exists() and not force:
-        raise RqfError(f"--out {out}: exists; pass --force to replace it")
+    check_output(out, force, [("is the file this command reads", path)])
     click.echo(f"wrote {export_ids(ids, fmt, out, numbering, token)}")
 
 

@@ -11,7 +11,7 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from rqf.errors import RqfError
 
@@ -226,3 +226,24 @@ def stored_outside(group: Any, name: str) -> str | None:
         if obj.external:
             return f"keeps its values in an external file ({obj.external[0][0]})"
     return None
+
+
+def check_output(out: Path, force: bool, reads: Iterable[tuple[str, Path]] = ()) -> None:
+    """Refuse an output path before anything is written: one that is, holds or lies inside
+    something the command reads (``reads``: what to say of it, its path), a symlink or hard link
+    to one of them, an existing folder, or an existing file without ``force``."""
+    out = Path(out)
+    target = out.resolve()
+    for what, path in reads:
+        path = Path(path)
+        source = path.resolve()
+        same = out.exists() and path.exists() and os.path.samefile(out, path)
+        if same or target == source or source in target.parents or target in source.parents:
+            raise RqfError(f"--out {out}: {what}; rqf never writes over or into what a command "
+                           "reads: choose another --out")
+    if out.exists() or out.is_symlink():
+        if out.is_dir():
+            raise RqfError(f"--out {out}: an existing folder; the output goes to a new file or "
+                           "folder (remove it, or choose another --out)")
+        if not force:
+            raise RqfError(f"--out {out}: exists; pass --force to replace it")

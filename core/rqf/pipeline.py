@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -13,7 +12,7 @@ from rqf.config import (COMPONENT_SECTIONS, PipelineConfig, apply_overrides, loa
                         validate_config)
 from rqf.errors import ConfigError, DataError, RqfError
 from rqf.interfaces import Dataset, ItemVectors, Model, RunContext, Splitter, Storage
-from rqf.io import write_json_atomic, write_text_atomic
+from rqf.io import check_output, write_json_atomic, write_text_atomic
 from rqf.plugins import Plugins, get_plugins
 from rqf.rundir import FINISHED_MARKER, MODEL_FILE, RunFolder, read_run_config
 from rqf.training import TRAIN_PARAMS, TrainConfig, init_distributed, seed_everything
@@ -333,18 +332,8 @@ def _check_out(out: Path, run_dir: Path, cfg: PipelineConfig, plugins: Plugins,
     if target == run_dir.resolve() or run_dir.resolve() in target.parents:
         raise RqfError(f"--out {out}: inside the run folder {run_dir}; write elsewhere (a run's "
                        "own exports are redone by rqf run --resume)")
-    for key, path in input_paths(cfg, plugins):
-        source = path.resolve()
-        same = out.exists() and path.exists() and os.path.samefile(out, path)
-        if same or target == source or source in target.parents or target in source.parents:
-            raise RqfError(f"--out {out}: the pipeline reads {path} ({key}); rqf encode never "
-                           "writes over or into what it reads: choose another --out")
-    if out.exists() or out.is_symlink():
-        if out.is_dir():
-            raise RqfError(f"--out {out}: an existing folder; codes go to a new file or folder "
-                           "(remove it, or choose another --out)")
-        if not force:
-            raise RqfError(f"--out {out}: exists; pass --force to replace it")
+    check_output(out, force, [(f"the pipeline reads {path} ({key})", path)
+                              for key, path in input_paths(cfg, plugins)])
 
 
 def _barrier(info) -> None:

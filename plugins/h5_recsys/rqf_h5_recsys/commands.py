@@ -53,15 +53,11 @@ def from_interactions_cmd(interactions: Path, out_dir: Path, embeddings: Path | 
 def import_ids_cmd(index: Path, items: Path, out: Path, numbering: str, force: bool,
                    debug: bool) -> None:
     """Turn another tool's .index.json (LC-Rec, LETTER, MiniOneRec) into semantic_ids.h5."""
-    from rqf import RqfError
+    from rqf import check_output
     from rqf.codes.interchange import import_ids
     from rqf_h5_recsys.storage import H5RecsysStorage
 
-    for source in (index, items):
-        if out.resolve() == source.resolve():
-            raise RqfError(f"--out {out}: is the file this command reads; choose another --out")
-    if out.exists() and not force:
-        raise RqfError(f"--out {out}: exists; pass --force to replace it")
+    check_output(out, force, [("is the file this command reads", p) for p in (index, items)])
     with H5RecsysStorage(str(items)) as storage:
         item_ids = storage.item_ids
     click.echo(f"wrote {import_ids(index, item_ids, out, numbering)}")
