@@ -186,13 +186,14 @@ def _check_values(source, item_ids: np.ndarray, probs: Problems) -> None:
 
 def _read_user_ids(users: h5py.Dataset, probs: Problems) -> np.ndarray | None:
     """User ids as strings, each once; None when they are not text."""
-    try:
-        user_ids = np.array([u.decode() if isinstance(u, bytes) else str(u) for u in users[()]],
-                            dtype=object)
-    except UnicodeDecodeError:
-        row = next(i for i, u in enumerate(users[()]) if not _is_utf8(u))
-        probs.add("user_ids", f"row {row} is not UTF-8 text; user ids are strings")
-        return None
+    raw = users[()]
+    user_ids = np.empty(len(raw), dtype=object)
+    for row, user in enumerate(raw):
+        try:
+            user_ids[row] = user.decode() if isinstance(user, bytes) else str(user)
+        except UnicodeDecodeError:
+            probs.add("user_ids", f"row {row} is not UTF-8 text; user ids are strings")
+            return None
     unique, first, counts = np.unique(user_ids.astype(str), return_index=True,
                                       return_counts=True)
     if (counts > 1).any():
@@ -271,11 +272,3 @@ def check_known_items(table: SequenceTable, item_ids: np.ndarray, path: Path,
         probs.add("sequences", f"{int(unknown.sum())} interactions with {len(ids)} item ids not in "
                   f"the item file, e.g. {ids[:5].tolist()}")
     return rows
-
-
-def _is_utf8(value: Any) -> bool:
-    try:
-        value.decode() if isinstance(value, bytes) else str(value)
-    except UnicodeDecodeError:
-        return False
-    return True
