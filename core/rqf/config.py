@@ -122,18 +122,21 @@ def shape_problem(data: Any) -> str | None:
     stack = [data]
     while stack:
         node = stack[-1]
-        if id(node) in measured or not _children(node):
+        values = list(node.values()) if isinstance(node, dict) else node \
+            if isinstance(node, list) else []
+        if id(node) in measured or not values:
             measured.setdefault(id(node), (0, 1))
             stack.pop()
             continue
-        pending = [v for _, v in _children(node) if id(v) not in measured and _children(v)]
+        pending = [v for v in values if id(v) not in measured and isinstance(v, (dict, list))
+                   and v]
         if pending and id(node) not in open_nodes:
             open_nodes.add(id(node))
             if any(id(v) in open_nodes for v in pending):
                 return "a value contains itself (a YAML alias to its own anchor)"
             stack.extend(pending)
             continue
-        kids = [measured.get(id(v), (0, 1)) for _, v in _children(node)]
+        kids = [measured.get(id(v), (0, 1)) for v in values]
         open_nodes.discard(id(node))
         measured[id(node)] = (1 + max(d for d, _ in kids), 1 + sum(c for _, c in kids))
         stack.pop()
