@@ -130,6 +130,10 @@ def check_item_file(f: h5py.File, path: Path, check_values: bool = True,
     if n == 0:
         probs.add("item_ids", "is empty")
     max_len = _check_features(f, feats, feat_len, n, probs)
+    if "item_keys" in f:
+        keys = _need(f, "item_keys", "vlen-str|str", 1, probs, "(n,) string ids of the items")
+        if keys is not None and keys.shape[0] != n:
+            probs.add("item_keys", f"has {keys.shape[0]} rows but item_ids has {n}")
     uniq, counts = np.unique(item_ids, return_counts=True)
     dup = uniq[counts > 1]
     if len(dup):

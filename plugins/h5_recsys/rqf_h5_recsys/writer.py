@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import h5py
 import numpy as np
@@ -18,9 +18,13 @@ from rqf import DataError, atomic_h5
 
 def write_item_data(path: str | Path, item_ids: Sequence[int], embeddings: np.ndarray,
                     features: np.ndarray | None = None,
-                    feature_lengths: np.ndarray | None = None) -> Path:
-    """Write an item file: ``item_ids`` (n,), ``embeddings`` (n, d), optional feature tokens."""
+                    feature_lengths: np.ndarray | None = None,
+                    item_keys: Sequence[str] | None = None,
+                    attrs: dict[str, Any] | None = None) -> Path:
+    """Write an item file: ``item_ids`` (n,), ``embeddings`` (n, d), optional feature tokens,
+    and ``item_keys``: each item's original string id (an ASIN) where the ids were numbered."""
     path = Path(path)
+    _check_keys(path, item_keys, len(item_ids))
     ids = np.asarray(item_ids)
     emb = np.asarray(embeddings)
     if ids.ndim != 1 or ids.dtype.kind not in "iu":
@@ -51,15 +55,37 @@ def write_item_data(path: str | Path, item_ids: Sequence[int], embeddings: np.nd
         f.attrs["embedding_dim"] = emb.shape[1]
         f.attrs["max_feature_len"] = features.shape[1]
         f.attrs["original_order_preserved"] = True
+        _write_keys(f, item_keys)
+        for key, value in (attrs or {}).items():
+            f.attrs[key] = value
     return path
+
+
+def _check_keys(path: Path, keys: Sequence[str] | None, n: int) -> None:
+    if keys is None:
+        return
+    if len(keys) != n:
+        raise DataError(f"{path}: item_keys: {len(keys)} keys for {n} items")
+    if len(set(keys)) != len(keys):
+        raise DataError(f"{path}: item_keys: keys must be unique")
+
+
+def _write_keys(f: h5py.File, keys: Sequence[str] | None) -> None:
+    if keys is not None:
+        f.create_dataset("item_keys", data=np.array([str(k) for k in keys], dtype=object),
+                         dtype=h5py.string_dtype())
 
 
 def write_sequence_data(path: str | Path, user_ids: Sequence[str],
                         sequences: Sequence[Sequence[int]],
                         timestamps: Sequence[Sequence[int]] | None = None,
-                        total_items: int | None = None) -> Path:
-    """Write a sequence file: per-user item id lists in order, optional per-item timestamps."""
+                        total_items: int | None = None,
+                        item_keys: Sequence[str] | None = None) -> Path:
+    """Write a sequence file: per-user item id lists in order, optional per-item timestamps,
+    and ``item_keys`` (string id of item id i) when the ids were numbered from strings."""
     path = Path(path)
+    if item_keys is not None:
+        _check_keys(path, item_keys, len(item_keys))
     if len(user_ids) != len(sequences):
         raise DataError(f"{path}: {len(user_ids)} user ids for {len(sequences)} sequences")
     seqs = [np.asarray(s, dtype=np.int64) for s in sequences]
@@ -90,6 +116,7 @@ def write_sequence_data(path: str | Path, user_ids: Sequence[str],
                                      else len(np.unique(all_items)))
         f.attrs["avg_sequence_length"] = float(lengths.mean()) if len(seqs) else 0.0
         f.attrs["order_preserved"] = True
+        _write_keys(f, item_keys)
     return path
 
 
@@ -99,14 +126,21 @@ def _ragged(rows: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+HEADER_WORDS = {"user", "user_id", "userid", "item", "item_id", "itemid", "asin",
+                "parent_asin", "timestamp", "time", "rating"}
+
+
 def read_interactions(path: str | Path, delimiter: str | None = None, user_col: int = 0,
                       item_col: int = 1, time_col: int | None = 2,
-                      ) -> tuple[list[str], np.ndarray, np.ndarray | None]:
-    """Read user, item[, time] columns from a CSV/TSV; a header row is detected and skipped."""
+                      ) -> tuple[list[str], list[str], np.ndarray | None]:
+    """Read user, item[, time] columns from a CSV/TSV; a header row is detected and skipped.
+
+    Users and items are kept as strings (ids such as ASINs); times must be numbers.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: interactions file not found")
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8") as fh:
         sample = fh.read(4096)
         fh.seek(0)
         if delimiter is None:
@@ -114,56 +148,138 @@ def read_interactions(path: str | Path, delimiter: str | None = None, user_col: 
         reader = csv.reader(fh, delimiter=delimiter, skipinitialspace=True)
         users, items, times = [], [], []
         need = max(c for c in (user_col, item_col, time_col) if c is not None)
-        for lineno, row in enumerate(reader, start=1):
-            if not row or row[0].startswith("#"):
-                continue
-            if len(row) <= need:
-                raise DataError(f"{path}: line {lineno}: expected at least {need + 1} columns, "
-                                f"found {len(row)}")
-            try:
-                item = int(row[item_col])
-                t = int(float(row[time_col])) if time_col is not None else 0
-            except ValueError:
-                if lineno == 1 and not users:
-                    continue  # a header
-                raise DataError(f"{path}: line {lineno}: item and time must be integers, got "
-                                f"{row[item_col]!r}" + (f", {row[time_col]!r}" if time_col is not None else "")) from None
-            users.append(row[user_col])
-            items.append(item)
-            times.append(t)
+        try:
+            for lineno, row in enumerate(reader, start=1):
+                if not row or row[0].startswith("#"):
+                    continue
+                if len(row) <= need:
+                    raise DataError(f"{path}: line {lineno}: expected at least {need + 1} "
+                                    f"columns, found {len(row)}")
+                if not users and _is_header(row, (user_col, item_col, time_col)):
+                    continue
+                try:
+                    t = int(float(row[time_col])) if time_col is not None else 0
+                except ValueError:
+                    raise DataError(f"{path}: line {lineno}: column {time_col} (the time) must "
+                                    f"be a number, got {row[time_col]!r}") from None
+                users.append(row[user_col].strip())
+                items.append(row[item_col].strip())
+                times.append(t)
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from None
     if not users:
         raise DataError(f"{path}: no interactions found")
-    return users, np.array(items, np.int64), (np.array(times, np.int64) if time_col is not None else None)
+    return users, items, (np.array(times, np.int64) if time_col is not None else None)
+
+
+def _is_header(row: list[str], cols: tuple[int | None, ...]) -> bool:
+    """A first row of column names: a known name (RecBole's ``name:type`` too), or a time
+    that is not a number."""
+    names = [row[c].split(":")[0].strip().lower() for c in cols if c is not None]
+    if any(name in HEADER_WORDS for name in names):
+        return True
+    if cols[2] is None:
+        return False
+    try:
+        float(row[cols[2]])
+    except ValueError:
+        return True
+    return False
+
+
+def read_item_keys(path: str | Path) -> tuple[np.ndarray, list[str]]:
+    """(item ids, their string keys) of an item file: ``item_keys`` where the ids were
+    numbered from strings, else the ids written as text."""
+    from rqf_h5_recsys.storage import H5RecsysStorage
+
+    with H5RecsysStorage(str(path)) as storage:
+        ids = np.asarray(storage.item_ids, np.int64)
+    with h5py.File(path, "r") as f:
+        if "item_keys" not in f:
+            return ids, [str(i) for i in ids]
+        raw = f["item_keys"][()]
+    keys = [k.decode() if isinstance(k, bytes) else str(k) for k in raw]
+    if len(keys) != len(ids) or len(set(keys)) != len(keys):
+        raise DataError(f"{path}: item_keys: expected {len(ids)} unique keys, one per item id")
+    return ids, keys
+
+
+def _catalogue(items_file: str | Path | None, embeddings: str | Path | None,
+               item_ids: str | Path | None, out_dir: Path
+               ) -> tuple[dict[str, int] | None, dict[str, Path]]:
+    """String key -> item id of the known items (None: any item), and what was written."""
+    if items_file is not None:
+        if embeddings is not None or item_ids is not None:
+            raise DataError("--items names the item file; --embeddings and --item-ids write "
+                            "one: give one or the other")
+        ids, keys = read_item_keys(items_file)
+        return dict(zip(keys, ids.tolist())), {}
+    if embeddings is None:
+        if item_ids is not None:
+            raise DataError("--item-ids names the ids of --embeddings rows: give --embeddings")
+        return None, {}
+    emb = _load_npy(embeddings, "embeddings")
+    raw = _load_npy(item_ids, "item_ids") if item_ids is not None else np.arange(len(emb))
+    keys = [str(k) for k in raw.tolist()]
+    numbered = raw.dtype.kind not in "iu"
+    ids = np.arange(len(keys)) if numbered else raw.astype(np.int64)
+    written = {"items": write_item_data(out_dir / "item_data.h5", ids, emb,
+                                        item_keys=keys if numbered else None)}
+    return dict(zip(keys, ids.tolist())), written
 
 
 def from_interactions(interactions: str | Path, out_dir: str | Path,
                       embeddings: str | Path | None = None, item_ids: str | Path | None = None,
                       delimiter: str | None = None, time_col: int | None = 2,
-                      drop_unknown_items: bool = False) -> dict[str, Path]:
+                      drop_unknown_items: bool = False,
+                      items_file: str | Path | None = None) -> dict[str, Path]:
     """Build sequence.h5 (and item_data.h5 from an embeddings .npy) from an interaction file.
 
     Interactions are ordered by time per user with a stable sort, so ties keep file order.
-    Without ``item_ids`` (a .npy of ids), row i of the embeddings is item id i.
+    Item ids are mapped through ``items_file`` (an item_data.h5, e.g. from ``rqf recsys
+    embed``: its ``item_keys`` or ids), or the ``item_ids`` .npy (strings are numbered 0..n-1
+    and kept as ``item_keys``); without either, row i of the embeddings is item id i. With no
+    item source at all, integer ids are kept and any other ids are numbered in order of first
+    appearance, the keys kept in sequence.h5.
     """
     out_dir = Path(out_dir)
-    users, items, times = read_interactions(interactions, delimiter, time_col=time_col)
-    written: dict[str, Path] = {}
-    known = None
-    if embeddings is not None:
-        emb = _load_npy(embeddings, "embeddings")
-        ids = _load_npy(item_ids, "item_ids") if item_ids is not None else np.arange(len(emb))
-        known = ids
-        written["items"] = write_item_data(out_dir / "item_data.h5", ids, emb)
-    if known is not None:
-        unknown = ~np.isin(items, known)
+    users, raw_items, times = read_interactions(interactions, delimiter, time_col=time_col)
+    known, written = _catalogue(items_file, embeddings, item_ids, out_dir)
+    seq_keys = None
+    if known is None:
+        items, seq_keys = _number(raw_items)
+    else:
+        items = np.fromiter((known.get(k, -1) for k in raw_items), np.int64, len(raw_items))
+        unknown = items < 0
         if unknown.any():
             if not drop_unknown_items:
+                examples = list(dict.fromkeys(k for k, u in zip(raw_items, unknown) if u))[:5]
                 raise DataError(f"{interactions}: {int(unknown.sum())} interactions name items "
-                                f"missing from the embeddings, e.g. {np.unique(items[unknown])[:5].tolist()}")
+                                f"missing from the item file, e.g. {', '.join(examples)}")
             keep = ~unknown
             users = [u for u, k in zip(users, keep) if k]
             items = items[keep]
             times = times[keep] if times is not None else None
+    written["sequences"] = _write_sequences(out_dir / "sequence.h5", users, items, times,
+                                            len(known) if known is not None else None, seq_keys)
+    return written
+
+
+def _number(raw_items: list[str]) -> tuple[np.ndarray, list[str] | None]:
+    """Integer ids as they are; other ids numbered 0.. in order of first appearance."""
+    try:
+        ids = np.array([int(k) for k in raw_items], np.int64)
+        if all(str(i) == k for i, k in zip(ids.tolist(), raw_items)):
+            return ids, None
+    except (ValueError, OverflowError):
+        pass
+    keys = list(dict.fromkeys(raw_items))
+    index = {k: i for i, k in enumerate(keys)}
+    return np.fromiter((index[k] for k in raw_items), np.int64, len(raw_items)), keys
+
+
+def _write_sequences(path: Path, users: list[str], items: np.ndarray, times: np.ndarray | None,
+                     total_items: int | None, item_keys: list[str] | None) -> Path:
     user_arr = np.array(users, dtype=object)
     order_users, first_seen = np.unique(user_arr, return_index=True)
     user_order = order_users[np.argsort(first_seen, kind="stable")]
@@ -176,10 +292,8 @@ def from_interactions(interactions: str | Path, out_dir: str | Path,
     bounds = np.flatnonzero(np.diff(owner)) + 1
     seqs = np.split(items, bounds)
     ts = np.split(times, bounds) if times is not None else None
-    written["sequences"] = write_sequence_data(
-        out_dir / "sequence.h5", [str(u) for u in user_order], seqs, ts,
-        total_items=len(known) if known is not None else None)
-    return written
+    return write_sequence_data(path, [str(u) for u in user_order], seqs, ts,
+                               total_items=total_items, item_keys=item_keys)
 
 
 def _load_npy(path: str | Path, what: str) -> np.ndarray:

@@ -72,7 +72,7 @@ def test_from_interactions_orders_by_time_stably(tmp_path, capsys):
 def test_from_interactions_unknown_item_is_an_error(tmp_path):
     (tmp_path / "inter.tsv").write_text("1\t1\t5\n1\t7\t6\n")
     np.save(tmp_path / "emb.npy", clustered(3, 4, 1))
-    with pytest.raises(DataError, match="1 interactions name items missing from the embeddings, e.g. \\[7\\]"):
+    with pytest.raises(DataError, match="1 interactions name items missing from the item file, e.g. 7$"):
         from_interactions(tmp_path / "inter.tsv", tmp_path / "out", tmp_path / "emb.npy")
 
 

