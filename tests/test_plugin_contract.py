@@ -145,8 +145,8 @@ def cli(env, *args):
 
 def test_out_of_tree_tokenizer_is_run_and_encoded_by_rqf_encode(recsys_files, tmp_path):
     env = install_fixture(tmp_path)
-    config = recsys_pipeline(recsys_files, tmp_path / "run", splitter={"type": "every_nth", "n": 4},
-                           model={"type": "sign_codes", "levels": 3, "codebook_size": 4})
+    config = recsys_pipeline(recsys_files, tmp_path / "run", splitter={"type": "toy_every_nth", "n": 4},
+                           model={"type": "toy_sign_codes", "levels": 3, "codebook_size": 4})
     pipeline = tmp_path / "pipeline.yaml"
     pipeline.write_text(yaml.safe_dump(config))
     proc = cli(env, "run", str(pipeline))
@@ -174,7 +174,7 @@ def test_out_of_tree_tokenizer_is_run_and_encoded_by_rqf_encode(recsys_files, tm
     model = SignCodes(saved["data_info"], **saved["config"])
     model.mean = np.asarray(saved["mean"])
     np.testing.assert_array_equal(encoded.codes, model.code_rows(lambda a, b: new[a:b], 50).codes)
-    assert encoded.attrs["tokenizer"] == "sign_codes" and encoded.attrs["codebook_size"] == 4
+    assert encoded.attrs["tokenizer"] == "toy_sign_codes" and encoded.attrs["codebook_size"] == 4
 
     inside = cli(env, "encode", str(run_dir), "--out", str(run_dir / "x.h5"))
     assert inside.returncode == 2 and "inside the run folder" in inside.stderr

@@ -39,7 +39,7 @@ def test_third_party_splitter_selected_from_yaml(tmp_path, monkeypatch, recsys_f
     monkeypatch.syspath_prepend(str(FIXTURE))
     install_entry_point(tmp_path, monkeypatch, "rqf-toy-splitter", "toy", "rqf_toy_splitter")
     reset_plugins()
-    config = recsys_pipeline(recsys_files, tmp_path / "run", splitter={"type": "every_nth", "n": 4})
+    config = recsys_pipeline(recsys_files, tmp_path / "run", splitter={"type": "toy_every_nth", "n": 4})
     result = rqf.run(config)
     assert result.metrics["split"]["counts"] == {"train": 225, "test": 75}
     assert result.metrics["test"]["n"] == 75

@@ -13,7 +13,7 @@ from rqf.codes import CodedItems, ItemTokenizer
 class EveryNthSplitter(rqf.Splitter):
     """Every nth sample goes to test, the rest to train."""
 
-    name = "every_nth"
+    name = "toy_every_nth"
     params = (rqf.Param("n", int, 5, "test takes samples at positions divisible by n", min=2),)
 
     def split(self, dataset):
@@ -28,7 +28,7 @@ class EveryNthSplitter(rqf.Splitter):
 class SignCodes(ItemTokenizer):
     """Semantic IDs from the signs of random projections of the centred vectors."""
 
-    name = "sign_codes"
+    name = "toy_sign_codes"
     gradient_free = True
     params = (rqf.Param("levels", int, 2, "code levels", min=1),
               rqf.Param("codebook_size", int, 8, "codes per level, a power of two", min=2,
