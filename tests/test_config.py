@@ -76,6 +76,29 @@ def test_relative_paths_resolve_against_the_pipeline_folder(tmp_path):
     assert cfg["output_dir"] == str(tmp_path / "out")
 
 
+def test_set_paths_resolve_against_the_working_directory_in_run_and_encode(tmp_path,
+                                                                          monkeypatch):
+    from rqf.pipeline import _reopen
+    from rqf.plugins import get_plugins
+
+    (tmp_path / "pipes").mkdir()
+    (tmp_path / "work").mkdir()
+    pipeline = tmp_path / "pipes" / "p.yaml"
+    pipeline.write_text(PIPELINE)
+    monkeypatch.chdir(tmp_path / "work")
+    sets = ["storage.items=new/items.h5", "output_dir=runs/x", "model.codebook_size=8"]
+    cfg = resolve_config(pipeline, sets)
+    assert cfg["storage"]["items"] == str(tmp_path / "work/new/items.h5")  # the shell's cwd
+    assert cfg["output_dir"] == str(tmp_path / "work/runs/x")
+    assert cfg["model"]["codebook_size"] == 8
+    assert resolve_config(pipeline)["storage"]["items"] == str(tmp_path / "pipes/data/item_data.h5")
+    run = tmp_path / "run"  # a finished run's saved config, reopened by rqf encode
+    run.mkdir()
+    (run / "config.yaml").write_text(resolve_config(pipeline).to_yaml())
+    reopened, _ = _reopen(run, get_plugins(), ["storage.items=new/items.h5"])
+    assert reopened["storage"]["items"] == str(tmp_path / "work/new/items.h5")
+
+
 def test_overrides_are_typed_by_yaml_and_repeatable(tmp_path):
     cfg = resolve_config(write(tmp_path, PIPELINE), ["model.levels=4", "model.hidden_dims=[64, 32]",
                                                      "train.precision=bf16", "model.levels=5"])

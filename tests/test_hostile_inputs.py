@@ -73,7 +73,7 @@ def test_deeply_nested_yaml_is_one_line(tmp_path):
     one_line_error(rqf_proc("validate", str(fine), "--set", "model=" + "[" * 20000 + "]" * 20000),
                    "--set model: the value is nested deeper than a pipeline can be")
     one_line_error(rqf_proc("validate", str(fine), "--set", "model=" + "[" * 50 + "]" * 50),
-                   "--set: model[0]", "nested more than 32 levels deep")
+                   "--set model: model[0]", "nested more than 32 levels deep")
 
 
 def test_an_alias_bomb_or_a_self_alias_is_refused_at_once(tmp_path):

@@ -19,7 +19,8 @@ TOP_LEVEL = ("name", "output_dir", "seed", "storage", "dataset", "splitter", "mo
 COMPONENT_SECTIONS = ("storage", "dataset", "splitter", "model")
 PIPELINE_PARAMS = (
     Param("name", str, "run", "name of the run, shown in reports"),
-    Param("output_dir", "path", "runs/run", "run directory, relative to the pipeline file"),
+    Param("output_dir", "path", "runs/run", "run directory, relative to the pipeline file "
+          "(given with --set: to the working directory)"),
     Param("seed", int, 0, "seed for splits, initialisation and batch order"),
 )
 
@@ -155,6 +156,20 @@ def shape_problem(data: Any) -> str | None:
     return None
 
 
+# what every run may export, whatever its model: the training curves are plotted by the core
+CORE_EXPORT_PARAMS = (
+    Param("plots", bool, True, "save plots (training curves, and the model's own) when "
+          "matplotlib is there"),
+)
+
+
+def export_params(model: Any) -> tuple[Param, ...]:
+    """The export keys a model's runs take: the core's, then the model's (which win)."""
+    params = {p.name: p for p in CORE_EXPORT_PARAMS}
+    params.update((p.name, p) for p in model.export_params)
+    return tuple(params.values())
+
+
 def apply_overrides(config: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """Apply ``key.path=value`` overrides; values are typed by YAML rules."""
     config = copy.deepcopy(config)
@@ -180,10 +195,10 @@ def apply_overrides(config: dict[str, Any], overrides: Iterable[str]) -> dict[st
             elif not isinstance(child, dict):
                 raise ConfigError(f"--set {item!r}: {'.'.join(keys[:depth + 1])} is not a section")
             node = child
+        problem = shape_problem({key_path: value})  # the value's own YAML aliases
+        if problem:
+            raise ConfigError(f"--set {key_path}: {problem}")
         node[keys[-1]] = value
-    problem = shape_problem(config)
-    if problem:
-        raise ConfigError(f"--set: {problem}")
     return config
 
 
@@ -248,7 +263,7 @@ def validate_config(raw: Mapping[str, Any], registry: Registry, base_dir: Path,
             errors.append("train: set epochs or max_steps (both are null)")
         export = _section(raw, "export")
         if model is not None:
-            resolved["export"] = validate_params(model.export_params, export, "export",
+            resolved["export"] = validate_params(export_params(model), export, "export",
                                                  base_dir, errors=errors)
     except ConfigError as exc:  # a section that is not a mapping
         errors.append(str(exc))
@@ -273,7 +288,7 @@ def pipeline_schema(registry: Registry, train_params: Iterable[Param] | None = N
                                            "description": entry.cls.summary()}}, ("type",))
             variants.append(body)
             if kind == "model":
-                export.update((p.name, p) for p in entry.cls.export_params)
+                export.update((p.name, p) for p in export_params(entry.cls))
         names = [entry.name for entry in registry.entries(kind)]
         props[kind] = {"anyOf": [{"type": "string", "enum": names}, *variants],
                        "description": f"the {kind}: a registered name, with its parameters"}
