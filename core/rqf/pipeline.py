@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from rqf.config import (COMPONENT_SECTIONS, PipelineConfig, apply_overrides, load_yaml,
-                        validate_config)
+from rqf.config import (COMPONENT_SECTIONS, PIPELINE_PARAMS, PipelineConfig, apply_overrides,
+                        load_yaml, validate_config)
 from rqf.errors import ConfigError, DataError, RqfError
 from rqf.interfaces import Dataset, ItemVectors, Model, RunContext, Splitter, Storage
 from rqf.io import check_output, write_json_atomic, write_text_atomic
@@ -23,8 +24,10 @@ def resolve_config(config: str | Path | Mapping[str, Any], overrides: Iterable[s
                    plugins: Plugins | None = None, source: Path | None = None) -> PipelineConfig:
     """Load (when a path), override and validate a pipeline.
 
-    A mapping's relative paths resolve against the working directory; ``source`` names the
-    file it came from in error messages.
+    A file's relative paths resolve against its folder, a mapping's against the working
+    directory; a path given in ``overrides`` (``--set``) is the user's and resolves against the
+    working directory, for ``rqf run`` and ``rqf encode`` alike. ``source`` names the file the
+    pipeline came from in error messages.
     """
     plugins = plugins or get_plugins()
     if isinstance(config, Mapping):
@@ -32,12 +35,36 @@ def resolve_config(config: str | Path | Mapping[str, Any], overrides: Iterable[s
     else:
         source = Path(config)
         raw, base_dir = load_yaml(source), source.resolve().parent
+    overrides = list(overrides)
     raw = apply_overrides(raw, overrides)
+    _paths_from_cwd(raw, overrides, plugins)
     try:
         return validate_config(raw, plugins.registry, base_dir, TRAIN_PARAMS, source)
     except ConfigError as exc:
         raise ConfigError(_with_failures(str(exc), plugins, f"{source}: " if source else "")) \
             from None
+
+
+def _paths_from_cwd(raw: dict[str, Any], overrides: list[str], plugins: Plugins) -> None:
+    """Make each relative path value set by an override absolute against the working directory
+    (a key that is no path parameter, or a component that does not resolve, is left to the
+    validation to judge)."""
+    for item in overrides:
+        keys = item.split("=", 1)[0].strip().split(".")
+        if keys == ["output_dir"]:
+            section, params = raw, PIPELINE_PARAMS
+        elif len(keys) == 2 and keys[0] in COMPONENT_SECTIONS and isinstance(raw.get(keys[0]), dict):
+            section = raw[keys[0]]
+            try:
+                params = plugins.registry.get(keys[0], section.get("type")).params
+            except RqfError:
+                continue
+        else:
+            continue
+        value = section.get(keys[-1])
+        is_path = any(p.name == keys[-1] and p.type == "path" for p in params)
+        if is_path and isinstance(value, str) and value and not os.path.isabs(value):
+            section[keys[-1]] = os.path.abspath(value)
 
 
 def _with_failures(message: str, plugins: Plugins, prefix: str = "") -> str:
@@ -192,7 +219,9 @@ def run(config: str | Path | Mapping[str, Any], overrides: Iterable[str] = (),
                  f"{parts.splitter.name} {counts}, model {parts.model.name}")
         fit = parts.model.fit(parts.splits["train"], parts.splits.get("valid"), ctx)
         prepare()  # a model fit without the loop: its fit was the last check
-        result = RunResult(out, {"name": cfg["name"], "split": parts.splitter.report, "fit": fit})
+        split = {**parts.splitter.report, "unit": parts.dataset.sample_unit}
+        result = RunResult(out, {"name": cfg["name"], "split": split, "fit": fit,
+                                 "trains": not parts.model.gradient_free})
         if info.is_main:
             if parts.model.keeps_weights:
                 parts.model.save(out / MODEL_FILE)
@@ -237,7 +266,11 @@ def _evaluate_and_export(parts: Components, ctx: RunContext, result: RunResult,
     result.artifacts = model.export(parts.dataset, ctx, *given)
     metrics["artifacts"] = result.artifacts
     problems = model.health(metrics)
-    metrics["health"] = {"healthy": not problems, "warnings": problems}
+    if problems is None:
+        metrics["health"] = {"checked": False, "healthy": None, "warnings": []}
+        echo(f"health: not checked (model {model.name!r} has no checks)")
+        return
+    metrics["health"] = {"checked": True, "healthy": not problems, "warnings": problems}
     for problem in problems:
         echo(f"warning: unhealthy result: {problem}")
 
