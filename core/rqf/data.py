@@ -193,6 +193,8 @@ class ItemRows(Dataset):
     ``__getitems__``); splitting, training vectors and export work on the rows alone.
     """
 
+    sample_unit = "items"
+
     def __init__(self, storage: ItemSource, rows: np.ndarray | None = None,
                  **params: Any) -> None:
         require(storage, ItemSource, "dataset.type", repr(self.name))

@@ -119,6 +119,8 @@ class SequenceVectors:
 class Dataset(Component, ABC):
     """A map-style view over a Storage that yields samples (dicts of arrays)."""
 
+    sample_unit = "samples"  # what one sample is (users, items, utterances): the report's word
+
     def __init__(self, storage: Storage, **params: Any) -> None:
         self.storage = storage
         self.config = self.resolve(params, "dataset")
@@ -268,8 +270,9 @@ class Model(Component, ABC):
         """A short human-readable summary of ``metrics`` for the end of a run."""
         return ""
 
-    def health(self, metrics: Mapping[str, Any]) -> list[str]:
+    def health(self, metrics: Mapping[str, Any]) -> list[str] | None:
         """One line per sign of an unhealthy result (e.g. a collapsed codebook), naming
-        the setting to change; empty when the run looks healthy."""
-        return []
+        the setting to change; empty when the checks found nothing wrong. None (the default):
+        the model checks nothing, and the run is reported "not checked", never healthy."""
+        return None
 

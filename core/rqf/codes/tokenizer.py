@@ -9,6 +9,7 @@ judges health and prints the summary. ``rqvae`` and ``rqkmeans`` are built on it
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping
@@ -23,6 +24,8 @@ from rqf.interfaces import Dataset, ItemVectors, Model, RunContext
 from rqf.params import Param
 
 Read = Callable[[int, int], np.ndarray]
+# code statistics about items sharing a tuple: meaningless for frame tokens
+TOKENS_SKIP = ("unique_code_share", "collision_rate", "max_items_per_code", "distinct_codes")
 
 
 @dataclass
@@ -59,6 +62,8 @@ class ItemTokenizer(Model):
     )
     # what the health check advises when codes go unused
     more_training: ClassVar[str] = "more k-means iterations"
+    # ... and when a level's items crowd onto a few codes
+    spread_fix: ClassVar[str | None] = None
 
     input_dim: int
 
@@ -96,8 +101,14 @@ class ItemTokenizer(Model):
             return self.metrics(predictions.rows(rows))
         # frames and other units: their vectors are not rows of what is exported
         vectors = np.asarray(data.vectors(), np.float32)
-        return self.metrics(self.code_rows(lambda a, b: vectors[a:b], len(vectors),
-                                           unique=self.makes_item_ids))
+        started = time.perf_counter()
+        coded = self.code_rows(lambda a, b: vectors[a:b], len(vectors),
+                               unique=self.makes_item_ids)
+        seconds = time.perf_counter() - started
+        metrics = self.metrics(coded)
+        if not self.makes_item_ids and seconds > 0:
+            metrics["frames_per_second"] = round(len(vectors) / seconds, 1)
+        return metrics
 
     @property
     def collision_handling(self) -> str:
@@ -113,15 +124,20 @@ class ItemTokenizer(Model):
                    "recon_rel_error": err / norm if norm else float("nan")}
         out.update({f"{k}_loss": float(v.sum()) / max(n, 1) for k, v in per_row.items()
                     if k not in ("sq_err", "sq_norm")})
-        return {**out, **code_statistics(coded.codes, size),
-                "collision_handling": self.collision_handling,
+        out.update(code_statistics(coded.codes, size))
+        if not self.makes_item_ids:  # tokens: no IDs, frames sharing a code tuple is the point
+            for key in TOKENS_SKIP:
+                out.pop(key, None)
+            return out
+        return {**out, "collision_handling": self.collision_handling,
                 "quantizer_collision_rate":
-                    code_statistics(coded.raw_codes, size)["collision_rate"] if n else 0.0}
+                    code_statistics(coded.raw_codes, size)["collision_rate"] if n else 0.0,
+                "moved_share": float((coded.codes != coded.raw_codes).any(1).mean()) if n else 0.0}
 
     def health(self, metrics: Mapping[str, Any]) -> list[str]:
         return code_health(metrics.get("all") or {}, self.collision_handling,
                            self.makes_item_ids, self.config.get("normalize", "none"),
-                           more_training=self.more_training)
+                           more_training=self.more_training, spread_fix=self.spread_fix)
 
     def export(self, dataset: Dataset, ctx: RunContext,
                predictions: CodedItems | None = None) -> dict[str, str]:
@@ -160,8 +176,10 @@ class ItemTokenizer(Model):
                                   raw_codes=coded.raw_codes)
 
     def summarize(self, metrics: Mapping[str, Any]) -> str:
-        lines = ["split   recon_mse  rel_err  collisions (nearest)  max/code  "
-                 "used codes per level      perplexity per level"]
+        items = self.makes_item_ids
+        lines = ["split   recon_mse  rel_err  " + ("collisions (nearest)  moved  " if items else
+                                                   "  frames   frames/s  ")
+                 + "used codes per level      perplexity per level"]
         for role in ("train", "valid", "test", "all"):
             m = metrics.get(role)
             if not m:
@@ -170,9 +188,10 @@ class ItemTokenizer(Model):
             ppl = " ".join(f"{p:6.1f}" for p in m["perplexity"])
             recon = (f"{m['recon_mse']:9.3g}  {m['recon_rel_error']:7.3f}"
                      if "recon_mse" in m else f"{'-':>9}  {'-':>7}")
-            lines.append(f"{role:<7} {recon}  "
-                         f"{m['collision_rate']:10.2%} ({m['quantizer_collision_rate']:7.2%})  "
-                         f"{m['max_items_per_code']:8d}  {util:<25} {ppl}")
+            middle = (f"{m['collision_rate']:10.2%} ({m['quantizer_collision_rate']:7.2%})  "
+                      f"{m['moved_share']:5.1%}" if items else
+                      f"{m['n']:8d}  {m.get('frames_per_second', float('nan')):9.0f}")
+            lines.append(f"{role:<7} {recon}  {middle}  {util:<25} {ppl}")
         line = self.fit_line(metrics.get("fit") or {})
         return "\n".join(lines + ([line] if line else []))
 

@@ -32,6 +32,7 @@ class SequencesDataset(Dataset):
     """One sample per user: the most recent max_seq_len items, padded, with their embeddings."""
 
     name = "sequences"
+    sample_unit = "users"
     params = (
         Param("max_seq_len", int, 200, "keep the most recent items of each input", min=1),
     )

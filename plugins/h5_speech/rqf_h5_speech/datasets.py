@@ -31,6 +31,8 @@ CHECKED_AT_BUILD = 256  # samples whose values are read when a dataset is built
 class SpeechDataset(Dataset):
     """Shared parts of the speech datasets: keys, feature reading, normalisation."""
 
+    sample_unit = "utterances"
+
     def __init__(self, storage: KeyedArrays, feature: str = "hidden_states",
                  normalize: bool = False, stats_file: str | None = None,
                  keys: list[str] | None = None, stats: tuple[np.ndarray, np.ndarray] | None = None,

@@ -77,6 +77,13 @@ def test_speech_tokens_pipeline_exports_a_readable_token_cache(original_cache, t
         codes = tokens.read(KEYS[4])["semantic_codes"]
         assert codes.dtype == np.int16 and codes.shape == (48, 2)
         assert codes.min() >= 0 and codes.max() < 8
+    # frame tokens: usage, perplexity and throughput; no item-collision figures
+    test = result.metrics["test"]
+    assert test["frames_per_second"] > 0 and len(test["perplexity"]) == 2
+    assert "collision_rate" not in test and "moved_share" not in test
+    header = result.summary.splitlines()[0]
+    assert "frames/s" in header and "collisions" not in header and "moved" not in header
+    assert result.metrics["health"]["checked"]
 
 
 # --- batches and the utterance loader ------------------------------------------------------

@@ -29,8 +29,10 @@ class RQKMeansModel(ItemTokenizer):
         Param("normalize", str, "l2", "input normalisation before clustering: l2 (unit "
               "vectors), standardize (train mean/std) or none",
               choices=("l2", "standardize", "none")),
-        Param("balanced", bool, False, "keep each level's clusters near equal size (Sinkhorn "
-              "assignment between k-means updates); items are still coded by nearest centroid"),
+        Param("balanced", bool, True, "keep each level's clusters near equal size (Sinkhorn "
+              "assignment between k-means updates; without it the deeper levels of small or "
+              "tight catalogues crowd onto a few codes); items are still coded by nearest "
+              "centroid"),
         Param("kmeans_iters", int, 50, "Lloyd iterations per level", min=1, max=10_000),
         Param("kmeans_samples", int, 262144, "at most this many training vectors are clustered",
               min=1),
@@ -39,6 +41,12 @@ class RQKMeansModel(ItemTokenizer):
     # no gradient loop: the pipeline builds no trainer, the train section's budget does not
     # apply, and --resume fits it again
     gradient_free = True
+
+    @property
+    def spread_fix(self) -> str:  # type: ignore[override]
+        return ("set model.balanced: true" if not self.config["balanced"] else
+                "more k-means iterations (model.kmeans_iters) or fewer codes "
+                "(model.codebook_size)")
 
     def __init__(self, data_info: Mapping[str, Any], **params: Any) -> None:
         super().__init__(data_info, **params)

@@ -92,9 +92,11 @@ def test_collapsed_run_warns_in_one_line_and_in_its_report(recsys_files, tmp_pat
 
 
 def test_default_run_on_clustered_items_is_healthy(recsys_files, tmp_path):
-    result = rqf.run(recsys_pipeline(recsys_files, tmp_path / "run", model={"codebook_size": 32},
-                                   train={"epochs": 20}))
-    assert result.metrics["health"] == {"healthy": True, "warnings": []}
+    result = rqf.run(recsys_pipeline(recsys_files, tmp_path / "run",
+                                     model={"codebook_size": 32, "levels": 3},
+                                     train={"epochs": 20}))
+    assert result.metrics["health"] == {"checked": True, "healthy": True, "warnings": []}
+    assert result.metrics["all"]["moved_share"] < 0.2
     assert result.metrics["all"]["collision_rate"] == 0.0
     with h5py.File(tmp_path / "run" / "semantic_ids.h5") as f:
         assert f.attrs["collision_handling"] == "reassign"
