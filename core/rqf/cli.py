@@ -224,17 +224,17 @@ def schema(out: Path | None, debug: bool) -> None:
 
 
 @cli.command()
-@click.argument("run_dir", type=click.Path(path_type=Path))
-@click.argument("other", required=False, type=click.Path(path_type=Path))
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def report(run_dir: Path, other: Path | None, debug: bool) -> None:
-    """Regenerate RUN_DIR/report.md, or compare RUN_DIR with OTHER side by side."""
+def report(run_dirs: tuple[Path, ...], debug: bool) -> None:
+    """Regenerate RUN_DIR/report.md (and its training curves), or, given several runs, print
+    what differs in their configs and their metrics side by side."""
     from rqf.report import compare_runs, write_report
 
-    if other is not None:
-        click.echo(compare_runs(run_dir, other))
+    if len(run_dirs) > 1:
+        click.echo(compare_runs(*run_dirs))
         return
-    click.echo(f"wrote {write_report(run_dir)}")
+    click.echo(f"wrote {write_report(run_dirs[0])}")
 
 
 @cli.command()

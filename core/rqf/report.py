@@ -1,16 +1,21 @@
-"""The short human report of a run directory, and side-by-side comparison of two runs."""
+"""The short human report of a run directory, its training curves, and the side-by-side
+comparison of any number of runs."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
+
+import yaml
 
 from rqf.errors import RqfError
-from rqf.io import write_text_atomic
+from rqf.io import atomic_path, write_text_atomic
 
 REPORT_NAME = "report.md"
+CURVES_NAME = "training_curves.png"
 SPLITS = ("train", "valid", "test", "all")
+CURVE_ROWS = 10  # rows of the report's loss table: evenly spread over the run
 
 
 def _load_run(run_dir: Path) -> tuple[str, dict[str, Any]]:
@@ -24,6 +29,8 @@ def _load_run(run_dir: Path) -> tuple[str, dict[str, Any]]:
         metrics = json.loads(metrics_path.read_text())
     except json.JSONDecodeError as exc:
         raise RqfError(f"{metrics_path}: not valid JSON ({exc})") from None
+    if not isinstance(metrics, dict):
+        raise RqfError(f"{metrics_path}: expected a JSON object of metrics")
     return config_path.read_text(), metrics
 
 
@@ -51,74 +58,202 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+
+
 def _metric_table(metrics: Mapping[str, Any]) -> list[str]:
     per_split = {s: flatten(metrics[s]) for s in SPLITS if isinstance(metrics.get(s), Mapping)}
     if not per_split:
         return ["(no per-split metrics)"]
     keys = list(dict.fromkeys(k for flat in per_split.values() for k in flat))
-    lines = ["| metric | " + " | ".join(per_split) + " |",
-             "|---|" + "---|" * len(per_split)]
-    for key in keys:
-        lines.append(f"| {key} | " + " | ".join(_fmt(per_split[s].get(key, "")) for s in per_split)
-                     + " |")
+    return _table(["metric", *per_split],
+                  [[k, *(per_split[s].get(k, "") for s in per_split)] for k in keys])
+
+
+def _health_section(health: Any) -> list[str]:
+    if not isinstance(health, Mapping):
+        return []
+    if health.get("checked") is False:
+        return ["## Health", "", "Not checked: the model has no health checks.", ""]
+    warnings = health.get("warnings") or []
+    lines = ["## Health", ""]
+    lines += [f"- **warning**: {w}" for w in warnings] if warnings else \
+        ["Healthy: the model's checks found nothing wrong."]
+    return lines + [""]
+
+
+def _split_section(metrics: Mapping[str, Any]) -> list[str]:
+    """Samples per split in the dataset's unit (users, utterances), and the items each split
+    coded when the model reports them."""
+    split = metrics.get("split") or {}
+    counts = split.get("counts") or {}
+    lines = ["## Split", ""]
+    if counts:
+        coded = {role: (metrics.get(role) or {}).get("n") for role in counts}
+        header = ["split", str(split.get("unit", "samples"))]
+        if any(isinstance(v, int) for v in coded.values()):
+            header.append("items coded")
+            rows = [[r, c, coded[r] if coded[r] is not None else "-"] for r, c in counts.items()]
+        else:
+            rows = [[r, c] for r, c in counts.items()]
+        lines += _table(header, rows)
+    lines += [f"- {k}: `{json.dumps(v)}`" for k, v in split.items() if k not in ("counts", "unit")]
+    return lines + [""]
+
+
+def _spread(rows: Sequence[Mapping[str, Any]], n: int) -> list[Mapping[str, Any]]:
+    """At most ``n`` of ``rows``, evenly spread, the last one always kept."""
+    if len(rows) <= n:
+        return list(rows)
+    picks = sorted({round(i * (len(rows) - 1) / (n - 1)) for i in range(n)})
+    return [rows[i] for i in picks]
+
+
+def _curve_table(rows: Sequence[Mapping[str, Any]], limit: int | None = None) -> list[str]:
+    shown = _spread(rows, limit) if limit else list(rows)
+    keys = list(dict.fromkeys(k for r in shown for k in r if k != "step"))
+    return _table(["step", *keys], [[r.get("step"), *(r.get(k, "") for k in keys)]
+                                    for r in shown])
+
+
+def _training_section(run_dir: Path, fit: Mapping[str, Any]) -> list[str]:
+    losses, history = fit.get("losses") or [], fit.get("history") or []
+    if not losses and not history:
+        return []
+    lines = ["## Training", ""]
+    if fit.get("steps") is not None:
+        lines += [f"{fit['steps']} steps in {fit.get('seconds', '?')} s on "
+                  f"{fit.get('device', '?')}.", ""]
+    if (run_dir / CURVES_NAME).exists():
+        lines += [f"![training curves]({CURVES_NAME})", ""]
+    if losses:
+        lines += ["Training loss (mean since the previous row):", "",
+                  *_curve_table(losses, CURVE_ROWS), ""]
+    if history:
+        kept = f" (weights of step {fit['best_step']} kept)" if fit.get("best_step") else ""
+        lines += [f"Validation{kept}:", "", *_curve_table(history), ""]
     return lines
+
+
+def _without_train(config_text: str) -> str:
+    """The config without its top-level ``train:`` block (a model that does not train)."""
+    out, skipping = [], False
+    for line in config_text.splitlines():
+        if line and not line[0].isspace():
+            skipping = line.startswith("train:")
+        if not skipping:
+            out.append(line)
+    return "\n".join(out)
 
 
 def render_report(run_dir: Path) -> str:
     run_dir = Path(run_dir)
     config_text, metrics = _load_run(run_dir)
-    split = metrics.get("split", {})
-    lines = [f"# Run report: {metrics.get('name', run_dir.name)}", ""]
-    health = metrics.get("health")
-    if isinstance(health, Mapping):
-        warnings = health.get("warnings") or []
-        lines += ["## Health", ""]
-        lines += [f"- **warning**: {w}" for w in warnings] if warnings else \
-            ["Healthy: the model's checks found nothing wrong."]
-        lines.append("")
-    lines += [f"Run directory: `{run_dir}`  ", f"Wall time: {metrics.get('wall_seconds', '?')} s",
-              "", "## Split", ""]
-    counts = split.get("counts", {})
-    if counts:
-        lines += ["| split | samples |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in counts.items()]
-    for key, value in split.items():
-        if key != "counts":
-            lines.append(f"- {key}: `{json.dumps(value)}`")
-    lines += ["", "## Metrics", "", *_metric_table(metrics), ""]
-    plots = sorted(p.name for p in run_dir.glob("*.png"))
+    fit = metrics.get("fit") if isinstance(metrics.get("fit"), Mapping) else {}
+    lines = [f"# Run report: {metrics.get('name', run_dir.name)}", "",
+             *_health_section(metrics.get("health")),
+             f"Run directory: `{run_dir}`  ", f"Wall time: {metrics.get('wall_seconds', '?')} s",
+             "", *_split_section(metrics), "## Metrics", "", *_metric_table(metrics), "",
+             *_training_section(run_dir, fit)]
+    plots = sorted(p.name for p in run_dir.glob("*.png") if p.name != CURVES_NAME)
     if plots:
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     artifacts = metrics.get("artifacts", {})
     if artifacts:
         lines += ["## Artifacts", ""] + [f"- {k}: `{v}`" for k, v in artifacts.items()] + [""]
+    if metrics.get("trains") is False:
+        config_text = _without_train(config_text)
     lines += ["## Config", "", "```yaml", config_text.rstrip(), "```", ""]
     return "\n".join(lines)
 
 
+def plot_curves(fit: Mapping[str, Any], path: Path) -> Path | None:
+    """Training loss and validation metrics by step, one panel each; None without matplotlib
+    or without curves."""
+    losses, history = fit.get("losses") or [], fit.get("history") or []
+    if not losses and not history:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    panels = [rows for rows in (losses, history) if rows]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 3.5), squeeze=False)
+    for ax, rows, title in zip(axes[0], panels, ("training" if losses else "validation",
+                                                 "validation")):
+        for key in dict.fromkeys(k for r in rows for k in r if k != "step"):
+            points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+            if points:
+                ax.plot(*zip(*points), label=key, marker="." if len(points) < 30 else None)
+        ax.set_xlabel("step")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    if losses and all(r.get("loss", 0) > 0 for r in losses):
+        axes[0, 0].set_yscale("log")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)
+    return path
+
+
 def write_report(run_dir: Path) -> Path:
-    path = Path(run_dir) / REPORT_NAME
+    """``report.md`` of a finished run, and its ``training_curves.png`` unless the run's
+    ``export.plots`` is false."""
+    run_dir = Path(run_dir)
+    config_text, metrics = _load_run(run_dir)
+    fit = metrics.get("fit") if isinstance(metrics.get("fit"), Mapping) else {}
+    export = (_config(config_text, run_dir).get("export") or {})
+    if export.get("plots", True) is not False:
+        plot_curves(fit, run_dir / CURVES_NAME)
+    path = run_dir / REPORT_NAME
     write_text_atomic(path, render_report(run_dir))
     return path
 
 
-def compare_runs(a: Path, b: Path) -> str:
-    """A Markdown table of every numeric metric of two runs, with the difference."""
-    (_, ma), (_, mb) = _load_run(a), _load_run(b)
-    fa = {f"{s}.{k}": v for s in SPLITS if isinstance(ma.get(s), Mapping)
-          for k, v in flatten(ma[s]).items()}
-    fb = {f"{s}.{k}": v for s in SPLITS if isinstance(mb.get(s), Mapping)
-          for k, v in flatten(mb[s]).items()}
-    lines = [f"# {ma.get('name', Path(a).name)} vs {mb.get('name', Path(b).name)}", "",
-             f"| metric | {Path(a).name} | {Path(b).name} | difference |", "|---|---|---|---|"]
-    for key in dict.fromkeys([*fa, *fb]):
-        va, vb = fa.get(key), fb.get(key)
-        diff = ""
-        if isinstance(va, (int, float)) and isinstance(vb, (int, float)) \
-                and not isinstance(va, bool) and not isinstance(vb, bool):
-            diff = _fmt(float(vb) - float(va))
-        lines.append(f"| {key} | {_fmt(va) if va is not None else '-'} | "
-                     f"{_fmt(vb) if vb is not None else '-'} | {diff} |")
-    for key in ("wall_seconds",):
-        lines.append(f"| {key} | {ma.get(key, '-')} | {mb.get(key, '-')} | |")
+def _config(text: str, run_dir: Path) -> dict[str, Any]:
+    try:
+        cfg = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RqfError(f"{run_dir / 'config.yaml'}: not valid YAML "
+                       f"({str(exc).splitlines()[0]})") from None
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def _numeric(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def compare_runs(*runs: Path) -> str:
+    """What differs in the configs of ``runs``, then every metric of each, side by side (with
+    the difference when there are two)."""
+    if len(runs) < 2:
+        raise RqfError("rqf report: give two or more run directories to compare")
+    loaded = [_load_run(Path(r)) for r in runs]
+    names = [Path(r).name for r in runs]
+    configs = [flatten(_config(text, Path(r))) for (text, _), r in zip(loaded, runs)]
+    differ = [k for k in dict.fromkeys(k for c in configs for k in c)
+              if k not in ("name", "output_dir") and len({json.dumps(c.get(k)) for c in configs}) > 1]
+    lines = [f"# {' vs '.join(names)}", "", "## What differs in their configs", ""]
+    lines += _table(["key", *names], [[k, *(c.get(k, "-") for c in configs)] for k in differ]) \
+        if differ else ["Nothing: the runs were configured alike (seed, data and model)."]
+    flats = [{f"{s}.{k}": v for s in SPLITS if isinstance(m.get(s), Mapping)
+              for k, v in flatten(m[s]).items()} | {"wall_seconds": m.get("wall_seconds")}
+             for _, m in loaded]
+    two = len(runs) == 2
+    rows = []
+    for key in dict.fromkeys(k for f in flats for k in f):
+        values = [f.get(key) for f in flats]
+        row = [key, *(v if v is not None else "-" for v in values)]
+        if two:
+            row.append(float(values[1]) - float(values[0])
+                       if all(_numeric(v) for v in values) else "")
+        rows.append(row)
+    lines += ["", "## Metrics", "", *_table(["metric", *names, *(["difference"] if two else [])],
+                                            rows)]
     return "\n".join(lines) + "\n"

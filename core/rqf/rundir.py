@@ -27,10 +27,11 @@ MARKER_FORMAT = "rqf-run-1"
 LOCK_NAME = ".rqf-run.lock"
 FINISHED_MARKER = "metrics.json"
 MODEL_FILE = "model.pt"
-CORE_OUTPUTS = ("config.yaml", "metrics.json", "report.md", MODEL_FILE, "checkpoints",
+CORE_OUTPUTS = ("config.yaml", "metrics.json", "report.md", "training_curves.png", MODEL_FILE,
+                "checkpoints",
                 "checkpoints/step_*.pt", "checkpoints/best.pt")
 # written after training: stale once training goes on, so a resume removes them first
-RESULTS = ("metrics.json", "report.md")
+RESULTS = ("metrics.json", "report.md", "training_curves.png")
 # train keys a resume may change: they decide how long, where and how visibly training
 # runs, not what one step computes. The budget (epochs, max_steps) may only grow.
 RESUME_MAY_CHANGE = ("epochs", "max_steps", "device", "compile", "progress", "log_every",

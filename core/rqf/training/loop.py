@@ -103,9 +103,15 @@ class FitResult:
     seconds: float
     samples: int
     resumed_from: int | None
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)  # validation metrics by step
     best_step: int | None = None     # with train.monitor: the step whose weights were kept
     best_value: float | None = None
+    losses: list[dict[str, Any]] = field(default_factory=list)  # training loss by step
+
+    def curves(self) -> dict[str, list[dict[str, Any]]]:
+        """What the report plots: ``losses`` (mean training loss per ``train.log_every``
+        steps, with the task's logged terms) and ``history`` (validation metrics)."""
+        return {"losses": self.losses, "history": self.history}
 
     @property
     def samples_per_second(self) -> float:
@@ -122,11 +128,12 @@ class _Progress:
     step: int = 0
     resumed_from: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    losses: list[dict[str, Any]] = field(default_factory=list)
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step, "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "history": json.dumps(self.history)}
+                "history": json.dumps(self.history), "losses": json.dumps(self.losses)}
 
     def load_state_dict(self, payload: Mapping[str, Any]) -> None:
         self.optimizer.load_state_dict(payload["optimizer"])
@@ -134,6 +141,7 @@ class _Progress:
         self.scaler.load_state_dict(payload["scaler"])
         self.step = self.resumed_from = int(payload["step"])
         self.history = list(json.loads(payload.get("history", "[]")))
+        self.losses = list(json.loads(payload.get("losses", "[]")))
 
 
 class _LossMeter:
@@ -244,7 +252,8 @@ class Trainer:
             self.echo(f"kept the weights of step {best.step}: {cfg.monitor} = {best.value:.4g} "
                       f"({'highest' if cfg.monitor_mode == 'max' else 'lowest'} on validation)")
         return FitResult(progress.step, progress.step // per_epoch if per_epoch else 0, seconds,
-                         samples, progress.resumed_from, progress.history, best.step, best.value)
+                         samples, progress.resumed_from, progress.history, best.step, best.value,
+                         progress.losses)
 
     # -- the pieces of a step ---------------------------------------------------------------
     def _start(self, task: TrainingTask, module: torch.nn.Module, total: int) -> _Progress:
@@ -316,6 +325,7 @@ class Trainer:
                 raise RqfError(f"training diverged: loss is {mean} at step {step} "
                                "(try train.precision=fp32 or a lower train.lr)")
             shown = {"loss": mean, **{k: float(v) for k, v in logs.items()}}
+            progress.losses.append({"step": step, **shown})
             bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
         bar.update(1)
         due = (cfg.eval_every and step % cfg.eval_every == 0) \

@@ -221,7 +221,7 @@ class RQVAEModel(ItemTokenizer):
                 "kmeans_init_seconds": round(init_seconds, 3),
                 "items_per_second": round(result.samples_per_second, 1),
                 "training_vectors": len(data), "resumed_from": result.resumed_from,
-                "device": str(device), "history": result.history}
+                "device": str(device), **result.curves()}
 
     def fit_line(self, fit: Mapping[str, Any]) -> str:
         if not fit:

@@ -18,6 +18,8 @@ FORMAT = "rqf-recommendations-1"
 HISTORY = Param("history", int, 20, "most recent items of a user's history a model reads",
                 min=1)
 TOP_K = Param("top_k", int, 10, "items recommended per user (recommendations.h5 width)", min=10)
+FLOORS = Param("floors", bool, True, "also rank valid and test with mostpop and lastitem_nn "
+               "(seconds) and report them beside this model; the run is unhealthy below mostpop")
 
 
 @dataclass
@@ -199,17 +201,46 @@ class NextItemModel(Model):
         table, _ = _sequences(view)
         return Ranking(table.user_ids[ex.users], items, ex.target)
 
-    def predict(self, dataset: Dataset, splits: Mapping[str, Dataset]) -> dict[str, Ranking]:
-        views = {role: view for role, view in splits.items() if view is not None and len(view)}
-        return {role: self.rank(view) for role, view in {**views, "all": dataset}.items()}
+    def floors(self, train: Dataset) -> dict[str, "NextItemModel"]:
+        """Reference rankers fitted on ``train``, measured beside this model (none here)."""
+        return {}
 
-    def evaluate(self, data: Dataset, predictions: Mapping[str, Ranking] | None = None
+    def predict(self, dataset: Dataset, splits: Mapping[str, Dataset]) -> dict[str, Any]:
+        """Each split's ranking by role, and under ``floors`` the floors' valid and test
+        rankings by name."""
+        views = {role: view for role, view in splits.items() if view is not None and len(view)}
+        out: dict[str, Any] = {role: self.rank(view)
+                               for role, view in {**views, "all": dataset}.items()}
+        floors = self.floors(views["train"]) if "train" in views else {}
+        out["floors"] = {name: {role: floor.rank(views[role]) for role in ("valid", "test")
+                                if role in views} for name, floor in floors.items()}
+        return out
+
+    def evaluate(self, data: Dataset, predictions: Mapping[str, Any] | None = None
                  ) -> dict[str, Any]:
         role = getattr(data, "role", "all")
         ranking = (predictions or {}).get(role) or self.rank(data)
         if not len(ranking.target):
             return {"users": 0}
-        return ranking_metrics(ranking.items, ranking.target)
+        metrics: dict[str, Any] = ranking_metrics(ranking.items, ranking.target)
+        floors = {name: ranking_metrics(per[role].items, per[role].target)
+                  for name, per in (predictions or {}).get("floors", {}).items() if role in per}
+        if floors:
+            metrics["floors"] = {name: {k: v for k, v in m.items() if k != "users"}
+                                 for name, m in floors.items()}
+        return metrics
+
+    def health(self, metrics: Mapping[str, Any]) -> list[str] | None:
+        """Below mostpop on test is unhealthy; without floors nothing is checked."""
+        test = metrics.get("test") or {}
+        floor = (test.get("floors") or {}).get("mostpop")
+        if floor is None:
+            return None
+        if test.get("ndcg@10", 0.0) < floor["ndcg@10"]:
+            return [f"{self.name} ranks below mostpop on test (NDCG@10 {test['ndcg@10']:.4f} < "
+                    f"{floor['ndcg@10']:.4f}): train longer (train.max_steps) or check the IDs "
+                    "it reads"]
+        return []
 
     @classmethod
     def run_outputs(cls, export: Mapping[str, Any]) -> tuple[str, ...]:
@@ -231,12 +262,14 @@ class NextItemModel(Model):
         return artifacts
 
     def summarize(self, metrics: Mapping[str, Any]) -> str:
-        lines = ["split   users    R@5     R@10    N@5     N@10"]
+        lines = ["split   model         users    R@5     R@10    N@5     N@10"]
         for role in ("valid", "test"):
             m = metrics.get(role) or {}
-            if m.get("users"):
-                lines.append(f"{role:<7} {m['users']:6d}  {m['recall@5']:.4f}  {m['recall@10']:.4f}"
-                             f"  {m['ndcg@5']:.4f}  {m['ndcg@10']:.4f}")
+            if not m.get("users"):
+                continue
+            for name, r in {self.name: m, **(m.get("floors") or {})}.items():
+                lines.append(f"{role:<7} {name:<12} {m['users']:6d}  {r['recall@5']:.4f}  "
+                             f"{r['recall@10']:.4f}  {r['ndcg@5']:.4f}  {r['ndcg@10']:.4f}")
         return "\n".join(lines)
 
     def save(self, path: Path) -> None:  # what a baseline needs is refit in seconds

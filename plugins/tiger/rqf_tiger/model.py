@@ -16,7 +16,8 @@ from rqf import (ConfigError, DataError, Dataset, ItemSource, Param, RqfError, R
                  require_memory)
 from rqf.codes import PrefixTrie, SemanticIds, sha256_of
 from rqf_tiger.decode import constrained_beam_search
-from rqf_tiger.evaluation import (HISTORY, TOP_K, Examples, NextItemModel, eval_examples,
+from rqf_tiger.baselines import LastItemNNModel, MostPopModel
+from rqf_tiger.evaluation import (FLOORS, HISTORY, TOP_K, Examples, NextItemModel, eval_examples,
                                   ranking_metrics, train_examples)
 from rqf_tiger.net import BOS, PAD, TigerNet
 
@@ -64,6 +65,7 @@ class TigerModel(NextItemModel):
               "...); its unique_codes, collision level included, are the IDs generated"),
         HISTORY,
         TOP_K,
+        FLOORS,
         Param("d_model", int, 64, "transformer width", min=8),
         Param("heads", int, 4, "attention heads (d_model must divide by it)", min=1),
         Param("layers", int, 2, "encoder layers, and as many decoder layers", min=1),
@@ -202,11 +204,26 @@ class TigerModel(NextItemModel):
                 "training_examples": len(ex), "best_step": result.best_step,
                 "best_value": result.best_value, "resumed_from": result.resumed_from,
                 "semantic_ids": str(self.ids_path), "semantic_ids_sha256": self.ids_sha256,
-                "device": str(device), "history": result.history}
+                "device": str(device), **result.curves()}
 
     # -- ranking ------------------------------------------------------------------------------
     def known_items(self) -> np.ndarray:
         return self.item_ids
+
+    def floors(self, train: Dataset) -> dict[str, NextItemModel]:
+        """mostpop, and lastitem_nn where the items have embeddings, fitted on ``train``."""
+        if not self.config["floors"]:
+            return {}
+        out: dict[str, NextItemModel] = {}
+        for cls in (MostPopModel, LastItemNNModel):
+            floor = cls(self.data_info, history=self.config["history"],
+                        top_k=self.config["top_k"])
+            try:
+                floor.fit(train, None, None)  # type: ignore[arg-type]  # floors use no context
+            except RqfError:
+                continue  # lastitem_nn without item embeddings: no such floor
+            out[floor.name] = floor
+        return out
 
     @torch.no_grad()
     def recommend(self, history: np.ndarray, k: int) -> np.ndarray:

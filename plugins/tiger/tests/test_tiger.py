@@ -83,6 +83,31 @@ def test_tiger_trains_decodes_valid_items_and_exports_exactly_its_metrics(tiger_
     assert fit["best_value"] == max(h["valid_ndcg@10"] for h in fit["history"])
 
 
+def test_a_tiger_run_measures_the_floors_exactly_as_their_own_runs(tiger_run, recsys_files,
+                                                                   tmp_path):
+    result, _ = tiger_run
+    for floor in ("mostpop", "lastitem_nn"):
+        alone = rqf.run(sequence_pipeline(recsys_files, tmp_path / floor, {"type": floor}))
+        for role in ("valid", "test"):
+            own = {k: v for k, v in alone.metrics[role].items() if k != "users"}
+            assert result.metrics[role]["floors"][floor] == own
+        assert alone.metrics["health"] == {"checked": False, "healthy": None, "warnings": []}
+    assert result.metrics["health"]["checked"]
+    lines = result.summary.splitlines()
+    assert [line.split()[:2] for line in lines[1:]] == [
+        [role, name] for role in ("valid", "test") for name in ("tiger", "mostpop", "lastitem_nn")]
+
+
+def test_a_ranker_below_mostpop_is_unhealthy(tiger_run):
+    model = rqf.load(tiger_run[0].run_dir)
+    floors = {"mostpop": {"recall@10": 0.2, "ndcg@10": 0.1}}
+    below = {"test": {"users": 9, "recall@10": 0.1, "ndcg@10": 0.05, "floors": floors}}
+    [warning] = model.health(below)
+    assert "tiger ranks below mostpop on test (NDCG@10 0.0500 < 0.1000)" in warning
+    assert model.health({"test": {**below["test"], "ndcg@10": 0.2}}) == []
+    assert model.health({"test": {"users": 9, "ndcg@10": 0.2}}) is None  # floors: false
+
+
 def test_a_loaded_run_recommends_what_its_test_split_was_scored_on(tiger_run, recsys_files,
                                                                   tmp_path):
     result, _ = tiger_run
