@@ -3,8 +3,12 @@
 For each shared dataset (leave-last-out, full ranking over all items, a hit only when the whole
 item ID matches): the MostPop and last-item nearest-neighbour floors, then TIGER trained on
 semantic IDs from rqvae (one trained model, IDs under each collision handling mode), from
-rqkmeans, and from random codes of the same shape (3 x 256 and the collision level).
-Columns: test Recall/NDCG@5/10, seconds to make the IDs, seconds to train the ranker.
+rqkmeans (balanced levels, the default, and plain ones), and from random codes of the same shape (3 x 256 and the collision level).
+SASRec (over item ids, no IDs needed) is the reference every ranker is read against, and
+``--ids FILE...`` adds TIGER on any other semantic_ids.h5 (e.g. one made by ``rqf import-ids``
+from another tool's .index.json). Columns: test Recall/NDCG@5/10, seconds to make the IDs,
+seconds to train the ranker, and the ranker's whole run (wall) so rankers are compared at
+equal CPU budget.
 
     python benchmarks/generative_retrieval.py                       # CPU size, ~30 min a dataset
     python benchmarks/generative_retrieval.py --datasets ml100k --steps 300   # a quick look
@@ -57,6 +61,10 @@ def main() -> None:
     p.add_argument("--keep", help="keep the runs in this folder (default: a temporary one)")
     p.add_argument("--rows", help="only the TIGER rows whose label contains one of these "
                    "comma-separated words, e.g. 'balanced,random' (the floors always run)")
+    p.add_argument("--sasrec-steps", type=int, default=None,
+                   help="SASRec training steps (default: the model's); 0 leaves SASRec out")
+    p.add_argument("--ids", nargs="*", default=[], metavar="FILE",
+                   help="more semantic_ids.h5 files to judge with TIGER (one dataset at a time)")
     args = p.parse_args()
     for name in args.datasets.split(","):
         folder = Path(args.data) / name
@@ -81,11 +89,14 @@ def table(name: str, folder: Path, work: Path, args) -> None:
         test = m["test"]
         rows.append([label, *(round(test[c], 4) for c in COLUMNS),
                      "-" if ids_seconds is None else round(ids_seconds, 1),
-                     round(m["fit"].get("seconds", m["wall"]), 1)])
+                     round(m["fit"].get("seconds", m["wall"]), 1), round(m["wall"], 1)])
         print(f"{name}: {label} done ({m['wall']:.0f} s)", file=sys.stderr, flush=True)
 
     ranker("mostpop", {"type": "mostpop"}, None)
     ranker("last-item NN", {"type": "lastitem_nn"}, None)
+    if args.sasrec_steps != 0:
+        ranker("sasrec", {"type": "sasrec", "floors": False}, None,
+               {"max_steps": args.sasrec_steps} if args.sasrec_steps else None)
 
     ids: dict[str, tuple[Path, float]] = {}
     m = run({**data, "name": "rqvae", "output_dir": str(work / "rqvae"), "model": {"type": "rqvae"},
@@ -103,12 +114,17 @@ def table(name: str, folder: Path, work: Path, args) -> None:
     m = run({**data, "name": "rqkmeans", "output_dir": str(work / "rqkmeans"),
              "model": {"type": "rqkmeans"}, "train": quiet})
     ids["rqkmeans"] = (work / "rqkmeans" / "semantic_ids.h5", m["wall"])
+    m = run({**data, "name": "rqkmeans-plain", "output_dir": str(work / "rqkmeans_plain"),
+             "model": {"type": "rqkmeans", "balanced": False}, "train": quiet})
+    ids["rqkmeans (plain levels)"] = (work / "rqkmeans_plain" / "semantic_ids.h5", m["wall"])
     shape = SemanticIds(ids["rqvae (reassign)"][0])
     rng = np.random.default_rng(0)
     random_codes = rng.integers(0, 256, shape.codes.shape)
     ids["random"] = (write_semantic_ids(work / "ids_random.h5", shape.item_ids, random_codes,
                                         None, {"codebook_size": 256, "tokenizer": "random"}), 0.0)
-    tiger = {"type": "tiger", "d_model": args.d_model, "layers": args.layers, "ff": args.ff,
+    for path in args.ids:
+        ids[Path(path).name] = (Path(path).resolve(), 0.0)
+    tiger = {"type": "tiger", "floors": False, "d_model": args.d_model, "layers": args.layers, "ff": args.ff,
              "heads": args.heads}
     only = [w.strip() for w in args.rows.split(",")] if args.rows else None
     for label, (path, seconds) in ids.items():
@@ -117,7 +133,7 @@ def table(name: str, folder: Path, work: Path, args) -> None:
         ranker(f"tiger on {label}", {**tiger, "semantic_ids": str(path)}, seconds,
                {"max_steps": args.steps, "eval_every": max(1, args.steps // 4),
                 "warmup_steps": min(200, args.steps // 5)})
-    print_table(["model", "R@5", "R@10", "N@5", "N@10", "IDs s", "train s"], rows,
+    print_table(["model", "R@5", "R@10", "N@5", "N@10", "IDs s", "train s", "wall s"], rows,
                 f"{name}: test split, leave-last-out, full ranking (TIGER: {args.steps} steps, "
                 f"d_model {args.d_model}, {args.layers}+{args.layers} layers)")
 

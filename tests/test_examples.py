@@ -28,7 +28,7 @@ def workspace(tmp_path_factory):
 def test_every_example_is_covered():
     assert {"quickstart.yaml", "swap_splitter.yaml", "movielens_temporal.yaml",
             "amazon_auto.yaml", "speech_tokens.yaml", "rqkmeans.yaml", "tiger.yaml",
-            "tiger_paper.yaml"} <= set(PIPELINES)
+            "tiger_paper.yaml", "sasrec.yaml"} <= set(PIPELINES)
 
 
 # in order: tiger reads the IDs the rqkmeans example wrote
@@ -43,7 +43,7 @@ def test_example_runs(workspace, name):
     result = rqf.run(workspace / "examples" / name, overrides)
     assert result.run_dir.is_relative_to(workspace / "runs")
     assert (result.run_dir / "metrics.json").exists() and (result.run_dir / "report.md").exists()
-    if name.startswith("tiger"):
+    if name.startswith(("tiger", "sasrec")):  # rankers
         assert result.metrics["test"]["users"] == 1500 and "recall@10" in result.metrics["test"]
         assert (result.run_dir / "recommendations.h5").exists()
     elif "codes" in result.artifacts:

@@ -3,6 +3,7 @@
 from rqf_tiger.baselines import LastItemNNModel, MostPopModel
 from rqf_tiger.evaluation import ranking_metrics, read_recommendations, write_recommendations
 from rqf_tiger.model import TigerModel
+from rqf_tiger.sasrec import SASRecModel
 
-__all__ = ["LastItemNNModel", "MostPopModel", "TigerModel", "ranking_metrics",
+__all__ = ["LastItemNNModel", "MostPopModel", "SASRecModel", "TigerModel", "ranking_metrics",
            "read_recommendations", "write_recommendations"]

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rqf import ConfigError, Dataset, ItemVectors, RunContext
+from rqf import ConfigError, Dataset, ItemVectors, RqfError, RunContext
 from rqf_tiger.evaluation import HISTORY, TOP_K, NextItemModel, train_examples
 
 
@@ -65,3 +65,20 @@ class LastItemNNModel(NextItemModel):
             out[a:a + len(r), :top.shape[1]] = self.ids[top]
         out[~known] = -1  # a last item without an embedding: nothing to be near
         return out
+
+
+def fit_floors(model: NextItemModel, train: Dataset) -> dict[str, NextItemModel]:
+    """mostpop, and lastitem_nn where the items have embeddings, fitted on ``train`` with
+    ``model``'s history and top_k; none when ``model.floors`` is false."""
+    if not model.config.get("floors"):
+        return {}
+    out: dict[str, NextItemModel] = {}
+    for cls in (MostPopModel, LastItemNNModel):
+        floor = cls(model.data_info, history=model.config["history"],
+                    top_k=model.config["top_k"])
+        try:
+            floor.fit(train, None, None)  # type: ignore[arg-type]  # floors use no context
+        except RqfError:
+            continue  # lastitem_nn without item embeddings: no such floor
+        out[floor.name] = floor
+    return out

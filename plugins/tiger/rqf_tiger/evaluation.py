@@ -10,8 +10,8 @@ from typing import Any, Mapping, Sequence
 import h5py
 import numpy as np
 
-from rqf import (ConfigError, DataError, Dataset, Model, Param, RunContext, SequenceView,
-                 atomic_h5, missing_members, require_memory)
+from rqf import (ConfigError, DataError, Dataset, Model, Param, RqfError, RunContext,
+                 SequenceView, TrainingTask, atomic_h5, missing_members, require_memory)
 
 KS = (5, 10)
 FORMAT = "rqf-recommendations-1"
@@ -78,6 +78,42 @@ def train_examples(view: Dataset, history: int) -> Examples:
                     table.item_ids[base + pos])
 
 
+def sequence_rows(view: Dataset, width: int) -> np.ndarray:
+    """(n, width) item ids of the last ``width`` inputs of each record with two or more,
+    right-aligned (the newest item last), -1 padded on the left: what a causal model trains on."""
+    table, r = _sequences(view)
+    keep = r.end - r.start >= 2
+    start, end = r.start[keep], r.end[keep]
+    base = table.offsets[r.user[keep]]
+    left = _gather(table, base, np.maximum(start, end - width), end, width)
+    return right_align(left)
+
+
+def right_align(history: np.ndarray) -> np.ndarray:
+    """Left-aligned, -1 padded rows moved to the right end, order kept."""
+    lengths = (history >= 0).sum(1)
+    width = history.shape[1]
+    cols = np.arange(width)[None, :] - (width - lengths)[:, None]
+    rows = np.arange(len(history))[:, None]
+    return np.where(cols >= 0, history[rows, np.maximum(cols, 0)], -1)
+
+
+def monitored_examples(valid: Dataset | None, history: int, users: int, seed: int,
+                       monitor: str | None) -> Examples | None:
+    """The validation examples ``train.monitor`` is read on: at most ``users`` of them (0: all),
+    drawn with ``seed``; None without a validation split (refused when a monitor needs one)."""
+    ex = eval_examples(valid, history) if valid is not None else None
+    if ex is not None and users and len(ex) > users:
+        pick = np.random.default_rng(seed).choice(len(ex), users, replace=False)
+        ex = Examples(ex.users[pick], ex.history[pick], ex.target[pick])
+    if ex is None or not len(ex):
+        if monitor:
+            raise RqfError(f"train.monitor: {monitor} needs a validation split; set "
+                           "train.monitor: null to keep the last weights")
+        return None
+    return ex
+
+
 def ranking_metrics(recommended: np.ndarray, target: np.ndarray, ks=KS) -> dict[str, float]:
     """Recall@K and NDCG@K of ranked item ids (n, >=K) against one target item each.
 
@@ -127,6 +163,25 @@ def read_recommendations(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, 
     return users, items, attrs
 
 
+class RankingTask(TrainingTask):
+    """A ranker's training task: each validation ranks the monitored ``valid`` examples with
+    the model being trained (``model.recommend``), read as ``valid_recall@10`` and so on."""
+
+    def __init__(self, model: "NextItemModel", module: Any, fingerprint: Mapping[str, Any],
+                 valid: Examples | None) -> None:
+        super().__init__(module, fingerprint)
+        self.model, self.valid = model, valid
+
+    @property
+    def validates(self) -> bool:
+        return self.valid is not None
+
+    def validation_metrics(self, module: Any) -> dict[str, float]:
+        top_k = self.model.config["top_k"]
+        m = ranking_metrics(self.model.recommend(self.valid.history, top_k), self.valid.target)
+        return {f"valid_{k}": v for k, v in m.items() if k != "users"}
+
+
 @dataclass
 class Ranking:
     """A split's examples ranked: ``users`` (their ids in sequence.h5), ``items`` (n, top_k)
@@ -148,6 +203,7 @@ class NextItemModel(Model):
     gradient_free = True
     keeps_weights = False
     reads_vectors = False  # rankers over item ids; lastitem_nn reads embeddings and says so
+    below_floor_fix = "train longer (train.max_steps)"  # what health advises below mostpop
 
     def __init__(self, data_info: Mapping[str, Any], **params: Any) -> None:
         config = {p.name: p.default for p in self.params}
@@ -238,8 +294,7 @@ class NextItemModel(Model):
             return None
         if test.get("ndcg@10", 0.0) < floor["ndcg@10"]:
             return [f"{self.name} ranks below mostpop on test (NDCG@10 {test['ndcg@10']:.4f} < "
-                    f"{floor['ndcg@10']:.4f}): train longer (train.max_steps) or check the IDs "
-                    "it reads"]
+                    f"{floor['ndcg@10']:.4f}): {self.below_floor_fix}"]
         return []
 
     @classmethod

@@ -12,46 +12,36 @@ import torch
 from torch import nn
 
 from rqf import (ConfigError, DataError, Dataset, ItemSource, Param, RqfError, RunContext,
-                 TensorBatches, TrainingTask, atomic_path, autocast, load_tensors, missing_members,
+                 TensorBatches, atomic_path, autocast, load_tensors, missing_members,
                  require_memory)
 from rqf.codes import PrefixTrie, SemanticIds, sha256_of
+from rqf_tiger.baselines import fit_floors
 from rqf_tiger.decode import constrained_beam_search
-from rqf_tiger.baselines import LastItemNNModel, MostPopModel
-from rqf_tiger.evaluation import (FLOORS, HISTORY, TOP_K, Examples, NextItemModel, eval_examples,
-                                  ranking_metrics, train_examples)
+from rqf_tiger.evaluation import (FLOORS, HISTORY, TOP_K, Examples, NextItemModel, RankingTask,
+                                  monitored_examples, train_examples)
 from rqf_tiger.net import BOS, PAD, TigerNet
 
 MODEL_FORMAT = "rqf-tiger-1"
 
 
-class TigerTask(TrainingTask):
+class TigerTask(RankingTask):
     """Teacher-forced next-ID cross-entropy; validation decodes whole IDs and ranks them."""
 
     def __init__(self, model: "TigerModel", history: torch.Tensor, target: torch.Tensor,
                  valid: Examples | None) -> None:
-        super().__init__(model.net, {"semantic_ids_sha256": model.ids_sha256,
-                                     "architecture": repr(model.net)})
+        super().__init__(model, model.net, {"semantic_ids_sha256": model.ids_sha256,
+                                            "architecture": repr(model.net)}, valid)
         device = model.device
-        self.model, self.valid = model, valid
         self.history, self.target = history.to(device), target.to(device)
         self.item_tokens = model.item_tokens.to(device)
         self.bos = torch.full((1, 1), BOS, dtype=torch.long, device=device)
         self.loss = nn.CrossEntropyLoss()
-
-    @property
-    def validates(self) -> bool:
-        return self.valid is not None
 
     def training_step(self, module: nn.Module, batch: torch.Tensor):
         source = self.item_tokens[self.history[batch]].flatten(1)
         goal = self.item_tokens[self.target[batch]]
         logits = module(source, torch.cat([self.bos.expand(len(batch), 1), goal[:, :-1]], 1))
         return self.loss(logits.reshape(-1, logits.shape[-1]).float(), goal.reshape(-1)), {}
-
-    def validation_metrics(self, module: nn.Module) -> dict[str, float]:
-        top_k = self.model.config["top_k"]
-        m = ranking_metrics(self.model.recommend(self.valid.history, top_k), self.valid.target)
-        return {f"valid_{k}": v for k, v in m.items() if k != "users"}
 
 
 class TigerModel(NextItemModel):
@@ -60,6 +50,7 @@ class TigerModel(NextItemModel):
     name = "tiger"
     gradient_free = False
     keeps_weights = True
+    below_floor_fix = "train longer (train.max_steps) or check the IDs it reads"
     params = (
         Param("semantic_ids", "path", help="semantic_ids.h5 of the items (from rqvae, rqkmeans, "
               "...); its unique_codes, collision level included, are the IDs generated"),
@@ -182,19 +173,11 @@ class TigerModel(NextItemModel):
             raise RqfError("tiger: the training split holds no next-item examples: a training "
                            "sequence needs two items after the splitter held out its targets "
                            "(leave_last_out keeps all but the last two, so a user needs four)")
-        valid_ex = eval_examples(valid, cfg["history"]) if valid is not None else None
-        if valid_ex is not None and cfg["monitor_users"] and len(valid_ex) > cfg["monitor_users"]:
-            pick = np.random.default_rng(ctx.seed).choice(len(valid_ex), cfg["monitor_users"],
-                                                          replace=False)
-            valid_ex.history, valid_ex.target = valid_ex.history[pick], valid_ex.target[pick]
-        has_valid = valid_ex is not None and len(valid_ex) > 0
-        if not has_valid and ctx.train.monitor:
-            raise RqfError(f"train.monitor: {ctx.train.monitor} needs a validation split; set "
-                           "train.monitor: null to keep the last weights")
+        valid_ex = monitored_examples(valid, cfg["history"], cfg["monitor_users"], ctx.seed,
+                                      ctx.train.monitor)
         self.net.to(device)
         task = TigerTask(self, torch.from_numpy(self._rows(ex.history, "training histories")),
-                         torch.from_numpy(self._rows(ex.target, "training targets")),
-                         valid_ex if has_valid else None)
+                         torch.from_numpy(self._rows(ex.target, "training targets")), valid_ex)
         batches = TensorBatches(torch.arange(len(ex), device=device), ctx.train.batch_size,
                                 seed=ctx.seed, device=device)
         started = time.perf_counter()
@@ -211,19 +194,7 @@ class TigerModel(NextItemModel):
         return self.item_ids
 
     def floors(self, train: Dataset) -> dict[str, NextItemModel]:
-        """mostpop, and lastitem_nn where the items have embeddings, fitted on ``train``."""
-        if not self.config["floors"]:
-            return {}
-        out: dict[str, NextItemModel] = {}
-        for cls in (MostPopModel, LastItemNNModel):
-            floor = cls(self.data_info, history=self.config["history"],
-                        top_k=self.config["top_k"])
-            try:
-                floor.fit(train, None, None)  # type: ignore[arg-type]  # floors use no context
-            except RqfError:
-                continue  # lastitem_nn without item embeddings: no such floor
-            out[floor.name] = floor
-        return out
+        return fit_floors(self, train)
 
     @torch.no_grad()
     def recommend(self, history: np.ndarray, k: int) -> np.ndarray:

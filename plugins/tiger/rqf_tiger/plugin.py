@@ -3,6 +3,7 @@
 from rqf import hookimpl
 from rqf_tiger.baselines import LastItemNNModel, MostPopModel
 from rqf_tiger.model import TigerModel
+from rqf_tiger.sasrec import SASRecModel
 
 
 @hookimpl
@@ -10,3 +11,4 @@ def register_models(register):
     register(TigerModel)
     register(MostPopModel)
     register(LastItemNNModel)
+    register(SASRecModel)
