@@ -161,9 +161,11 @@ def test_item_export_killed_half_way_is_redone_on_resume(tmp_path, recsys_files)
 
 def test_ctrl_c_says_how_to_continue_and_resume_finishes_the_run(tmp_path, recsys_files):
     run = tmp_path / "run"
-    path = pipeline_file(tmp_path, recsys_pipeline(recsys_files, run, train={
-        "epochs": None, "max_steps": 3000, "batch_size": 32, "progress": False,
-        "checkpoint_every": 50}))
+    # a network wide enough that 3,000 steps take many seconds: Ctrl-C lands mid-training
+    path = pipeline_file(tmp_path, recsys_pipeline(
+        recsys_files, run, model={"hidden_dims": [512, 512], "latent_dim": 8},
+        train={"epochs": None, "max_steps": 3000, "batch_size": 64, "progress": False,
+               "checkpoint_every": 50}))
     proc = subprocess.Popen([PYTHON, "-m", "rqf", "run", str(path)], stderr=subprocess.PIPE,
                             text=True)
     deadline = time.monotonic() + 120
@@ -172,6 +174,7 @@ def test_ctrl_c_says_how_to_continue_and_resume_finishes_the_run(tmp_path, recsy
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0, f"the run finished before Ctrl-C reached it: {err}"
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1] == f"interrupted: continue with rqf run {path} --resume"
     resumed = rqf_proc("run", str(path), "--resume")
