@@ -30,17 +30,19 @@ def recsys() -> None:
 @click.option("--no-timestamps", is_flag=True, help="The file has no timestamp column.")
 @click.option("--drop-unknown-items", is_flag=True,
               help="Drop interactions whose item has no embedding instead of failing.")
+@click.option("--force", is_flag=True, help="Replace an existing sequence.h5 / item_data.h5.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def from_interactions_cmd(interactions: Path, out_dir: Path, items_file: Path | None,
                           embeddings: Path | None,
                           item_ids: Path | None, delimiter: str | None, time_column: int, no_timestamps: bool,
-                          drop_unknown_items: bool, debug: bool) -> None:
+                          drop_unknown_items: bool, force: bool, debug: bool) -> None:
     """Build sequence.h5 (and item_data.h5) from a CSV/TSV of user, item[, timestamp]."""
     from rqf_h5_recsys.writer import from_interactions
 
     written = from_interactions(interactions, out_dir, embeddings, item_ids, delimiter,
                                 time_col=None if no_timestamps else time_column,
-                                drop_unknown_items=drop_unknown_items, items_file=items_file)
+                                drop_unknown_items=drop_unknown_items, items_file=items_file,
+                                force=force)
     for kind, path in written.items():
         click.echo(f"wrote {kind}: {path}")
 

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import h5py
 import numpy as np
 
-from rqf import DataError, atomic_h5
+from rqf import DataError, atomic_h5, check_output
 
 
 def write_item_data(path: str | Path, item_ids: Sequence[int], embeddings: np.ndarray,
@@ -232,7 +232,8 @@ def from_interactions(interactions: str | Path, out_dir: str | Path,
                       embeddings: str | Path | None = None, item_ids: str | Path | None = None,
                       delimiter: str | None = None, time_col: int | None = 2,
                       drop_unknown_items: bool = False,
-                      items_file: str | Path | None = None) -> dict[str, Path]:
+                      items_file: str | Path | None = None, force: bool = False
+                      ) -> dict[str, Path]:
     """Build sequence.h5 (and item_data.h5 from an embeddings .npy) from an interaction file.
 
     Interactions are ordered by time per user with a stable sort, so ties keep file order.
@@ -240,9 +241,14 @@ def from_interactions(interactions: str | Path, out_dir: str | Path,
     embed``: its ``item_keys`` or ids), or the ``item_ids`` .npy (strings are numbered 0..n-1
     and kept as ``item_keys``); without either, row i of the embeddings is item id i. With no
     item source at all, integer ids are kept and any other ids are numbered in order of first
-    appearance, the keys kept in sequence.h5.
+    appearance, the keys kept in sequence.h5. An existing sequence.h5 (or item_data.h5 it
+    would write) is replaced only with ``force``, and never one of the files it reads.
     """
     out_dir = Path(out_dir)
+    reads = [("is the file this command reads", Path(p))
+             for p in (interactions, embeddings, item_ids, items_file) if p is not None]
+    for name in ("sequence.h5", *(("item_data.h5",) if embeddings is not None else ())):
+        check_output(out_dir / name, force, reads)
     users, raw_items, times = read_interactions(interactions, delimiter, time_col=time_col)
     known, written = _catalogue(items_file, embeddings, item_ids, out_dir)
     seq_keys = None

@@ -110,3 +110,21 @@ def test_embed_input_mistakes_are_one_line(tmp_path):
                             "--out", out), "bad.jsonl: line 2: not a JSON object")
     one_line_error(rqf_proc("recsys", "embed", str(items), "--text", "title", "--out",
                             str(items)), "is the file this command reads")
+
+
+def test_from_interactions_never_replaces_a_file_unasked_nor_one_it_reads(tmp_path):
+    (tmp_path / "r.csv").write_text("user,item,ts\nu1,B1,5\nu1,B2,7\n")
+    out = str(tmp_path)
+    assert rqf_proc("recsys", "from-interactions", str(tmp_path / "r.csv"), "--out", out
+                    ).returncode == 0
+    before = (tmp_path / "sequence.h5").read_bytes()
+    one_line_error(rqf_proc("recsys", "from-interactions", str(tmp_path / "r.csv"), "--out", out),
+                   "sequence.h5: exists; pass --force to replace it")
+    assert (tmp_path / "sequence.h5").read_bytes() == before
+    one_line_error(rqf_proc("recsys", "from-interactions", str(tmp_path / "sequence.h5"), "--out",
+                            out, "--force"), "is the file this command reads")
+    (tmp_path / "r.csv").write_text("user,item,ts\nu1,B1,5\nu2,B2,7\n")
+    assert rqf_proc("recsys", "from-interactions", str(tmp_path / "r.csv"), "--out", out,
+                    "--force").returncode == 0
+    with h5py.File(tmp_path / "sequence.h5") as f:
+        assert f.attrs["n_sequences"] == 2
