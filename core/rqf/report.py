@@ -148,10 +148,18 @@ def _without_train(config_text: str) -> str:
     return "\n".join(out)
 
 
+def _fit(metrics: Mapping[str, Any]) -> Mapping[str, Any]:
+    fit = metrics.get("fit")
+    return fit if isinstance(fit, Mapping) else {}
+
+
 def render_report(run_dir: Path) -> str:
     run_dir = Path(run_dir)
-    config_text, metrics = _load_run(run_dir)
-    fit = metrics.get("fit") if isinstance(metrics.get("fit"), Mapping) else {}
+    return _render(run_dir, *_load_run(run_dir))
+
+
+def _render(run_dir: Path, config_text: str, metrics: Mapping[str, Any]) -> str:
+    fit = _fit(metrics)
     lines = [f"# Run report: {metrics.get('name', run_dir.name)}", "",
              *_health_section(metrics.get("health")),
              f"Run directory: `{run_dir}`  ", f"Wall time: {metrics.get('wall_seconds', '?')} s",
@@ -206,13 +214,12 @@ def write_report(run_dir: Path) -> Path:
     """``report.md`` of a finished run, and its ``training_curves.png`` unless the run's
     ``export.plots`` is false."""
     run_dir = Path(run_dir)
-    config_text, metrics = _load_run(run_dir)
-    fit = metrics.get("fit") if isinstance(metrics.get("fit"), Mapping) else {}
+    config_text, metrics = _load_run(run_dir)  # read once: the plot and the text share it
     export = (_config(config_text, run_dir).get("export") or {})
     if export.get("plots", True) is not False:
-        plot_curves(fit, run_dir / CURVES_NAME)
+        plot_curves(_fit(metrics), run_dir / CURVES_NAME)
     path = run_dir / REPORT_NAME
-    write_text_atomic(path, render_report(run_dir))
+    write_text_atomic(path, _render(run_dir, config_text, metrics))
     return path
 
 
