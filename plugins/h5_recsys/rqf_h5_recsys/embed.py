@@ -100,15 +100,6 @@ def _text(value: Any) -> str:
     return str(value).strip()
 
 
-def numeric_ids(keys: Sequence[str]) -> np.ndarray | None:
-    """The keys as int64 ids when every one is a plain integer, else None."""
-    try:
-        ids = np.array([int(k) for k in keys], np.int64)
-    except (ValueError, OverflowError):
-        return None
-    return ids if all(str(i) == k for i, k in zip(ids, keys)) else None
-
-
 def load_encoder(name: str, device: str) -> Any:
     """A SentenceTransformer by name or folder; an offline packaged copy for the default."""
     try:
@@ -147,7 +138,7 @@ def embed_items(items: str | Path, out: str | Path, text_fields: Sequence[str],
     Integer ids are kept as item ids; any other ids (ASINs) get ids 0..n-1 in file order and
     are kept as ``item_keys``, which ``rqf recsys from-interactions --items`` maps by.
     """
-    from rqf_h5_recsys.writer import write_item_data
+    from rqf_h5_recsys.writer import numeric_ids, write_item_data
 
     if not text_fields:
         raise RqfError("--text: name at least one field holding item text, e.g. title,description")

@@ -271,14 +271,20 @@ def from_interactions(interactions: str | Path, out_dir: str | Path,
     return written
 
 
+def numeric_ids(keys: Sequence[str]) -> np.ndarray | None:
+    """The keys as int64 ids when every one is a plain integer, else None."""
+    try:
+        ids = np.array([int(k) for k in keys], np.int64)
+    except (ValueError, OverflowError):
+        return None
+    return ids if all(str(i) == k for i, k in zip(ids.tolist(), keys)) else None
+
+
 def _number(raw_items: list[str]) -> tuple[np.ndarray, list[str] | None]:
     """Integer ids as they are; other ids numbered 0.. in order of first appearance."""
-    try:
-        ids = np.array([int(k) for k in raw_items], np.int64)
-        if all(str(i) == k for i, k in zip(ids.tolist(), raw_items)):
-            return ids, None
-    except (ValueError, OverflowError):
-        pass
+    ids = numeric_ids(raw_items)
+    if ids is not None:
+        return ids, None
     keys = list(dict.fromkeys(raw_items))
     index = {k: i for i, k in enumerate(keys)}
     return np.fromiter((index[k] for k in raw_items), np.int64, len(raw_items)), keys
