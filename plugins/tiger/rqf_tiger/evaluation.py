@@ -114,6 +114,15 @@ def monitored_examples(valid: Dataset | None, history: int, users: int, seed: in
     return ex
 
 
+def catalogue_positions(catalogue: np.ndarray, items: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Position of each item id in the sorted ``catalogue`` (-1, padding, maps anywhere), and
+    the distinct ids (>= 0) the catalogue lacks."""
+    pos = np.searchsorted(catalogue, items).clip(0, len(catalogue) - 1)
+    missing = (items >= 0) & (catalogue[pos] != items)
+    return pos, np.unique(items[missing])
+
+
 def ranking_metrics(recommended: np.ndarray, target: np.ndarray, ks=KS) -> dict[str, float]:
     """Recall@K and NDCG@K of ranked item ids (n, >=K) against one target item each.
 

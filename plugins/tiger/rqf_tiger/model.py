@@ -18,7 +18,7 @@ from rqf.codes import PrefixTrie, SemanticIds, sha256_of
 from rqf_tiger.baselines import fit_floors
 from rqf_tiger.decode import constrained_beam_search
 from rqf_tiger.evaluation import (FLOORS, HISTORY, TOP_K, Examples, NextItemModel, RankingTask,
-                                  monitored_examples, train_examples)
+                                  catalogue_positions, monitored_examples, train_examples)
 from rqf_tiger.net import BOS, PAD, TigerNet
 
 MODEL_FORMAT = "rqf-tiger-1"
@@ -150,10 +150,8 @@ class TigerModel(NextItemModel):
 
     def _rows(self, items: np.ndarray, where: str) -> np.ndarray:
         """Row of each item id in the vocabulary; -1 stays padding, unknown ids are an error."""
-        pos = np.searchsorted(self.item_ids, items).clip(0, len(self.item_ids) - 1)
-        known = self.item_ids[pos] == items
-        if not known[items >= 0].all():
-            missing = np.unique(items[(items >= 0) & ~known])
+        pos, missing = catalogue_positions(self.item_ids, items)
+        if len(missing):
             raise DataError(f"{self.ids_path}: {len(missing)} items of the {where} have no "
                             f"semantic ID, e.g. {missing[:5].tolist()} (were the IDs made for "
                             "this item file?)")

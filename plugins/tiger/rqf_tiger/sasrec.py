@@ -19,7 +19,8 @@ from rqf import (DataError, Dataset, Param, RqfError, RunContext, TensorBatches,
                  autocast, load_tensors, require_memory)
 from rqf_tiger.baselines import fit_floors
 from rqf_tiger.evaluation import (FLOORS, TOP_K, Examples, NextItemModel, RankingTask,
-                                  _sequences, monitored_examples, right_align, sequence_rows)
+                                  _sequences, catalogue_positions, monitored_examples,
+                                  right_align, sequence_rows)
 
 MODEL_FORMAT = "rqf-sasrec-1"
 PAD = 0  # item index 0 is padding; item i of the catalogue is index i + 1
@@ -144,10 +145,8 @@ class SASRecModel(NextItemModel):
 
     def _rows(self, items: np.ndarray, where: str) -> np.ndarray:
         """Index (1..n) of each item id; -1 becomes padding; an unknown id is an error."""
-        pos = np.searchsorted(self.item_ids, items).clip(0, len(self.item_ids) - 1)
-        known = self.item_ids[pos] == items
-        if not known[items >= 0].all():
-            missing = np.unique(items[(items >= 0) & ~known])
+        pos, missing = catalogue_positions(self.item_ids, items)
+        if len(missing):
             raise DataError(f"{len(missing)} items of the {where} are not in the catalogue "
                             f"the model was trained on, e.g. {missing[:5].tolist()}")
         return np.where(items >= 0, pos + 1, PAD)
