@@ -7,8 +7,14 @@ module, which pytest loads as a plugin (``recsys_files``, ``speech_cache``).
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+if WORKERS:  # pytest -n: workers side by side, the cores shared between them
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // WORKERS))
 
 
 @pytest.fixture(autouse=True)

