@@ -194,7 +194,7 @@ def plot_curves(fit: Mapping[str, Any], path: Path) -> Path | None:
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 3.5), squeeze=False)
     for ax, rows, title in zip(axes[0], panels, ("training" if losses else "validation",
                                                  "validation")):
-        for key in dict.fromkeys(k for r in rows for k in r if k != "step"):
+        for key in dict.fromkeys(k for r in rows for k in r if k not in ("step", "seconds")):
             points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
             if points:
                 ax.plot(*zip(*points), label=key, marker="." if len(points) < 30 else None)

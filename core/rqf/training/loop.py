@@ -129,11 +129,18 @@ class _Progress:
     resumed_from: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     losses: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0  # training seconds before this process took over (a resume)
+    started: float = field(default_factory=time.perf_counter)
+
+    def elapsed(self) -> float:
+        """Seconds of training so far, validations included, across resumes."""
+        return self.seconds + time.perf_counter() - self.started
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step, "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "history": json.dumps(self.history), "losses": json.dumps(self.losses)}
+                "history": json.dumps(self.history), "losses": json.dumps(self.losses),
+                "seconds": self.elapsed()}
 
     def load_state_dict(self, payload: Mapping[str, Any]) -> None:
         self.optimizer.load_state_dict(payload["optimizer"])
@@ -142,6 +149,7 @@ class _Progress:
         self.step = self.resumed_from = int(payload["step"])
         self.history = list(json.loads(payload.get("history", "[]")))
         self.losses = list(json.loads(payload.get("losses", "[]")))
+        self.seconds, self.started = float(payload.get("seconds", 0.0)), time.perf_counter()
 
 
 class _LossMeter:
@@ -333,7 +341,8 @@ class Trainer:
         if task.validates and due:
             module.eval()
             with torch.no_grad():
-                record = {"step": step, **task.validation_metrics(module)}
+                metrics = task.validation_metrics(module)
+            record = {"step": step, "seconds": round(progress.elapsed(), 2), **metrics}
             module.train()
             progress.history.append(record)
             best.offer(record, module)
