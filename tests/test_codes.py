@@ -55,6 +55,74 @@ def test_balanced_assignment_evens_the_last_level():
     assert code_statistics(out, k)["collision_rate"] == 0.0
 
 
+def sequential_greedy(codes, score, movers, fallback):
+    """The greedy spelled out one item at a time: most confident first, each item on its best
+    code still free in its prefix, its fallback when none is."""
+    out = codes.copy()
+    out[movers, -1] = -1
+    prefix = [tuple(row) for row in codes[:, :-1].tolist()]
+    taken = {(prefix[i], int(out[i, -1])) for i in range(len(codes)) if out[i, -1] >= 0}
+    own = np.where(np.isin(np.arange(len(codes)), movers), fallback, codes[:, -1])
+    confidence = score[movers, own[movers]]
+    for i in movers[np.argsort(-confidence, kind="stable")]:
+        for c in np.argsort(-score[i], kind="stable"):
+            if (prefix[i], int(c)) not in taken:
+                taken.add((prefix[i], int(c)))
+                out[i, -1] = c
+                break
+        else:
+            out[i, -1] = fallback[i]
+    return out
+
+
+@pytest.mark.parametrize("n, k, prefixes, favoured", [(3000, 16, 40, 6), (2000, 8, 30, 3),
+                                                      (500, 64, 5, 40)])
+def test_placement_in_rounds_gives_the_one_at_a_time_greedy(n, k, prefixes, favoured):
+    """Many items per prefix, more than its codes in places (fallbacks), ties in the scores."""
+    from rqf.codes.clustering import BalancedScores
+    from rqf.codes.statistics import group_codes
+
+    rng = np.random.default_rng(n)
+    codes = np.stack([rng.integers(0, prefixes, n), rng.integers(0, 2, n),
+                      rng.integers(0, favoured, n)], 1)
+    d = rng.integers(1, 20, (n, k)).astype(np.float32)  # integer distances: many ties
+    d[np.arange(n), codes[:, -1]] = 0
+    group, sizes = group_codes(codes)
+    movers = np.flatnonzero(sizes[group] > 1)
+    expected = sequential_greedy(codes, -d.astype(np.float64), movers, codes[:, -1])
+    np.testing.assert_array_equal(handle_collisions(codes, d, "reassign"), expected)
+    balanced = BalancedScores(d)
+    scores = balanced.rows(np.arange(n)).astype(np.float64)
+    expected = sequential_greedy(codes, scores, np.arange(n), balanced.argmax())
+    np.testing.assert_array_equal(handle_collisions(codes, d, "balanced"), expected)
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_float32_sinkhorn_matches_the_float64_log_domain_one(monkeypatch, streamed):
+    from rqf.codes import clustering
+    from rqf.codes.clustering import BalancedScores
+
+    if streamed:  # the kernel recomputed a chunk of rows at a time, as for large catalogues
+        monkeypatch.setattr(clustering, "SINKHORN_CACHE", 0)
+        monkeypatch.setattr(clustering, "SINKHORN_CHUNK", 700)
+
+    rng = np.random.default_rng(0)
+    d = (rng.random((3000, 32)) * 4 + rng.random(32) * 2).astype(np.float32)
+    s = torch.from_numpy(-d.astype(np.float64) / (0.1 * d.astype(np.float64).std()))
+    u, v = torch.zeros(len(d), dtype=torch.float64), torch.zeros(32, dtype=torch.float64)
+    for _ in range(50):  # the textbook log-domain iteration, in float64
+        u = -np.log(len(d)) - torch.logsumexp(s + v[None, :], 1)
+        v = -np.log(32) - torch.logsumexp(s + u[:, None], 0)
+    reference = (s + u[:, None] + v[None, :]).numpy()
+    balanced = BalancedScores(d)
+    plan = balanced.rows(np.arange(len(d)))
+    np.testing.assert_allclose(plan, reference, atol=2e-3)
+    assert (balanced.argmax() == reference.argmax(1)).mean() > 0.999
+    # uniform marginals: every row 1/n, every code 1/k
+    np.testing.assert_allclose(np.exp(plan).sum(1), 1 / len(d), rtol=1e-3)
+    np.testing.assert_allclose(np.exp(plan).sum(0), 1 / 32, rtol=2e-2)
+
+
 def test_duplicate_items_get_distinct_ids_only_with_handling():
     rng = np.random.default_rng(1)
     codes = np.repeat(rng.integers(0, 8, (10, 3)), 2, axis=0)  # every item twice

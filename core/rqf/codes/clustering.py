@@ -86,9 +86,9 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 25, generator: torch.Generator 
 def balanced_assignment(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     """Each row's codeword under equal code sizes: Sinkhorn-Knopp with uniform marginals on
     the distances, then each row's most likely code (sizes near n/k, not exactly)."""
-    d = torch.cat([squared_distances(x[i:i + DISTANCE_CHUNK], centroids)
-                   for i in range(0, len(x), DISTANCE_CHUNK)]).cpu().numpy()
-    return torch.from_numpy(_balanced_scores(d).argmax(1)).to(x.device)
+    d = torch.cat([squared_distances(x[i:i + DISTANCE_CHUNK], centroids).cpu()
+                   for i in range(0, len(x), DISTANCE_CHUNK)]).numpy()
+    return torch.from_numpy(BalancedScores(d).argmax()).to(x.device)
 
 
 def balanced_kmeans(x: torch.Tensor, k: int, iters: int = 25,
@@ -112,20 +112,86 @@ def sinkhorn(scores: np.ndarray, iters: int = 50) -> np.ndarray:
 
     ``scores`` (n, k) are log-potentials (higher is better); rows are items, columns codes.
     """
-    s = torch.from_numpy(np.asarray(scores, np.float64))
-    n, k = s.shape
-    log_r, log_c = -np.log(n), -np.log(k)
-    u = torch.zeros(n, dtype=s.dtype)
-    v = torch.zeros(k, dtype=s.dtype)
-    for _ in range(iters):
-        u = log_r - torch.logsumexp(s + v[None, :], dim=1)
-        v = log_c - torch.logsumexp(s + u[:, None], dim=0)
-    return (s + u[:, None] + v[None, :]).numpy()
+    s = np.asarray(scores, np.float32)
+    plan = BalancedScores(-s, iters=iters, temperature=1.0)
+    return plan.rows(np.arange(len(s)))
 
 
-def _balanced_scores(distances: np.ndarray) -> np.ndarray:
-    # the temperature is the spread of the distances, so the plan is neither a hard argmin
-    # (nothing moves) nor uniform (the codeword no longer means anything)
-    d = np.asarray(distances, np.float64)
-    scale = float(d.std()) or 1.0
-    return sinkhorn(-d / (0.1 * scale))
+# Up to this many (n x k) entries (1 GiB of float32: 1M items x 256 codes) the kernel is kept
+# between iterations, as large as the distances it is made of; above it each iteration
+# recomputes it a chunk of rows at a time (about 7x slower), so memory stays at
+# SINKHORN_CHUNK x k.
+SINKHORN_CACHE = 1 << 28
+SINKHORN_CHUNK = 65536
+
+
+class BalancedScores:
+    """Balanced scores of (n, k) distances (lower is nearer) by Sinkhorn-Knopp with uniform
+    row and column marginals, in float32, the potentials kept rather than the plan.
+
+    The temperature is ``temperature`` times the spread of the distances (by default 0.1 of
+    it), so the plan is neither a hard argmin (nothing moves) nor uniform (the codeword no
+    longer means anything). Each iteration is one pass over the rows: a chunk's kernel
+    ``exp(-d / t)`` (shifted by its row's best) gives the chunk's row scaling against the
+    current column scaling, and adds the chunk's share of the column sums.
+    """
+
+    def __init__(self, distances: np.ndarray, iters: int = 50,
+                 temperature: float | None = None) -> None:
+        d = np.asarray(distances)
+        self.d = d if d.dtype == np.float32 else d.astype(np.float32)
+        n, k = self.d.shape
+        self.t = temperature if temperature is not None else 0.1 * (_std(self.d) or 1.0)
+        self.row_best = np.empty(n, np.float32)  # min distance of each row: the kernel's shift
+        cache = [] if n * k <= SINKHORN_CACHE else None
+        for a in range(0, n, SINKHORN_CHUNK):
+            self.row_best[a:a + SINKHORN_CHUNK] = self.d[a:a + SINKHORN_CHUNK].min(1)
+        row_mass, col_mass = 1.0 / n, 1.0 / k
+        x = torch.ones(n)
+        y = torch.ones(k)
+        for it in range(iters):
+            col = torch.zeros(k, dtype=torch.float64)
+            for c, a in enumerate(range(0, n, SINKHORN_CHUNK)):
+                if cache is not None and it:
+                    kern = cache[c]
+                else:
+                    kern = self._kernel(a, a + SINKHORN_CHUNK)
+                    if cache is not None:
+                        cache.append(kern)
+                xa = row_mass / (kern @ y).clamp_min_(1e-30)
+                x[a:a + len(xa)] = xa
+                col += (xa @ kern).double()
+            y = (col_mass / col.clamp_min(1e-30)).float()
+        self.log_x = x.log().numpy()
+        self.log_y = y.log().numpy()
+
+    def _kernel(self, a: int, b: int) -> torch.Tensor:
+        d = torch.from_numpy(self.d[a:b])
+        return torch.exp((torch.from_numpy(self.row_best[a:b])[:, None] - d) / self.t)
+
+    def rows(self, items: np.ndarray) -> np.ndarray:
+        """(len(items), k) log-plan of these rows (higher: more likely), float32."""
+        return (self.row_best[items, None] - self.d[items]) / self.t \
+            + self.log_x[items, None] + self.log_y[None, :]
+
+    def argmax(self) -> np.ndarray:
+        """Each row's most likely code."""
+        out = np.empty(len(self.d), np.int64)
+        for a in range(0, len(self.d), SINKHORN_CHUNK):
+            out[a:a + SINKHORN_CHUNK] = (self.log_y[None, :] - self.d[a:a + SINKHORN_CHUNK]
+                                         / self.t).argmax(1)
+        return out
+
+
+def _std(d: np.ndarray) -> float:
+    """Standard deviation of every entry, accumulated in float64 a chunk at a time."""
+    total = squares = 0.0
+    for a in range(0, len(d), SINKHORN_CHUNK):
+        part = d[a:a + SINKHORN_CHUNK].astype(np.float64)
+        total += float(part.sum())
+        squares += float((part * part).sum())
+    count = d.size
+    if not count:
+        return 0.0
+    mean = total / count
+    return float(np.sqrt(max(squares / count - mean * mean, 0.0)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rqf.codes.clustering import _balanced_scores
+from rqf.codes.clustering import BalancedScores
 from rqf.codes.statistics import group_codes
 
 COLLISION_MODES = ("suffix", "reassign", "balanced")
@@ -16,8 +16,14 @@ def handle_collisions(codes: np.ndarray, last_distances: np.ndarray | None,
 
     ``last_distances`` (n, k) are every item's distances to the last level's codewords
     (lower is nearer); ``suffix`` does not need them. Within each prefix (all levels but the
-    last), items are placed nearest first, each on its best last-level code still free; an
-    item with no free code left keeps its own (its suffix tells it apart).
+    last), items are placed most confident first (nearest to their own code), each on its best
+    last-level code still free; an item with no free code left keeps its own (its suffix tells
+    it apart). ``reassign`` places only the items of shared tuples, ``balanced`` every item by
+    its balanced (Sinkhorn) scores.
+
+    Prefixes do not compete for codes, so the greedy runs in rounds: round r places the r-th
+    most confident item of every prefix at once. Only the rows of the items placed in a round
+    are read, in the distances' own dtype.
     """
     if mode not in COLLISION_MODES:
         raise ValueError(f"collision handling: expected one of {COLLISION_MODES}, got {mode!r}")
@@ -26,30 +32,53 @@ def handle_collisions(codes: np.ndarray, last_distances: np.ndarray | None,
         return codes.copy()
     if last_distances is None or last_distances.shape[0] != len(codes):
         raise ValueError("collision handling: last-level distances are needed for every item")
+    k = last_distances.shape[1]
     if mode == "balanced":
-        score = _balanced_scores(last_distances)
+        balanced = BalancedScores(last_distances)
+        rows = balanced.rows
         movers = np.arange(len(codes))
-        own = score.argmax(1)
+        own = fallback = balanced.argmax()
+        confidence = _own_scores(rows, movers, own)
     else:
-        score = -np.asarray(last_distances, np.float64)
+        def rows(items: np.ndarray) -> np.ndarray:
+            picked = np.array(last_distances[items])  # a copy of these rows alone
+            return np.negative(picked, out=picked)
         group, sizes = group_codes(codes)
         movers = np.flatnonzero(sizes[group] > 1)
-        own = codes[:, -1]
+        own = fallback = codes[:, -1]
+        confidence = -np.asarray(last_distances[movers, own[movers]], np.float64)
     out = codes.copy()
-    out[movers, -1] = -1
-    prefix, _ = group_codes(codes[:, :-1])
-    k = last_distances.shape[1]
-    taken = {(int(p), int(c)) for p, c in zip(prefix, out[:, -1]) if c >= 0}
-    # most confident first: the item nearest to its own code keeps it
-    confidence = score[movers, own[movers]]
-    for i in movers[np.argsort(-confidence, kind="stable")]:
-        p = int(prefix[i])
-        for c in np.argsort(-score[i], kind="stable"):
-            if (p, int(c)) not in taken:
-                taken.add((p, int(c)))
-                out[i, -1] = c
-                break
-        else:  # every code of this prefix is taken: keep the item's own, the suffix decides
-            out[i, -1] = codes[i, -1] if mode == "reassign" else own[i]
-    assert (out[:, -1] >= 0).all() and (out[:, -1] < k).all()
+    if not len(movers):
+        return out
+    prefix, prefix_sizes = group_codes(codes[:, :-1])
+    taken = np.zeros((len(prefix_sizes), k), bool)
+    stays = np.ones(len(codes), bool)
+    stays[movers] = False
+    taken[prefix[stays], codes[stays, -1]] = True
+    # most confident first within each prefix (ties: the earlier item), then rounds by rank
+    order = movers[np.argsort(-confidence, kind="stable")]
+    order = order[np.argsort(prefix[order], kind="stable")]
+    p = prefix[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(p)) + 1]
+    rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    by_round = np.argsort(rank, kind="stable")
+    bounds = np.searchsorted(rank[by_round], np.arange(rank.max() + 2))
+    for r in range(len(bounds) - 1):
+        items = order[by_round[bounds[r]:bounds[r + 1]]]
+        pre = prefix[items]
+        scores = rows(items)  # a fresh array: the taken codes are struck out in place
+        scores[taken[pre]] = -np.inf
+        best = scores.argmax(1)
+        free = np.isfinite(scores[np.arange(len(items)), best])
+        taken[pre[free], best[free]] = True
+        out[items, -1] = np.where(free, best, fallback[items])
+    return out
+
+
+def _own_scores(rows, items: np.ndarray, own: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """Each item's score of its own code, read in chunks of rows."""
+    out = np.empty(len(items), np.float64)
+    for a in range(0, len(items), chunk):
+        part = rows(items[a:a + chunk])
+        out[a:a + chunk] = part[np.arange(len(part)), own[a:a + chunk]]
     return out
