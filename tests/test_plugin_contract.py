@@ -277,6 +277,35 @@ def test_split_reads_are_slices_and_match_point_reads(tmp_path):
         assert features.shape == (len(rows), 4) and (lengths == 0).all()
 
 
+def test_reads_take_slices_for_dense_rows_and_one_selection_for_scattered_ones():
+    emb = np.arange(20000 * 4, dtype=np.float32).reshape(20000, 4)
+    slices, selections = [], []
+
+    def read_range(start, stop):
+        slices.append((start, stop))
+        return emb[start:stop]
+
+    def read_sorted(rows):
+        assert (np.diff(rows) > 0).all()  # what an HDF5 selection needs
+        selections.append(len(rows))
+        return emb[rows]
+
+    dense = np.arange(3000, 3500)
+    scattered = np.arange(10000, 19000, 200)  # 200 rows apart: one run, 1 row in 200 wanted
+    rows = np.random.default_rng(0).permutation(np.r_[dense[::2], scattered, 7, 7])
+    np.testing.assert_array_equal(rqf.read_rows(read_range, rows, read_sorted=read_sorted),
+                                  emb[rows])
+    assert slices == [(3000, 3499)] and selections == [len(scattered) + 1]  # row 7 alone too
+    # rows asked in increasing order and whole: the slice read is the answer, not a copy
+    slices.clear()
+    whole = rqf.read_rows(read_range, np.arange(100, 900), read_sorted=read_sorted)
+    assert slices == [(100, 900)] and np.shares_memory(whole, emb)
+    # without a sorted reader every run is a slice, as before
+    slices.clear()
+    np.testing.assert_array_equal(rqf.read_rows(read_range, rows), emb[rows])
+    assert (10000, 18801) in slices
+
+
 def test_memory_storage_from_rqf_testing_trains_a_tokenizer_with_only_the_core(tmp_path):
     storage = toy_items(200, 16)
     config = {"output_dir": str(tmp_path / "run"),

@@ -20,32 +20,70 @@ from rqf.interfaces import Dataset, ItemVectors
 
 # rows closer than this are read as one slice (the rows between are read and dropped)
 MAX_GAP_ROWS = 256
-# at most this many rows per slice read
+# at most this many rows per slice read (a run with every row wanted is read whole)
 BLOCK_ROWS = 1 << 16
+# a run of rows sparser than this (wanted / spanned), or shorter than SLICE_MIN_ROWS, is read
+# by one sorted selection with the other such rows instead, where the storage offers one
+DENSE_SHARE = 0.25
+SLICE_MIN_ROWS = 16
 
 
 def read_rows(read_range: Callable[[int, int], np.ndarray], rows: np.ndarray,
-              max_gap: int = MAX_GAP_ROWS, block: int = BLOCK_ROWS) -> np.ndarray:
-    """Rows ``rows`` (any order, repeats allowed) of a row-major array read only in slices.
+              max_gap: int = MAX_GAP_ROWS, block: int = BLOCK_ROWS,
+              read_sorted: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """Rows ``rows`` (any order, repeats allowed) of a row-major array.
 
-    ``read_range(start, stop)`` returns rows [start, stop). Sorted distinct rows are grouped
-    into runs whose gaps are at most ``max_gap`` and each run is read in slices of at most
-    ``block`` rows: on HDF5 this is many times faster than a fancy selection of the same rows.
+    ``read_range(start, stop)`` returns rows [start, stop); ``read_sorted(rows)`` (optional)
+    returns the given increasing rows. Sorted distinct rows are grouped into runs whose gaps
+    are at most ``max_gap``: a dense run is read in slices (on HDF5 many times faster than a
+    selection of the same rows), a sparse one goes with the other sparse rows into one sorted
+    selection, so a scattered batch does not read the rows between. The rows land in one
+    array in place; asked in increasing order without repeats, that array is the answer,
+    and a single run with every row wanted is returned as read.
     """
     rows = np.asarray(rows, dtype=np.int64)
     if len(rows) == 0:
         return read_range(0, 0)
     uniq, inverse = np.unique(rows, return_inverse=True)
+    in_order = len(uniq) == len(rows) and bool((np.diff(rows) > 0).all())
     breaks = np.flatnonzero(np.diff(uniq) > max_gap) + 1
-    parts = []
+    if uniq[-1] - uniq[0] + 1 == len(uniq):
+        whole = read_range(int(uniq[0]), int(uniq[-1]) + 1)  # one run, every row wanted
+        return whole if in_order else np.asarray(whole)[inverse]
+    out: np.ndarray | None = None
+    sparse: list[tuple[int, np.ndarray]] = []
+
+    def place(at: int, values: np.ndarray) -> None:
+        nonlocal out
+        if out is None:
+            out = np.empty((len(uniq), *values.shape[1:]), values.dtype)
+        out[at:at + len(values)] = values
+
+    at = 0
     for run in np.split(uniq, breaks):
         lo, hi = int(run[0]), int(run[-1]) + 1
+        if read_sorted is not None and (len(run) < SLICE_MIN_ROWS
+                                        or len(run) < DENSE_SHARE * (hi - lo)):
+            sparse.append((at, run))
+            at += len(run)
+            continue
         for start in range(lo, hi, block):
             stop = min(start + block, hi)
             want = run[(run >= start) & (run < stop)]
             if len(want):
-                parts.append(np.asarray(read_range(start, stop))[want - start])
-    return np.concatenate(parts)[inverse]
+                part = np.asarray(read_range(start, stop))
+                place(at, part if len(want) == stop - start else part[want - start])
+                at += len(want)
+    if sparse:
+        where = np.concatenate([np.arange(a, a + len(r)) for a, r in sparse])
+        wanted = np.concatenate([r for _, r in sparse])
+        for a in range(0, len(wanted), block):
+            values = np.asarray(read_sorted(wanted[a:a + block]))
+            if out is None:
+                place(0, values[:0])
+            out[where[a:a + block]] = values
+    assert out is not None
+    return out if in_order else out[inverse]
 
 
 def positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -151,8 +151,11 @@ class H5RecsysStorage(Storage):
         self._load_values()
         if self._embeddings is not None:
             return self._embeddings[rows]
-        # slices, never an h5py point selection: that is many times slower on large files
-        return read_rows(self.read_embedding_range, rows)
+        # slices for dense runs of rows, one sorted selection for the scattered rest
+        return read_rows(self.read_embedding_range, rows, read_sorted=self._read_embedding_rows)
+
+    def _read_embedding_rows(self, rows: np.ndarray) -> np.ndarray:
+        return self._handle()["embeddings"][rows].astype(np.float32, copy=False)
 
     def read_embedding_range(self, start: int, stop: int) -> np.ndarray:
         self._load_values()
