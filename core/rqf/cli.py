@@ -168,7 +168,8 @@ def export(run: Path, fmt: str, out: Path, numbering: str, token: str, force: bo
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--history", help="One user's item ids, oldest first, e.g. 12,7,33.")
 @click.option("--users", type=click.Path(path_type=Path, dir_okay=False),
-              help="A file of histories, one a line: USER<TAB>12,7,33 (or just 12,7,33).")
+              help="A file of histories, one a line: USER<TAB>12,7,33 (or just 12,7,33); "
+              "USER is read by models with user tokens.")
 @click.option("--k", type=int, default=None, help="Items per user (default: the model's top_k).")
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
@@ -198,7 +199,9 @@ def recommend(run_dir: Path, history: str | None, users: Path | None, k: int | N
     model = load(run_dir, device=device)
     if not hasattr(model, "recommend_histories"):
         raise RqfError(f"{run_dir}: model {model.name!r} does not rank items")
-    top = model.recommend_histories(parsed, k)
+    given = None if users is None else [n if "\t" in line else None  # unnamed: unknown user
+                                        for n, line in zip(names, lines)]
+    top = model.recommend_histories(parsed, k, given)
     for name, items in zip(names, top):
         shown = ",".join(str(int(i)) for i in items if i >= 0)
         click.echo(shown if users is None else f"{name}\t{shown}")

@@ -24,7 +24,8 @@ class MostPopModel(NextItemModel):
         self.ranking = ids[np.argsort(-counts, kind="stable")]
         return {"items": int(len(ids))}
 
-    def recommend(self, history: np.ndarray, k: int) -> np.ndarray:
+    def recommend(self, history: np.ndarray, k: int, users: np.ndarray | None = None
+                  ) -> np.ndarray:
         top = np.full(k, -1, np.int64)
         top[:min(k, len(self.ranking))] = self.ranking[:k]
         return np.tile(top, (len(history), 1))
@@ -50,7 +51,8 @@ class LastItemNNModel(NextItemModel):
     def known_items(self) -> np.ndarray:
         return self.ids
 
-    def recommend(self, history: np.ndarray, k: int) -> np.ndarray:
+    def recommend(self, history: np.ndarray, k: int, users: np.ndarray | None = None
+                  ) -> np.ndarray:
         lengths = (history >= 0).sum(1)
         last = history[np.arange(len(history)), np.maximum(lengths - 1, 0)]
         pos = np.searchsorted(self.ids[self.order], last)

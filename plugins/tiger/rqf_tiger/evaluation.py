@@ -24,14 +24,20 @@ FLOORS = Param("floors", bool, True, "also rank valid and test with mostpop and 
 
 @dataclass
 class Examples:
-    """Next-item examples: ``history`` (n, H) item ids, left-aligned, -1 padded; ``target``."""
+    """Next-item examples: ``users`` (rows of the sequence table) and their ``user_ids`` (as in
+    sequence.h5), ``history`` (n, H) item ids, left-aligned, -1 padded; ``target``."""
 
     users: np.ndarray
     history: np.ndarray
     target: np.ndarray
+    user_ids: np.ndarray
 
     def __len__(self) -> int:
         return len(self.target)
+
+    def subset(self, pick: np.ndarray) -> "Examples":
+        return Examples(self.users[pick], self.history[pick], self.target[pick],
+                        self.user_ids[pick])
 
 
 def _sequences(view: Dataset) -> tuple[Any, Any]:
@@ -63,7 +69,7 @@ def eval_examples(view: Dataset, history: int) -> Examples:
     user, start, end, target = r.user[has], r.start[has], r.end[has], r.target[has]
     base = table.offsets[user]
     return Examples(user, _gather(table, base, np.maximum(start, end - history), end, history),
-                    table.item_ids[base + target])
+                    table.item_ids[base + target], table.user_ids[user])
 
 
 def train_examples(view: Dataset, history: int) -> Examples:
@@ -75,7 +81,7 @@ def train_examples(view: Dataset, history: int) -> Examples:
     pos = start + 1 + (np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts))
     base = table.offsets[user]
     return Examples(user, _gather(table, base, np.maximum(start, pos - history), pos, history),
-                    table.item_ids[base + pos])
+                    table.item_ids[base + pos], table.user_ids[user])
 
 
 def sequence_rows(view: Dataset, width: int) -> np.ndarray:
@@ -98,6 +104,24 @@ def right_align(history: np.ndarray) -> np.ndarray:
     return np.where(cols >= 0, history[rows, np.maximum(cols, 0)], -1)
 
 
+def dedup_history(history: np.ndarray) -> np.ndarray:
+    """Left-aligned, -1 padded rows with each item kept at its latest position only (the
+    order of the kept items unchanged), left-aligned again."""
+    n, width = history.shape
+    rows, cols = np.divmod(np.arange(n * width), width)
+    items = history.ravel()
+    order = np.lexsort((-cols, items, rows))  # per row and item, the latest position first
+    r, it = rows[order], items[order]
+    latest = np.ones(len(order), bool)
+    latest[1:] = (r[1:] != r[:-1]) | (it[1:] != it[:-1])
+    keep = np.zeros(n * width, bool)
+    keep[order] = latest & (it >= 0)
+    keep = keep.reshape(n, width)
+    out = np.full_like(history, -1)
+    out[np.nonzero(keep)[0], (np.cumsum(keep, 1) - 1)[keep]] = history[keep]
+    return out
+
+
 def monitored_examples(valid: Dataset | None, history: int, users: int, seed: int,
                        monitor: str | None) -> Examples | None:
     """The validation examples ``train.monitor`` is read on: at most ``users`` of them (0: all),
@@ -105,7 +129,7 @@ def monitored_examples(valid: Dataset | None, history: int, users: int, seed: in
     ex = eval_examples(valid, history) if valid is not None else None
     if ex is not None and users and len(ex) > users:
         pick = np.random.default_rng(seed).choice(len(ex), users, replace=False)
-        ex = Examples(ex.users[pick], ex.history[pick], ex.target[pick])
+        ex = ex.subset(pick)
     if ex is None or not len(ex):
         if monitor:
             raise RqfError(f"train.monitor: {monitor} needs a validation split; set "
@@ -187,7 +211,8 @@ class RankingTask(TrainingTask):
 
     def validation_metrics(self, module: Any) -> dict[str, float]:
         top_k = self.model.config["top_k"]
-        m = ranking_metrics(self.model.recommend(self.valid.history, top_k), self.valid.target)
+        m = ranking_metrics(self.model.recommend(self.valid.history, top_k, self.valid.user_ids),
+                            self.valid.target)
         return {f"valid_{k}": v for k, v in m.items() if k != "users"}
 
 
@@ -228,18 +253,21 @@ class NextItemModel(Model):
         require_memory("model.history", examples * history * 8 * 3,
                        f"histories of {history} items for up to {examples:,} examples")
 
-    def recommend(self, history: np.ndarray, k: int) -> np.ndarray:
-        """(n, k) item ids, best first, for (n, H) histories left-aligned and -1 padded."""
+    def recommend(self, history: np.ndarray, k: int, users: np.ndarray | None = None
+                  ) -> np.ndarray:
+        """(n, k) item ids, best first, for (n, H) histories left-aligned and -1 padded, of
+        ``users`` (their ids in sequence.h5; None: unknown users), which a model may read."""
         raise NotImplementedError
 
     def known_items(self) -> np.ndarray | None:
         """Item ids a history may hold (None: any); the fitted or loaded catalogue."""
         return None
 
-    def recommend_histories(self, histories: Sequence[Sequence[int]], k: int | None = None
-                            ) -> np.ndarray:
-        """The top ``k`` items (default ``top_k``) for each history of item ids, oldest first;
-        the last ``history`` items of each are read, as in training."""
+    def recommend_histories(self, histories: Sequence[Sequence[int]], k: int | None = None,
+                            users: Sequence[str] | None = None) -> np.ndarray:
+        """The top ``k`` items (default ``top_k``) for each history of item ids, oldest first,
+        of ``users`` (ids as in sequence.h5; None, or a None among them: unknown); the last
+        ``history`` items of each are read, as in training."""
         k = self.config["top_k"] if k is None else int(k)
         if k < 1:
             raise ConfigError(f"k: expected a positive number of items, got {k}")
@@ -256,15 +284,15 @@ class NextItemModel(Model):
                     raise DataError(f"history {i + 1}: item {int(unknown[0])} is not in the "
                                     "catalogue the model was trained on")
             rows[i, :len(items)] = items
-        return self.recommend(rows, k)
+        return self.recommend(rows, k, None if users is None else np.array(
+            [None if u is None else str(u) for u in users], dtype=object))
 
     def rank(self, view: Dataset) -> Ranking:
         """The examples of ``view`` (one per user with a target) and their top items."""
         ex = eval_examples(view, self.config["history"])
-        items = self.recommend(ex.history, self.config["top_k"]) if len(ex) else \
+        items = self.recommend(ex.history, self.config["top_k"], ex.user_ids) if len(ex) else \
             np.zeros((0, self.config["top_k"]), np.int64)
-        table, _ = _sequences(view)
-        return Ranking(table.user_ids[ex.users], items, ex.target)
+        return Ranking(ex.user_ids, items, ex.target)
 
     def floors(self, train: Dataset) -> dict[str, "NextItemModel"]:
         """Reference rankers fitted on ``train``, measured beside this model (none here)."""

@@ -4,6 +4,7 @@ tokens and generates the next item's full ID, decoded by beam search over valid 
 from __future__ import annotations
 
 import time
+import zlib
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -18,7 +19,8 @@ from rqf.codes import PrefixTrie, SemanticIds, sha256_of
 from rqf_tiger.baselines import fit_floors
 from rqf_tiger.decode import constrained_beam_search
 from rqf_tiger.evaluation import (FLOORS, HISTORY, TOP_K, Examples, NextItemModel, RankingTask,
-                                  catalogue_positions, monitored_examples, train_examples)
+                                  catalogue_positions, dedup_history, monitored_examples,
+                                  train_examples)
 from rqf_tiger.net import BOS, PAD, TigerNet
 
 MODEL_FORMAT = "rqf-tiger-1"
@@ -28,17 +30,18 @@ class TigerTask(RankingTask):
     """Teacher-forced next-ID cross-entropy; validation decodes whole IDs and ranks them."""
 
     def __init__(self, model: "TigerModel", history: torch.Tensor, target: torch.Tensor,
-                 valid: Examples | None) -> None:
+                 users: torch.Tensor, valid: Examples | None) -> None:
         super().__init__(model, model.net, {"semantic_ids_sha256": model.ids_sha256,
                                             "architecture": repr(model.net)}, valid)
         device = model.device
         self.history, self.target = history.to(device), target.to(device)
+        self.users = users.to(device)
         self.item_tokens = model.item_tokens.to(device)
         self.bos = torch.full((1, 1), BOS, dtype=torch.long, device=device)
         self.loss = nn.CrossEntropyLoss()
 
     def training_step(self, module: nn.Module, batch: torch.Tensor):
-        source = self.item_tokens[self.history[batch]].flatten(1)
+        source = torch.cat([self.users[batch], self.item_tokens[self.history[batch]].flatten(1)], 1)
         goal = self.item_tokens[self.target[batch]]
         logits = module(source, torch.cat([self.bos.expand(len(batch), 1), goal[:, :-1]], 1))
         return self.loss(logits.reshape(-1, logits.shape[-1]).float(), goal.reshape(-1)), {}
@@ -57,6 +60,10 @@ class TigerModel(NextItemModel):
         HISTORY,
         TOP_K,
         FLOORS,
+        Param("user_tokens", int, 0, "hash each user id into one of this many tokens read "
+              "before the history, as the paper does with 2,000 (0: no user token)", min=0),
+        Param("dedup_history", bool, False, "keep each item of a history at its latest "
+              "position only (for data where users repeat items)"),
         Param("d_model", int, 64, "transformer width", min=8),
         Param("heads", int, 4, "attention heads (d_model must divide by it)", min=1),
         Param("layers", int, 2, "encoder layers, and as many decoder layers", min=1),
@@ -86,7 +93,10 @@ class TigerModel(NextItemModel):
             raise ConfigError(f"model.beam: {cfg['beam']} beams for {len(self.item_ids)} items; "
                               f"a beam holds distinct items, so at most {len(self.item_ids)}")
         self._require_network_memory()
-        self.net = TigerNet(self.n_tokens, cfg["history"] * self.levels, self.levels,
+        self.user_base = self.n_tokens  # user tokens, then one for a user not given
+        self.user_width = 1 if cfg["user_tokens"] else 0
+        self.net = TigerNet(self.n_tokens + cfg["user_tokens"] + self.user_width,
+                            self.user_width + cfg["history"] * self.levels, self.levels,
                             cfg["d_model"], cfg["heads"], cfg["layers"], cfg["ff"], cfg["dropout"])
         self.device = torch.device("cpu")
         self.precision = "fp32"
@@ -96,7 +106,8 @@ class TigerModel(NextItemModel):
         d, ff, layers = cfg["d_model"], cfg["ff"], cfg["layers"]
         positions = cfg["history"] * self.levels + self.levels + 1
         # encoder 4d^2 + 2d*ff, decoder 8d^2 + 2d*ff per layer; embeddings and the output head
-        params = layers * (12 * d * d + 4 * d * ff) + (2 * self.n_tokens + positions) * d
+        params = layers * (12 * d * d + 4 * d * ff) \
+            + (2 * self.n_tokens + cfg["user_tokens"] + positions) * d
         require_memory("model.d_model, model.ff, model.layers, model.history", params * 16,
                        f"a network of {params:.3g} parameters ({layers}+{layers} layers, d_model "
                        f"{d}, ff {ff}, {self.n_tokens} ID tokens, {positions} positions) with "
@@ -157,8 +168,26 @@ class TigerModel(NextItemModel):
                             "this item file?)")
         return np.where(items >= 0, pos, len(self.item_ids))
 
-    def _source(self, history_rows: torch.Tensor) -> torch.Tensor:
-        return self.item_tokens.to(history_rows.device)[history_rows].flatten(1)
+    def _user_tokens(self, users: np.ndarray | None, n: int) -> torch.Tensor:
+        """(n, 1) tokens of the users' ids hashed into ``user_tokens`` buckets (a stable hash,
+        the same in every process), the last token for users not given (None); (n, 0) without."""
+        buckets = self.config["user_tokens"]
+        if not buckets:
+            return torch.zeros((n, 0), dtype=torch.long)
+        if users is None:
+            return torch.full((n, 1), self.user_base + buckets, dtype=torch.long)
+        hashed = np.fromiter((buckets if u is None else zlib.crc32(str(u).encode()) % buckets
+                              for u in users), np.int64, len(users))
+        return torch.from_numpy(self.user_base + hashed)[:, None]
+
+    def _history_rows(self, history: np.ndarray, where: str) -> torch.Tensor:
+        if self.config["dedup_history"]:
+            history = dedup_history(history)
+        return torch.from_numpy(self._rows(history, where))
+
+    def _source(self, history_rows: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        tokens = self.item_tokens.to(history_rows.device)[history_rows].flatten(1)
+        return torch.cat([users.to(tokens.device), tokens], 1)
 
     # -- training -----------------------------------------------------------------------------
     def fit(self, train: Dataset, valid: Dataset | None, ctx: RunContext) -> dict[str, Any]:
@@ -174,8 +203,9 @@ class TigerModel(NextItemModel):
         valid_ex = monitored_examples(valid, cfg["history"], cfg["monitor_users"], ctx.seed,
                                       ctx.train.monitor)
         self.net.to(device)
-        task = TigerTask(self, torch.from_numpy(self._rows(ex.history, "training histories")),
-                         torch.from_numpy(self._rows(ex.target, "training targets")), valid_ex)
+        task = TigerTask(self, self._history_rows(ex.history, "training histories"),
+                         torch.from_numpy(self._rows(ex.target, "training targets")),
+                         self._user_tokens(ex.user_ids, len(ex)), valid_ex)
         batches = TensorBatches(torch.arange(len(ex), device=device), ctx.train.batch_size,
                                 seed=ctx.seed, device=device)
         started = time.perf_counter()
@@ -195,7 +225,8 @@ class TigerModel(NextItemModel):
         return fit_floors(self, train)
 
     @torch.no_grad()
-    def recommend(self, history: np.ndarray, k: int) -> np.ndarray:
+    def recommend(self, history: np.ndarray, k: int, users: np.ndarray | None = None
+                  ) -> np.ndarray:
         """The top ``k`` items of each history: whole IDs from the constrained beam search."""
         net, device, cfg = self.net, self.device, self.config
         if k > cfg["beam"]:
@@ -204,11 +235,13 @@ class TigerModel(NextItemModel):
         was_training = net.training
         net.eval()
         trie = self.trie.to(device)
-        rows = torch.from_numpy(self._rows(history, "histories"))
+        rows = self._history_rows(history, "histories")
+        user_tokens = self._user_tokens(users, len(history))
         out = np.full((len(history), k), -1, np.int64)
         bos = torch.full((1, 1), BOS, dtype=torch.long, device=device)
         for a in range(0, len(history), cfg["eval_batch_size"]):
-            source = self._source(rows[a:a + cfg["eval_batch_size"]].to(device))
+            b = slice(a, a + cfg["eval_batch_size"])
+            source = self._source(rows[b].to(device), user_tokens[b])
             with autocast(device, self.precision):
                 memory, pad = net.encode(source)
 

@@ -199,7 +199,8 @@ class SASRecModel(NextItemModel):
             hidden = self.net(seq)[:, -1]
             return self.net.scores(hidden).float()
 
-    def recommend(self, history: np.ndarray, k: int) -> np.ndarray:
+    def recommend(self, history: np.ndarray, k: int, users: np.ndarray | None = None
+                  ) -> np.ndarray:
         """The ``k`` best-scored items of the whole catalogue after each history."""
         was_training = self.net.training
         self.net.eval()
