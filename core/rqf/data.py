@@ -46,18 +46,18 @@ def read_rows(read_range: Callable[[int, int], np.ndarray], rows: np.ndarray,
         return read_range(0, 0)
     uniq, inverse = np.unique(rows, return_inverse=True)
     in_order = len(uniq) == len(rows) and bool((np.diff(rows) > 0).all())
-    breaks = np.flatnonzero(np.diff(uniq) > max_gap) + 1
     if uniq[-1] - uniq[0] + 1 == len(uniq):
         whole = read_range(int(uniq[0]), int(uniq[-1]) + 1)  # one run, every row wanted
         return whole if in_order else np.asarray(whole)[inverse]
+    breaks = np.flatnonzero(np.diff(uniq) > max_gap) + 1
     out: np.ndarray | None = None
     sparse: list[tuple[int, np.ndarray]] = []
 
-    def place(at: int, values: np.ndarray) -> None:
+    def place(where: slice | np.ndarray, values: np.ndarray) -> None:
         nonlocal out
-        if out is None:
+        if out is None:  # the first values read give the row shape and dtype
             out = np.empty((len(uniq), *values.shape[1:]), values.dtype)
-        out[at:at + len(values)] = values
+        out[where] = values
 
     at = 0
     for run in np.split(uniq, breaks):
@@ -72,16 +72,14 @@ def read_rows(read_range: Callable[[int, int], np.ndarray], rows: np.ndarray,
             want = run[(run >= start) & (run < stop)]
             if len(want):
                 part = np.asarray(read_range(start, stop))
-                place(at, part if len(want) == stop - start else part[want - start])
+                place(slice(at, at + len(want)),
+                      part if len(want) == stop - start else part[want - start])
                 at += len(want)
     if sparse:
         where = np.concatenate([np.arange(a, a + len(r)) for a, r in sparse])
         wanted = np.concatenate([r for _, r in sparse])
         for a in range(0, len(wanted), block):
-            values = np.asarray(read_sorted(wanted[a:a + block]))
-            if out is None:
-                place(0, values[:0])
-            out[where[a:a + block]] = values
+            place(where[a:a + block], np.asarray(read_sorted(wanted[a:a + block])))
     assert out is not None
     return out if in_order else out[inverse]
 

@@ -174,6 +174,11 @@ class BalancedScores:
         return (self.row_best[items, None] - self.d[items]) / self.t \
             + self.log_x[items, None] + self.log_y[None, :]
 
+    def at(self, items: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """The log-plan of each item at one code, the same values ``rows`` holds there."""
+        return (self.row_best[items] - self.d[items, codes]) / self.t \
+            + self.log_x[items] + self.log_y[codes]
+
     def argmax(self) -> np.ndarray:
         """Each row's most likely code."""
         out = np.empty(len(self.d), np.int64)

@@ -38,7 +38,7 @@ def handle_collisions(codes: np.ndarray, last_distances: np.ndarray | None,
         rows = balanced.rows
         movers = np.arange(len(codes))
         own = fallback = balanced.argmax()
-        confidence = _own_scores(rows, movers, own)
+        confidence = balanced.at(movers, own).astype(np.float64)
     else:
         def rows(items: np.ndarray) -> np.ndarray:
             picked = np.array(last_distances[items])  # a copy of these rows alone
@@ -74,11 +74,3 @@ def handle_collisions(codes: np.ndarray, last_distances: np.ndarray | None,
         out[items, -1] = np.where(free, best, fallback[items])
     return out
 
-
-def _own_scores(rows, items: np.ndarray, own: np.ndarray, chunk: int = 65536) -> np.ndarray:
-    """Each item's score of its own code, read in chunks of rows."""
-    out = np.empty(len(items), np.float64)
-    for a in range(0, len(items), chunk):
-        part = rows(items[a:a + chunk])
-        out[a:a + chunk] = part[np.arange(len(part)), own[a:a + chunk]]
-    return out
