@@ -24,20 +24,21 @@ FLOORS = Param("floors", bool, True, "also rank valid and test with mostpop and 
 
 @dataclass
 class Examples:
-    """Next-item examples: ``users`` (rows of the sequence table) and their ``user_ids`` (as in
-    sequence.h5), ``history`` (n, H) item ids, left-aligned, -1 padded; ``target``."""
+    """Next-item examples: ``users`` (rows of the sequence table), ``history`` (n, H) item ids,
+    left-aligned, -1 padded; ``target``; for ranked examples the ``user_ids`` (as in
+    sequence.h5) too."""
 
     users: np.ndarray
     history: np.ndarray
     target: np.ndarray
-    user_ids: np.ndarray
+    user_ids: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.target)
 
     def subset(self, pick: np.ndarray) -> "Examples":
         return Examples(self.users[pick], self.history[pick], self.target[pick],
-                        self.user_ids[pick])
+                        None if self.user_ids is None else self.user_ids[pick])
 
 
 def _sequences(view: Dataset) -> tuple[Any, Any]:
@@ -81,7 +82,7 @@ def train_examples(view: Dataset, history: int) -> Examples:
     pos = start + 1 + (np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts))
     base = table.offsets[user]
     return Examples(user, _gather(table, base, np.maximum(start, pos - history), pos, history),
-                    table.item_ids[base + pos], table.user_ids[user])
+                    table.item_ids[base + pos])
 
 
 def sequence_rows(view: Dataset, width: int) -> np.ndarray:

@@ -19,8 +19,8 @@ from rqf.codes import PrefixTrie, SemanticIds, sha256_of
 from rqf_tiger.baselines import fit_floors
 from rqf_tiger.decode import constrained_beam_search
 from rqf_tiger.evaluation import (FLOORS, HISTORY, TOP_K, Examples, NextItemModel, RankingTask,
-                                  catalogue_positions, dedup_history, monitored_examples,
-                                  train_examples)
+                                  _sequences, catalogue_positions, dedup_history,
+                                  monitored_examples, train_examples)
 from rqf_tiger.net import BOS, PAD, TigerNet
 
 MODEL_FORMAT = "rqf-tiger-1"
@@ -197,6 +197,7 @@ class TigerModel(NextItemModel):
         device = self.device = trainer.device
         self.precision = ctx.train.precision
         ex = train_examples(train, cfg["history"])
+        table, _ = _sequences(train)  # each user's token is hashed once, not once per example
         if not len(ex):
             raise RqfError("tiger: the training split holds no next-item examples: a training "
                            "sequence needs two items after the splitter held out its targets "
@@ -206,7 +207,7 @@ class TigerModel(NextItemModel):
         self.net.to(device)
         task = TigerTask(self, self._history_rows(ex.history, "training histories"),
                          torch.from_numpy(self._rows(ex.target, "training targets")),
-                         self._user_tokens(ex.user_ids, len(ex)), valid_ex)
+                         self._user_tokens(table.user_ids, len(table))[ex.users], valid_ex)
         batches = TensorBatches(torch.arange(len(ex), device=device), ctx.train.batch_size,
                                 seed=ctx.seed, device=device)
         started = time.perf_counter()
