@@ -4,10 +4,18 @@
 group per sample key (a key with ``/`` is nested groups); ``hdf5_index.json`` maps every key to
 its shard: ``{"sample_index": {key: {"file_idx": i, "group_name": key}}, "current_file_idx",
 "current_file_count", "samples_per_file", "use_float16"}``.
+
+rqf keeps the same index as arrays in ``hdf5_index.keys.h5`` (see ``keytable``), written with
+the JSON and stamped with the JSON's size and modification time: while the stamp matches, rqf
+reads the arrays; when another tool has rewritten the JSON since, the JSON. A writer's commit
+only renames its finished shard into place; the shard itself lists its keys
+(``_rqf_sample_keys``), so the shards committed after the index files were last written are the
+index's journal, read on top of them. Closing a writer folds the journal into both files.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -19,11 +27,15 @@ from typing import Any
 import h5py
 import numpy as np
 
-from rqf import DataError
+from rqf import DataError, atomic_path
+from rqf_h5_speech.keytable import KeyTable, encode_keys, first_bad_key
 
 INDEX_NAME = "hdf5_index.json"
+KEYS_INDEX_NAME = "hdf5_index.keys.h5"  # rqf's copy of the index, as arrays
 SHARD_PATTERN = re.compile(r"^features_(\d{5,})\.h5$")
 KEYS_DATASET = "_rqf_sample_keys"  # written by rqf: the keys a shard holds, for recovery
+KEYS_INDEX_FORMAT = "rqf-keys-index-1"
+JSON_CHUNK = 100_000  # keys written to the JSON index per step
 
 
 def shard_name(file_idx: int) -> str:
@@ -39,9 +51,9 @@ def check_key(key: str, where: str = "") -> str:
     if key.startswith("/") or path.is_absolute() or re.match(r"^[A-Za-z]:[\\/]", key):
         raise DataError(f"{prefix}sample key {key!r}: absolute paths are not allowed")
     parts = key.split("/")
-    if any(p in ("", ".", "..") for p in parts) or "\\" in key:
-        raise DataError(f"{prefix}sample key {key!r}: '..', '.', empty parts and backslashes "
-                        "are not allowed")
+    if any(p in ("", ".", "..") for p in parts) or "\\" in key or "\x00" in key:
+        raise DataError(f"{prefix}sample key {key!r}: '..', '.', empty parts, backslashes "
+                        "and NUL are not allowed")
     return key
 
 
@@ -50,44 +62,97 @@ class _DuplicateKey(Exception):
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(key)
-        out[key] = value
+    out = dict(pairs)
+    if len(out) != len(pairs):  # rare: find which key came twice
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
     return out
+
+
+def read_shard_keys(path: Path) -> list[str] | None:
+    """The keys an rqf shard recorded when it was committed (None: not an rqf shard)."""
+    try:
+        with h5py.File(path, "r") as f:
+            if KEYS_DATASET not in f:
+                return None
+            return [k.decode() if isinstance(k, bytes) else str(k)
+                    for k in f[KEYS_DATASET][()]]
+    except (OSError, KeyError):
+        return None
 
 
 @dataclass
 class CacheIndex:
-    """The parsed ``hdf5_index.json``."""
+    """The cache's index: every key with its shard (a ``KeyTable``) and the settings."""
 
     directory: Path
-    entries: dict[str, tuple[int, str]]
+    table: KeyTable
     samples_per_file: int
     use_float16: bool
     current_file_idx: int = 0
     current_file_count: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    journal: list[int] = field(default_factory=list)  # shards read on top of the index files
+    source: str = "json"  # which file the keys came from: json or keys
 
     @property
     def path(self) -> Path:
         return self.directory / INDEX_NAME
 
+    @property
+    def keys_path(self) -> Path:
+        return self.directory / KEYS_INDEX_NAME
+
     @classmethod
     def empty(cls, directory: Path, samples_per_file: int, use_float16: bool) -> "CacheIndex":
-        return cls(Path(directory), {}, samples_per_file, use_float16)
+        return cls(Path(directory), KeyTable.empty(), samples_per_file, use_float16)
 
     @classmethod
     def load(cls, directory: Path) -> "CacheIndex":
+        """The index files, then the shards committed after them (the journal)."""
         directory = Path(directory)
         path = directory / INDEX_NAME
         if not directory.is_dir():
             raise DataError(f"{directory}: cache directory not found")
         if not path.exists():
             raise DataError(f"{path}: index not found (a sharded cache needs {INDEX_NAME})")
+        index = cls._load_keys_index(directory) or cls._load_json(directory)
+        index._read_journal()
+        return index
+
+    @classmethod
+    def _load_keys_index(cls, directory: Path) -> "CacheIndex | None":
+        keys_path = directory / KEYS_INDEX_NAME
         try:
-            data = json.loads(path.read_text(), object_pairs_hook=_no_duplicate_keys)
+            st = os.stat(directory / INDEX_NAME)
+            if not keys_path.exists():
+                return None
+            table, attrs = KeyTable.load(keys_path)
+        except (OSError, KeyError):
+            return None  # unreadable: the JSON is the index
+        if attrs.get("format") != KEYS_INDEX_FORMAT or attrs.get("json_size") != st.st_size \
+                or attrs.get("json_mtime_ns") != st.st_mtime_ns:
+            return None  # the JSON changed after rqf wrote both: it is the index
+        return cls(directory, table, int(attrs["samples_per_file"]), bool(attrs["use_float16"]),
+                   int(attrs["current_file_idx"]), int(attrs["current_file_count"]),
+                   json.loads(attrs.get("extra", "{}")), source="keys")
+
+    @classmethod
+    def _load_json(cls, directory: Path) -> "CacheIndex":
+        path = directory / INDEX_NAME
+        collecting = gc.isenabled()
+        gc.disable()  # millions of new dicts: the cycle collector would walk them over and over
+        try:
+            text = path.read_text(encoding="utf-8")
+            data = json.loads(text)
+            entries = data.get("sample_index") if isinstance(data, dict) else None
+            if isinstance(entries, dict) and text.count('"file_idx"') != len(entries):
+                # a key twice collapses silently in a dict: parse again, watching every mapping
+                json.loads(text, object_pairs_hook=_no_duplicate_keys)
+            del text
         except _DuplicateKey as exc:
             raise DataError(f"{path}: key {exc.args[0]!r} appears twice in one mapping; the "
                             "index must name each sample once") from None
@@ -97,6 +162,9 @@ class CacheIndex:
         except (OSError, UnicodeDecodeError, RecursionError) as exc:
             raise DataError(f"{path}: cannot read the index ({type(exc).__name__}: "
                             f"{str(exc)[:200]})") from None
+        finally:
+            if collecting:
+                gc.enable()
         if not isinstance(data, dict) or not isinstance(data.get("sample_index"), dict):
             raise DataError(f"{path}: sample_index: expected a mapping of sample keys")
         for name, kind, minimum in (("samples_per_file", int, 1), ("current_file_idx", int, 0),
@@ -107,28 +175,83 @@ class CacheIndex:
             if type(value) is not kind or (minimum is not None and value < minimum):
                 expected = "true or false" if kind is bool else f"an integer >= {minimum}"
                 raise DataError(f"{path}: {name}: expected {expected}, got {value!r}")
-        entries: dict[str, tuple[int, str]] = {}
-        for key, entry in data["sample_index"].items():
-            check_key(key, str(path))
-            if isinstance(entry, (list, tuple)) and len(entry) == 2:  # (file_idx, group) pairs
-                entry = {"file_idx": entry[0], "group_name": entry[1]}
-            if not isinstance(entry, dict) or type(entry.get("file_idx")) is not int \
-                    or entry["file_idx"] < 0 or not isinstance(entry.get("group_name"), str):
-                raise DataError(f"{path}: sample_index[{key!r}]: expected "
-                                f"{{'file_idx': int >= 0, 'group_name': str}}, got {entry!r}")
-            check_key(entry["group_name"], str(path))
-            entries[key] = (entry["file_idx"], entry["group_name"])
+        table = _table_from_json(data.pop("sample_index"), path)  # frees it as it goes
         extra = {k: v for k, v in data.items() if k not in
                  ("sample_index", "samples_per_file", "use_float16", "current_file_idx",
                   "current_file_count")}
-        return cls(directory, entries, int(data.get("samples_per_file", 20000)),
+        return cls(directory, table, int(data.get("samples_per_file", 20000)),
                    bool(data.get("use_float16", True)), int(data.get("current_file_idx", 0)),
                    int(data.get("current_file_count", 0)), extra)
 
+    def _read_journal(self) -> None:
+        """Apply the rqf shards committed after the index files, oldest first."""
+        newest = max(self.table.shard_counts(), default=0)
+        keys: list[str] = []
+        fidx: list[int] = []
+        for file_idx, shard in sorted(self.shards_on_disk().items()):
+            if file_idx <= newest:
+                continue
+            found = read_shard_keys(shard)
+            if found is None:
+                continue  # not rqf's: shard_problems names it
+            keys += found
+            fidx += [file_idx] * len(found)
+            self.journal.append(file_idx)
+            self.current_file_idx, self.current_file_count = file_idx, len(found)
+        if keys:
+            self.table = self.table.updated(keys, fidx)
+
+    def shard_counts(self) -> dict[int, int]:
+        return self.table.shard_counts()
+
+    def shard_files(self) -> list[Path]:
+        return sorted(p for p in self.directory.iterdir() if SHARD_PATTERN.match(p.name))
+
+    def shards_on_disk(self) -> dict[int, Path]:
+        return {int(SHARD_PATTERN.match(p.name).group(1)): p for p in self.shard_files()}
+
+    def save(self) -> None:
+        """Write the seed's JSON index, then rqf's arrays stamped with it (both atomically).
+
+        A crash between the two leaves a complete JSON that no longer matches the stamp, so
+        the JSON is read; the shards of the journal are in both.
+        """
+        with atomic_path(self.path) as tmp:
+            with open(tmp, "w") as fh:
+                self._write_json(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+        st = os.stat(self.path)
+        with atomic_path(self.keys_path) as tmp:
+            self.table.save(tmp, {
+                "format": KEYS_INDEX_FORMAT, "json_size": st.st_size,
+                "json_mtime_ns": st.st_mtime_ns, "samples_per_file": self.samples_per_file,
+                "use_float16": self.use_float16, "current_file_idx": self.current_file_idx,
+                "current_file_count": self.current_file_count,
+                "extra": json.dumps(self.extra)})
+        self.journal = []
+        _fsync_dir(self.directory)
+
+    def _write_json(self, fh: Any) -> None:
+        fh.write('{"sample_index": {')
+        table, n = self.table, len(self.table)
+        for start in range(0, n, JSON_CHUNK):
+            stop = min(start + JSON_CHUNK, n)
+            keys = table[start:stop]
+            groups = keys if table.groups is None else [table.group(i) for i in range(start, stop)]
+            chunk = json.dumps({k: {"file_idx": i, "group_name": g} for k, i, g in
+                                zip(keys, table.file_idx[start:stop].tolist(), groups)})
+            fh.write((", " if start else "") + chunk[1:-1])
+        tail = json.dumps({"current_file_idx": self.current_file_idx,
+                           "current_file_count": self.current_file_count,
+                           "samples_per_file": self.samples_per_file,
+                           "use_float16": self.use_float16, **self.extra})
+        fh.write("}, " + tail[1:])
+
     def to_json(self) -> dict[str, Any]:
         return {
-            "sample_index": {k: {"file_idx": i, "group_name": g}
-                             for k, (i, g) in self.entries.items()},
+            "sample_index": {k: {"file_idx": int(i), "group_name": self.table.group(row)}
+                             for row, (k, i) in enumerate(zip(self.table, self.table.file_idx))},
             "current_file_idx": self.current_file_idx,
             "current_file_count": self.current_file_count,
             "samples_per_file": self.samples_per_file,
@@ -136,14 +259,57 @@ class CacheIndex:
             **self.extra,
         }
 
-    def shard_counts(self) -> dict[int, int]:
-        counts: dict[int, int] = {}
-        for file_idx, _ in self.entries.values():
-            counts[file_idx] = counts.get(file_idx, 0) + 1
-        return counts
 
-    def shard_files(self) -> list[Path]:
-        return sorted(p for p in self.directory.iterdir() if SHARD_PATTERN.match(p.name))
+def _table_from_json(sample_index: dict[str, Any], path: Path) -> KeyTable:
+    """The keys of a parsed ``sample_index``, checked: the common shape in a few whole-list
+    steps, anything unusual (list pairs, a wrong entry) one entry at a time."""
+    keys = list(sample_index)
+    entries = list(sample_index.values())
+    sample_index.clear()  # the caller's mapping: its entries now live only in ``entries``
+    try:
+        fidx = [e["file_idx"] for e in entries]
+        groups = [e["group_name"] for e in entries]
+        plain = set(map(type, fidx)) <= {int} and set(map(type, groups)) <= {str} \
+            and (not fidx or min(fidx) >= 0)
+    except (TypeError, KeyError, IndexError):
+        plain = False
+    if not plain:
+        fidx, groups = [], []
+        for key, entry in zip(keys, entries):
+            if isinstance(entry, (list, tuple)) and len(entry) == 2:  # (file_idx, group) pairs
+                entry = {"file_idx": entry[0], "group_name": entry[1]}
+            if not isinstance(entry, dict) or type(entry.get("file_idx")) is not int \
+                    or entry["file_idx"] < 0 or not isinstance(entry.get("group_name"), str):
+                raise DataError(f"{path}: sample_index[{key!r}]: expected "
+                                f"{{'file_idx': int >= 0, 'group_name': str}}, got {entry!r}")
+            fidx.append(entry["file_idx"])
+            groups.append(entry["group_name"])
+    del entries
+    blob, offsets = encode_keys(keys)
+    bad = first_bad_key(blob, offsets)
+    if bad is not None:
+        check_key(keys[bad], str(path))
+    same = groups == keys
+    group_arrays = None
+    if not same:
+        group_arrays = encode_keys(groups)
+        bad = first_bad_key(*group_arrays)
+        if bad is not None:
+            check_key(groups[bad], str(path))
+    return KeyTable(blob, offsets, np.array(fidx, np.int32), group_arrays)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 class ShardHandles:

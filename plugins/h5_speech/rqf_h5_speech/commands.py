@@ -1,4 +1,4 @@
-"""``rqf speech ...``: migrate per-sample .npz caches into sharded HDF5."""
+"""``rqf speech ...``: migrate .npz caches, merge caches written in parallel, finalize one."""
 
 from __future__ import annotations
 
@@ -48,3 +48,33 @@ def migrate_cmd(source: Path, target: Path, samples_per_file: int, keep_float32:
     report = migrate_npz(source, target, samples_per_file, not keep_float32, compression, level,
                          workers, verify=not no_verify, rename=names)
     click.echo(json.dumps(report))
+
+
+@speech.command("merge")
+@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("parts", nargs=-1, required=True,
+                type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def merge_cmd(out: Path, parts: tuple[Path, ...], debug: bool) -> None:
+    """One cache OUT from caches PARTS written by separate processes (one per GPU or node).
+
+    Shards are hard-linked into OUT under new numbers, not copied, so OUT must be on the same
+    file system; the parts stay readable as they were. A key in two parts is refused.
+    """
+    from rqf_h5_speech.merge import merge_caches
+
+    click.echo(json.dumps(merge_caches(out, parts)))
+
+
+@speech.command("finalize")
+@click.argument("cache", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def finalize_cmd(cache: Path, debug: bool) -> None:
+    """Bring CACHE's hdf5_index.json up to date with every committed shard.
+
+    A writer does this when it closes; run it on a cache whose writer was killed before the
+    original tools (which read only hdf5_index.json) use it.
+    """
+    from rqf_h5_speech.merge import finalize_cache
+
+    click.echo(json.dumps(finalize_cache(cache)))

@@ -43,8 +43,10 @@ class SpeechDataset(Dataset):
         self.storage: KeyedArrays = storage
         self.where = str(getattr(storage, "directory", None) or storage.name)
         self.feature = feature
-        self.keys = list(storage.keys if keys is None else keys)
-        if not self.keys:
+        source = storage.keys if keys is None else keys
+        # a cache's keys stay arrays (KeyTable): no str per key, shared by worker processes
+        self.keys: Sequence[str] = source if hasattr(source, "take") else list(source)
+        if not len(self.keys):
             raise DataError(f"{self.where}: the cache holds no samples")
         self._dim = self._feature_dim()
         if keys is None:  # the whole cache, once: views share what was checked
@@ -54,7 +56,7 @@ class SpeechDataset(Dataset):
             self.stats = self._load_or_compute_stats(stats_file)
 
     def _feature_dim(self) -> int:
-        arrays = self.storage.arrays(self.keys[0])  # metadata only: nothing is read
+        arrays = self._arrays(0)  # metadata only: nothing is read
         problems = sample_problems(arrays, self.feature, values=False)
         if problems:
             raise DataError(problems[0])
@@ -64,9 +66,17 @@ class SpeechDataset(Dataset):
         """Shapes, dtypes and values of up to ``at_most`` samples spread over the cache, so
         ``rqf validate`` finds a broken cache; every sample is checked again when read."""
         for i in spread(len(self.keys), at_most):
-            problems = sample_problems(self.storage.arrays(self.keys[i]), self.feature, self._dim)
+            problems = sample_problems(self._arrays(i), self.feature, self._dim)
             if problems:
                 raise DataError(problems[0])
+
+    def _arrays(self, i: int) -> SampleArrays:
+        """The arrays of sample ``i``: by row when the keys are the storage's own table."""
+        keys = self.keys
+        if getattr(keys, "table", keys) is getattr(self.storage, "keys", None) \
+                and hasattr(self.storage, "arrays_at"):
+            return self.storage.arrays_at(keys.row(i))  # type: ignore[attr-defined]
+        return self.storage.arrays(keys[i])
 
     def _frames(self, key: str, arrays: SampleArrays) -> int:
         """T of one sample's feature, after checking its shapes and dtypes (metadata only)."""
@@ -128,14 +138,17 @@ class SpeechDataset(Dataset):
     def key_ids(self) -> np.ndarray:
         return np.array(self.keys, dtype=object)
 
-    def _clone(self, keys: list[str]) -> "SpeechDataset":
+    def _clone(self, keys: Sequence[str]) -> "SpeechDataset":
         # a view shares storage, width and statistics: no sample is read again to build it
         view = copy.copy(self)
         view.keys = keys
         return view
 
     def subset(self, indices: np.ndarray, role: str = "train") -> "SpeechDataset":
-        return self._clone([self.keys[i] for i in np.asarray(indices, dtype=np.int64)])
+        indices = np.asarray(indices, dtype=np.int64)
+        if hasattr(self.keys, "take"):
+            return self._clone(self.keys.take(indices))  # type: ignore[attr-defined]
+        return self._clone([self.keys[i] for i in indices])
 
     def export_source(self) -> SequenceVectors:
         index = getattr(self.storage, "index", None)
@@ -144,7 +157,7 @@ class SpeechDataset(Dataset):
         def open_writer(out_dir: Path, meta: dict[str, Any]) -> "CodesWriter":
             return CodesWriter(Path(out_dir), samples_per_file, meta)
 
-        return SequenceVectors(keys=list(self.storage.keys), read=self.features,
+        return SequenceVectors(keys=self.storage.keys, read=self.features,
                                open_writer=open_writer)
 
 
@@ -203,8 +216,8 @@ class UtterancesDataset(SpeechDataset):
         may be reused. Features keep their stored dtype unless normalised (then float32); mel
         and features are cut to the shorter of the two, a gap over two frames is an error.
         """
-        keys = [self.keys[i] for i in indices]
-        opened = [self.storage.arrays(key) for key in keys]
+        opened = [self._arrays(i) for i in indices]
+        keys = [arrays.key for arrays in opened]
         lengths = np.empty(len(keys), np.int64)
         with_mel = "mel_spectrogram" in opened[0]
         for i, (key, arrays) in enumerate(zip(keys, opened)):

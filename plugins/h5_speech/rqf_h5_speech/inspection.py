@@ -93,17 +93,17 @@ def inspect_cache(directory: Path, full: bool = False) -> InspectReport:
         return report
     counts = index.shard_counts()
     on_disk = {int(p.name[9:-3]): p for p in index.shard_files()}
-    report.lines.append(f"samples: {len(index.entries)}, shards referenced: {len(counts)}, "
+    report.lines.append(f"samples: {len(index.table)}, shards referenced: {len(counts)}, "
                         f"shard files: {len(on_disk)}, samples_per_file: {index.samples_per_file}, "
                         f"use_float16: {index.use_float16}")
     total = sum(p.stat().st_size for p in on_disk.values() if p.exists())
     report.lines.append(f"size on disk: {total / 1e6:.1f} MB")
     report.problems += shard_problems(index)
-    keys = list(index.entries)
+    keys = index.table
     chosen = {keys[i] for i in spread(len(keys), None if full else INSPECT_SAMPLES)}
     by_shard: dict[int, list[tuple[str, str]]] = {}
-    for key, (file_idx, group) in index.entries.items():
-        by_shard.setdefault(file_idx, []).append((key, group))
+    for row, (key, file_idx) in enumerate(zip(keys, keys.file_idx.tolist())):
+        by_shard.setdefault(file_idx, []).append((key, keys.group(row)))
     seen = _Seen()
     for file_idx in sorted(set(counts) & set(on_disk)):
         path = on_disk[file_idx]

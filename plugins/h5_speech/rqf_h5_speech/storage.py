@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -26,7 +26,7 @@ class H5ShardedStorage(Storage):
         self.directory = Path(processed_dir)
         self.max_open_files = max_open_files
         self.index: CacheIndex | None = None
-        self.keys: list[str] = []
+        self.keys: Sequence[str] = []  # a KeyTable once open: arrays, not a str per key
         self._handles: ShardHandles | None = None
 
     def open(self) -> "H5ShardedStorage":
@@ -34,7 +34,7 @@ class H5ShardedStorage(Storage):
         for problem in shard_problems(index):
             raise DataError(problem)
         self.index = index
-        self.keys = list(index.entries)
+        self.keys = index.table
         self._handles = ShardHandles(self.directory, self.max_open_files)
         return self
 
@@ -51,11 +51,18 @@ class H5ShardedStorage(Storage):
         """One sample's arrays, opened for their shapes and for reads into given buffers."""
         if self.index is None or self._handles is None:
             raise DataError(f"{self.directory}: storage used before open()")
-        try:
-            file_idx, group = self.index.entries[key]
-        except KeyError:
-            raise DataError(f"{self.index.path}: no sample {key!r} in the index") from None
-        return SampleArrays(self._handles.get(file_idx), group, key)
+        row = self.index.table.position(key)
+        if row < 0:
+            raise DataError(f"{self.index.path}: no sample {key!r} in the index")
+        return self.arrays_at(row, key)
+
+    def arrays_at(self, row: int, key: str | None = None) -> SampleArrays:
+        """The arrays of the sample in row ``row`` of ``keys`` (no lookup by key)."""
+        if self.index is None or self._handles is None:
+            raise DataError(f"{self.directory}: storage used before open()")
+        table = self.index.table
+        return SampleArrays(self._handles.get(int(table.file_idx[row])), table.group(row),
+                            table[row] if key is None else key)
 
     def describe(self) -> dict[str, Any]:
         assert self.index is not None

@@ -9,17 +9,19 @@ chunk per array, readable by any HDF5 reader with the filter. ``lzf``, ``blosc``
 ``bitshuffle`` (and zstd/lz4 without their Python packages) compress inside HDF5, so they do
 not scale with workers.
 
-Crash safety: the shard being filled is ``features_NNNNN.h5.partial``. A commit closes it,
-fsyncs it, renames it to ``features_NNNNN.h5`` and then atomically replaces the index. A
-committed shard is never opened for writing again, so a kill at any moment leaves every
-indexed sample readable; at most the samples since the last commit are lost. Reopening the
-writer removes partial shards, adopts a committed shard whose index update was cut off, and
+Crash safety: the shard being filled is ``features_NNNNN.h5.partial``. A commit writes the
+shard's keys into it, closes it, fsyncs it and renames it to ``features_NNNNN.h5``; that rename
+is the whole commit, so its cost does not grow with the cache. rqf's readers read such shards on
+top of the index files (the journal); closing the writer writes ``hdf5_index.json`` (the seed's
+format) and ``hdf5_index.keys.h5`` (rqf's arrays) once, with every sample in them. A committed
+shard is never opened for writing again, so a kill at any moment leaves every committed sample
+readable by rqf; at most the samples since the last commit are lost. Reopening the writer (or
+``rqf speech finalize``) removes partial shards, folds the journal into the index files, and
 continues in a new shard.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import threading
@@ -33,9 +35,9 @@ from typing import Any, Mapping
 import h5py
 import numpy as np
 
-from rqf import DataError, FolderLock, RqfError, disk_full, is_disk_full, write_text_atomic
-from rqf_h5_speech.cache import (INDEX_NAME, KEYS_DATASET, SHARD_PATTERN, CacheIndex, check_key,
-                                 shard_name)
+from rqf import DataError, FolderLock, RqfError, disk_full, is_disk_full
+from rqf_h5_speech.cache import (INDEX_NAME, KEYS_DATASET, KEYS_INDEX_NAME, SHARD_PATTERN,
+                                 CacheIndex, _fsync_dir, check_key, read_shard_keys, shard_name)
 from rqf_h5_speech.codecs import CODECS, IN_LIBRARY_CODECS, chunk_compressor, plugin_filter
 
 PARTIAL_SUFFIX = ".partial"
@@ -52,17 +54,20 @@ class _Array:
     chunk: bytes | None = None  # a finished gzip(+shuffle) chunk for write_direct_chunk
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def remove_own_files(directory: Path) -> None:
+    """Empty a cache folder for a new start: only when every file in it is one a writer makes
+    (the writer's lock file stays; its caller holds it)."""
+    own = [p for p in directory.iterdir() if p.name in (INDEX_NAME, KEYS_INDEX_NAME)
+           or p.name.startswith((LOCK_NAME, f".{INDEX_NAME}.", f".{KEYS_INDEX_NAME}."))
+           or SHARD_PATTERN.match(p.name)
+           or SHARD_PATTERN.match(p.name.removesuffix(PARTIAL_SUFFIX))]
+    foreign = sorted(p.name for p in directory.iterdir() if p not in own)
+    if foreign:
+        raise DataError(f"{directory}: holds {', '.join(foreign[:3])}, which a cache "
+                        "writer does not make; not starting it over")
+    for p in own:
+        if not p.name.startswith(LOCK_NAME) and p.is_file():
+            p.unlink()
 
 
 class ShardedCacheWriter:
@@ -97,7 +102,7 @@ class ShardedCacheWriter:
         self._folder_lock = FolderLock(self.directory, "cache writer", LOCK_NAME).acquire()
         try:
             if start_over:
-                self._remove_own_files()
+                remove_own_files(self.directory)
             self._setup(samples_per_file, use_float16, compression, compression_level, shuffle,
                         num_workers, commit_every, commit_seconds, on_duplicate, attrs)
         except BaseException:
@@ -121,6 +126,8 @@ class ShardedCacheWriter:
         self.samples_per_file = self.index.samples_per_file
         self._next_idx = max([self.index.current_file_idx, *self.index.shard_counts(),
                               *self._shard_indices_on_disk()], default=0) + 1
+        self._counts = self.index.shard_counts()  # samples per shard, kept up to date
+        self._committed: dict[str, int] = {}  # keys committed by this writer: their shard
         self._pending_keys: set[str] = set()
         self._file: h5py.File | None = None
         self._file_idx = 0
@@ -138,19 +145,6 @@ class ShardedCacheWriter:
         self.skipped = 0
 
     # -- recovery -------------------------------------------------------------------------
-    def _remove_own_files(self) -> None:
-        """Empty the cache for a new start: only when every file in it is one a writer makes."""
-        own = [p for p in self.directory.iterdir() if p.name == INDEX_NAME or p.name.startswith(
-            (".rqf-writer.lock", f".{INDEX_NAME}.")) or SHARD_PATTERN.match(p.name)
-            or SHARD_PATTERN.match(p.name.removesuffix(PARTIAL_SUFFIX))]
-        foreign = sorted(p.name for p in self.directory.iterdir() if p not in own)
-        if foreign:
-            raise DataError(f"{self.directory}: holds {', '.join(foreign[:3])}, which a cache "
-                            "writer does not make; not starting it over")
-        for p in own:
-            if not p.name.startswith(".rqf-writer.lock") and p.is_file():
-                p.unlink()
-
     def _shard_indices_on_disk(self) -> list[int]:
         return [int(SHARD_PATTERN.match(p.name).group(1)) for p in self.directory.iterdir()
                 if SHARD_PATTERN.match(p.name)]
@@ -158,8 +152,12 @@ class ShardedCacheWriter:
     def _recover(self, samples_per_file: int, use_float16: bool) -> CacheIndex:
         for partial in self.directory.glob(f"features_*.h5{PARTIAL_SUFFIX}"):
             partial.unlink()  # uncommitted by definition
+        for tmp in self.directory.glob(f".{INDEX_NAME}.*.tmp"):
+            tmp.unlink()  # an index write cut off: the previous index stands
+        for tmp in self.directory.glob(f".{KEYS_INDEX_NAME}.*.tmp"):
+            tmp.unlink()
         if (self.directory / INDEX_NAME).exists():
-            index = CacheIndex.load(self.directory)
+            index = CacheIndex.load(self.directory)  # with the journal: shards committed since
             if index.use_float16 != use_float16:
                 raise DataError(f"{index.path}: use_float16 is {index.use_float16} in the "
                                 f"existing cache, the writer was asked for {use_float16}")
@@ -169,37 +167,34 @@ class ShardedCacheWriter:
                               stacklevel=3)
         else:
             index = CacheIndex.empty(self.directory, samples_per_file, use_float16)
-        referenced = set(index.shard_counts())
-        newest = max([index.current_file_idx, *referenced], default=0)
-        adopted = False
-        for file_idx in sorted(set(self._shard_indices_on_disk()) - referenced):
-            path = self.directory / shard_name(file_idx)
-            try:
-                with h5py.File(path, "r") as f:
-                    keys = [k.decode() if isinstance(k, bytes) else str(k)
-                            for k in f[KEYS_DATASET][()]]
-            except (OSError, KeyError):
+            for shard in index.shard_files():  # committed before the first index was written
+                keys = read_shard_keys(shard)
+                if keys is not None:
+                    index.table = index.table.updated(
+                        keys, [int(SHARD_PATTERN.match(shard.name).group(1))] * len(keys))
+                    index.journal.append(int(SHARD_PATTERN.match(shard.name).group(1)))
+        referenced = index.shard_counts()
+        stale = False
+        for file_idx, path in index.shards_on_disk().items():
+            if file_idx in referenced:
+                continue
+            if read_shard_keys(path) is None:
                 warnings.warn(f"{path}: shard is not in the index and was not written by this "
                               "writer; left as it is", stacklevel=3)
                 continue
-            if file_idx < newest:  # every sample of it was replaced later: rqf's, and stale
-                path.unlink()
-                continue
-            for key in keys:  # a commit whose index update was cut off
-                index.entries[key] = (file_idx, key)
-            index.current_file_idx, index.current_file_count = file_idx, len(keys)
-            adopted = True
-        if adopted:
-            self._save_index(index)
+            path.unlink()  # rqf's, and every sample of it was replaced later: stale
+            stale = True
+        if index.journal or stale or not index.path.exists() or index.source != "keys":
+            index.save()  # fold the journal in; a first empty index so readers find the cache
         return index
 
     # -- writing --------------------------------------------------------------------------
     @property
     def keys(self) -> set[str]:
-        return set(self.index.entries) | self._pending_keys
+        return set(self.index.table) | set(self._committed) | self._pending_keys
 
     def __contains__(self, key: str) -> bool:
-        return key in self.index.entries or key in self._pending_keys
+        return key in self._pending_keys or key in self._committed or key in self.index.table
 
     def write(self, key: str, arrays: Mapping[str, np.ndarray]) -> bool:
         """Queue one sample; returns False when it was skipped as a duplicate."""
@@ -342,22 +337,35 @@ class ShardedCacheWriter:
         with open(partial, "rb") as fh:
             os.fsync(fh.fileno())
         final = self.directory / shard_name(self._file_idx)
-        os.replace(partial, final)
+        os.replace(partial, final)  # the commit: rqf's readers read this shard from now on
         _fsync_dir(self.directory)
-        replaced = {self.index.entries[k][0] for k in keys if k in self.index.entries}
+        emptied = set()
         for key in keys:
-            self.index.entries[key] = (self._file_idx, key)
+            before = self._committed.get(key)
+            if before is None:
+                row = self.index.table.position(key)
+                before = int(self.index.table.file_idx[row]) if row >= 0 else None
+            if before is not None and before != self._file_idx:
+                self._counts[before] -= 1
+                if not self._counts[before]:
+                    emptied.add(before)
+            self._committed[key] = self._file_idx
             self._pending_keys.discard(key)
+        self._counts[self._file_idx] = len(set(keys))
         self.index.current_file_idx, self.index.current_file_count = self._file_idx, len(keys)
-        self._save_index(self.index)
-        for file_idx in replaced - set(self.index.shard_counts()):
+        for file_idx in emptied:
             # every sample of that shard now lives in a newer one; readers that opened it
             # keep their handle, the name is gone
+            del self._counts[file_idx]
             (self.directory / shard_name(file_idx)).unlink(missing_ok=True)
 
-    def _save_index(self, index: CacheIndex) -> None:
-        write_text_atomic(index.path, json.dumps(index.to_json()))
-        _fsync_dir(self.directory)
+    def _save_index(self) -> None:
+        """Fold what this writer committed into the index files (the seed's JSON and rqf's)."""
+        if self._committed:
+            self.index.table = self.index.table.updated(list(self._committed),
+                                                        list(self._committed.values()))
+            self._committed = {}
+            self.index.save()
 
     def _flush_queue(self) -> None:
         if self._thread is None:
@@ -379,6 +387,13 @@ class ShardedCacheWriter:
             self._flush_queue()
             with self._lock:
                 self._commit_locked()
+                if self._error is None:
+                    try:
+                        self._save_index()
+                    except Exception as exc:
+                        if not is_disk_full(exc, self.directory):
+                            raise
+                        raise disk_full(self.index.path) from None
         finally:
             if self._thread is not None:
                 self._queue.put(None)

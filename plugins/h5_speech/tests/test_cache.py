@@ -161,7 +161,7 @@ def test_writer_rolls_over_and_round_trips(tmp_path, compression, workers):
             w.write(k, v)
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [
         ".rqf-writer.lock", "features_00001.h5", "features_00002.h5", "features_00003.h5",
-        "hdf5_index.json"]  # the lock file stays; its OS lock went with close()
+        "hdf5_index.json", "hdf5_index.keys.h5"]  # the lock file stays; its OS lock went
     with H5ShardedStorage(str(tmp_path / "c")) as s:
         assert s.keys == list(samples)  # the order samples were written in
         for k, v in samples.items():
@@ -267,7 +267,7 @@ def test_writer_killed_at_any_moment_keeps_every_indexed_sample(tmp_path):
     before = set(H5ShardedStorage(str(cache)).open().keys)
     with ShardedCacheWriter(cache, samples_per_file=50, commit_every=7, num_workers=2,
                             on_duplicate="skip") as w:
-        assert set(w.index.entries) == before
+        assert set(w.index.table) == before
         for i in range(0, 60):
             w.write(f"spk{i % 5}/utt{i:06d}", {"hidden_states": np.full((40, 64), i, np.float32),
                                                 "mel_spectrogram": np.full((1, 41, 80), i, np.float32)})
@@ -287,21 +287,29 @@ def test_shard_committed_but_not_yet_indexed_is_adopted(tmp_path):
     index["sample_index"] = {k: v for k, v in index["sample_index"].items() if v["file_idx"] == 1}
     index_path.write_text(json.dumps(index))
     with ShardedCacheWriter(tmp_path / "c", commit_every=3, num_workers=0) as w:
-        assert sorted(w.index.entries) == [f"k{i}" for i in range(6)]
+        assert sorted(w.index.table) == [f"k{i}" for i in range(6)]
         w.write("k6", {"x": np.full(3, 6, np.float32)})
     with H5ShardedStorage(str(tmp_path / "c")) as s:
         assert s.read("k4")["x"].tolist() == [4, 4, 4]
-        assert s.index.entries["k6"][0] == 3
+        assert s.index.table.file_idx[s.index.table.position("k6")] == 3
 
 
 def test_committed_samples_survive_and_loss_is_bounded_by_the_commit_interval(tmp_path):
     w = ShardedCacheWriter(tmp_path / "c", commit_every=4, num_workers=0)
     for i in range(10):
         w.write(f"k{i}", {"x": np.full(3, i, np.float32)})
-    # a crash now (no close): the committed 8 are indexed, the 2 after are not
-    index = json.loads((tmp_path / "c" / "hdf5_index.json").read_text())
-    assert sorted(index["sample_index"]) == sorted(f"k{i}" for i in range(8))
+    # while it writes (or after a crash): rqf reads the committed 8, not the 2 after them
+    with H5ShardedStorage(str(tmp_path / "c")) as s:
+        assert sorted(s.keys) == sorted(f"k{i}" for i in range(8))
+        assert s.index.journal == [1, 2] and s.read("k5")["x"].tolist() == [5, 5, 5]
     assert list((tmp_path / "c").glob("*.partial"))
+    # the seed's JSON index is written once, at close (commits only rename a shard)
+    index = json.loads((tmp_path / "c" / "hdf5_index.json").read_text())
+    assert index["sample_index"] == {}
+    w.close()
+    index = json.loads((tmp_path / "c" / "hdf5_index.json").read_text())
+    assert sorted(index["sample_index"]) == sorted(f"k{i}" for i in range(10))
+    assert index["sample_index"]["k9"] == {"file_idx": 3, "group_name": "k9"}
 
 
 # --- migration ------------------------------------------------------------------------------
