@@ -106,7 +106,8 @@ class RQVAEModel(ItemTokenizer):
             raise ConfigError(f"export.codes_dir: expected a folder name inside the run folder, "
                               f"got {codes_dir!r}")
         # the token cache layout (hdf5_index.json and its shards) the dataset's writer makes
-        cache = ("hdf5_index.json", "features_*.h5", "features_*.h5.partial", ".rqf-writer.lock")
+        cache = ("hdf5_index.json", "hdf5_index.keys.h5", "features_*.h5", "features_*.h5.partial",
+                 ".rqf-writer.lock")
         return (*super().run_outputs(export), codes_dir, *(f"{codes_dir}/{p}" for p in cache))
 
     def __init__(self, data_info: Mapping[str, Any], **params: Any) -> None:
