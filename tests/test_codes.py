@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from rqf.codes import (SemanticIds, code_statistics, handle_collisions, kmeans, nearest,
-                       squared_distances, write_semantic_ids)
+from rqf.codes import (SemanticIds, code_statistics, handle_collisions,
+                       handle_collisions_streamed, kmeans, nearest, squared_distances,
+                       write_semantic_ids)
 from rqf.errors import DataError
 
 
@@ -95,6 +96,37 @@ def test_placement_in_rounds_gives_the_one_at_a_time_greedy(n, k, prefixes, favo
     scores = balanced.rows(np.arange(n)).astype(np.float64)
     expected = sequential_greedy(codes, scores, np.arange(n), balanced.argmax())
     np.testing.assert_array_equal(handle_collisions(codes, d, "balanced"), expected)
+
+
+@pytest.mark.parametrize("mode", ["reassign", "balanced", "suffix"])
+@pytest.mark.parametrize("budget_rows", [10**9, 300, 1])
+def test_collisions_from_the_movers_rows_in_parts_give_the_same_ids(mode, budget_rows):
+    """Rows asked for only where needed (sorted, each once), in parts of bounded size."""
+    from rqf.codes.statistics import group_codes
+
+    rng = np.random.default_rng(7)
+    n, k = 3000, 16  # 25 items a prefix on average: some alone, some prefixes over-full
+    codes = np.stack([rng.integers(0, 40, n), rng.integers(0, 3, n), rng.integers(0, k, n)], 1)
+    d = rng.integers(1, 30, (n, k)).astype(np.float32)  # ties, and prefixes over-full
+    d[np.arange(n), codes[:, -1]] = 0
+    asked = []
+
+    def rows(items):
+        assert (np.diff(items) > 0).all()
+        asked.append(items)
+        return d[items]
+
+    out, final = handle_collisions_streamed(codes, mode, k, rows, budget=budget_rows * 4 * k)
+    np.testing.assert_array_equal(out, handle_collisions(codes, d, mode))
+    asked = np.concatenate(asked) if asked else np.zeros(0, np.int64)
+    assert len(np.unique(asked)) == len(asked)  # no row computed twice
+    group, sizes = group_codes(codes)
+    if mode == "reassign":
+        np.testing.assert_array_equal(np.sort(asked), np.flatnonzero(sizes[group] > 1))
+        assert len(asked) < n  # the items alone on their tuple are never read again
+    placed = ~np.isnan(final)
+    np.testing.assert_array_equal(np.flatnonzero(placed), np.sort(asked))
+    np.testing.assert_array_equal(final[placed], d[placed, out[placed, -1]])
 
 
 @pytest.mark.parametrize("streamed", [False, True])

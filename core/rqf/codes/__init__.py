@@ -21,7 +21,8 @@ decides the last level of ``codes``:
 
 from rqf.codes.clustering import (DISTANCE_CHUNK, balanced_assignment, balanced_kmeans, kmeans,
                                   kmeans_plus_plus, nearest, sinkhorn, squared_distances)
-from rqf.codes.collisions import COLLISION_MODES, handle_collisions
+from rqf.codes.collisions import (COLLISION_MODES, MOVER_ROWS_BUDGET, handle_collisions,
+                                  handle_collisions_streamed)
 from rqf.codes.semantic_ids import FORMAT, PrefixTrie, SemanticIds, sha256_of, write_semantic_ids
 from rqf.codes.statistics import (HEALTHY_COLLISIONS, HEALTHY_REL_ERROR, HEALTHY_USAGE,
                                   code_health, code_statistics, group_codes, plot_usage,
@@ -36,7 +37,7 @@ __all__ = [
     "code_statistics", "code_health", "group_codes", "unique_codes", "plot_usage",
     "HEALTHY_USAGE", "HEALTHY_COLLISIONS", "HEALTHY_REL_ERROR",
     # making them unique
-    "handle_collisions", "COLLISION_MODES",
+    "handle_collisions", "handle_collisions_streamed", "COLLISION_MODES", "MOVER_ROWS_BUDGET",
     # the semantic_ids.h5 contract
     "write_semantic_ids", "SemanticIds", "PrefixTrie", "sha256_of", "FORMAT",
     # the shell of an item tokenizer (a Model): rqvae and rqkmeans build on it

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import numpy as np
 
 from rqf.codes.clustering import BalancedScores
@@ -74,3 +76,69 @@ def handle_collisions(codes: np.ndarray, last_distances: np.ndarray | None,
         out[items, -1] = np.where(free, best, fallback[items])
     return out
 
+
+
+# bytes of last-level distance rows held at once by ``handle_collisions_streamed``: 1M rows of 256 codes
+MOVER_ROWS_BUDGET = 1 << 30
+
+
+class _MoverRows:
+    """(n, k) last-level distances of which only the movers' rows exist (what
+    ``handle_collisions`` reads in ``reassign``)."""
+
+    def __init__(self, n: int, k: int, movers: np.ndarray, rows: np.ndarray) -> None:
+        self.shape = (n, k)
+        self.where = np.full(n, -1, np.int64)
+        self.where[movers] = np.arange(len(movers))
+        self.rows = rows
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        if isinstance(index, tuple):
+            items, codes = index
+            return self.rows[self.where[items], codes]
+        return self.rows[self.where[index]]
+
+
+def handle_collisions_streamed(codes: np.ndarray, mode: str, k: int,
+                               last_rows: Callable[[np.ndarray], np.ndarray],
+                               budget: int = MOVER_ROWS_BUDGET) -> tuple[np.ndarray, np.ndarray]:
+    """``handle_collisions`` without every item's last-level distances in memory.
+
+    ``last_rows(items)`` gives the (len(items), k) last-level distances of the given items
+    (sorted row numbers), e.g. by streaming the data once more. In ``reassign`` only the items
+    of shared tuples need them, and prefixes do not compete for codes, so the prefixes are
+    taken in parts of at most ``budget`` bytes of rows: the same IDs as ``handle_collisions``
+    with all rows. ``balanced`` scores every item against every other and asks for all rows.
+
+    Returns the codes and each placed item's distance to its final last-level code (NaN for
+    the items whose rows were not needed).
+    """
+    codes = np.asarray(codes).astype(np.int64)
+    final = np.full(len(codes), np.nan, np.float32)
+    if mode == "suffix" or not len(codes):
+        return handle_collisions(codes, None, "suffix"), final
+    if mode == "balanced":
+        rows = last_rows(np.arange(len(codes)))
+        out = handle_collisions(codes, rows, mode)
+        final[:] = rows[np.arange(len(codes)), out[:, -1]]
+        return out, final
+    group, sizes = group_codes(codes)
+    movers = sizes[group] > 1
+    out = codes.copy()
+    if not movers.any():
+        return out, final
+    prefix, prefix_sizes = group_codes(codes[:, :-1])
+    # parts of whole prefixes, each holding at most per_part movers (or one larger prefix)
+    per_prefix = np.bincount(prefix[movers], minlength=len(prefix_sizes))
+    per_part = max(budget // (4 * k), 1)
+    part = (np.cumsum(per_prefix) - per_prefix) // per_part
+    part_of_item = part[prefix]
+    has = per_prefix[prefix] > 0
+    for p in np.unique(part_of_item[has]):
+        items = np.flatnonzero(has & (part_of_item == p))
+        moving = np.flatnonzero(movers[items])
+        rows = np.asarray(last_rows(items[moving]), np.float32)
+        placed = handle_collisions(codes[items], _MoverRows(len(items), k, moving, rows), mode)
+        out[items] = placed
+        final[items[moving]] = rows[np.arange(len(moving)), placed[moving, -1]]
+    return out, final

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from rqf import (ConfigError, Dataset, Param, RqfError, RunContext, atomic_path, load_tensors,
                  require_memory)
-from rqf.codes import (CodedItems, ItemTokenizer, balanced_kmeans, handle_collisions, kmeans,
-                       nearest, squared_distances)
+from rqf.codes import (MOVER_ROWS_BUDGET, CodedItems, ItemTokenizer, balanced_kmeans,
+                       handle_collisions_streamed, kmeans, nearest, squared_distances)
 
 MODEL_FORMAT = "rqf-rqkmeans-1"
 ENCODE_CHUNK = 65536
@@ -57,9 +57,12 @@ class RQKMeansModel(ItemTokenizer):
         self.input_dim = int(data_info["input_dim"])
         items = int(data_info.get("n_items") or data_info.get("n_samples") or 0)
         size = config["codebook_size"]
-        # the codebooks, one encoding chunk's distances, every item's last-level distances
-        need = (config["levels"] * size * self.input_dim + ENCODE_CHUNK * size
-                + items * size) * 4
+        # the codebooks, one encoding chunk's distances, the rows of items that share a tuple
+        # (all of them for balanced) and the codes and errors of every item
+        rows = items * size * 4 if config["collision_handling"] == "balanced" \
+            else min(items * size * 4, MOVER_ROWS_BUDGET)
+        need = (config["levels"] * size * self.input_dim + ENCODE_CHUNK * size) * 4 + rows \
+            + items * (2 * config["levels"] * 8 + 3 * 8)
         require_memory("model.levels, model.codebook_size", need,
                        f"{config['levels']} x {size} codes of {self.input_dim}-d vectors over "
                        f"{items:,} items")
@@ -82,10 +85,8 @@ class RQKMeansModel(ItemTokenizer):
     def fit(self, train: Dataset, valid: Dataset | None, ctx: RunContext) -> dict[str, Any]:
         cfg = self.config
         start = time.perf_counter()
-        x = torch.from_numpy(np.asarray(train.vectors(), np.float32))
         g = torch.Generator().manual_seed(ctx.seed)
-        if len(x) > cfg["kmeans_samples"]:
-            x = x[torch.randperm(len(x), generator=g)[:cfg["kmeans_samples"]]]
+        x = torch.from_numpy(np.asarray(self._training_vectors(train, g), np.float32))
         if cfg["normalize"] == "standardize":
             self.mean, self.std = x.mean(0), x.std(0).clamp_min(1e-6)
         ctx.echo(f"rqkmeans: clustering {len(x):,} vectors into {cfg['levels']} levels of "
@@ -100,6 +101,19 @@ class RQKMeansModel(ItemTokenizer):
                 "remaining_energy": float((residual ** 2).sum() / max(float((self._prepare(x) ** 2)
                                                                             .sum()), 1e-12))}
 
+    def _training_vectors(self, train: Dataset, g: torch.Generator) -> np.ndarray:
+        """At most ``kmeans_samples`` of the training vectors, drawn at random; only the drawn
+        rows are read when the dataset says which item rows it trains on."""
+        cap = self.config["kmeans_samples"]
+        rows = train.export_rows() if hasattr(train, "export_rows") else None
+        read = getattr(getattr(train, "storage", None), "read_embeddings", None)
+        if rows is None or read is None:
+            x = np.asarray(train.vectors(), np.float32)
+            return x[torch.randperm(len(x), generator=g)[:cap].numpy()] if len(x) > cap else x
+        if len(rows) > cap:
+            rows = rows[torch.randperm(len(rows), generator=g)[:cap].numpy()]
+        return read(rows)
+
     def fit_line(self, fit: Mapping[str, Any]) -> str:
         return f"clustered {fit.get('training_vectors')} vectors in {fit.get('seconds')} s"
 
@@ -110,29 +124,51 @@ class RQKMeansModel(ItemTokenizer):
                                                                np.float32)))
 
     def code_rows(self, read, n: int, unique: bool = True) -> CodedItems:
-        raw, last, sq_norm = [], [], []
+        """Codes of rows read in chunks: nearest codes in one pass, then collision handling,
+        which reads again only the rows of items that share a tuple (in parts of bounded
+        memory). Memory: the codes and a few numbers per row, plus one chunk."""
         books = self.codebooks
-        for _, x in self._chunks(read, n):
-            residual, idx = x, []
-            for level in range(len(books)):
-                if level == len(books) - 1 and unique:
-                    last.append(squared_distances(residual, books[level]).numpy())
+        levels = len(books)
+        raw_codes = np.zeros((n, levels), np.int64)
+        sq_err, sq_norm = np.zeros(n), np.zeros(n)
+        for a, x in self._chunks(read, n):
+            residual = x
+            for level in range(levels):
                 i = nearest(residual, books[level])[1]
-                idx.append(i)
+                raw_codes[a:a + len(x), level] = i.numpy()
                 residual = residual - books[level][i]
-            raw.append(torch.stack(idx, 1).numpy())
-            sq_norm.append((x ** 2).sum(1).numpy())
-        raw_codes = np.concatenate(raw) if raw else np.zeros((0, len(books)), np.int64)
-        codes = handle_collisions(raw_codes, np.concatenate(last) if last else None,
-                                  self.config["collision_handling"]) if unique else raw_codes
-        sq_err = []
-        for a, x in self._chunks(read, n):  # the error of the IDs actually exported
-            c = torch.from_numpy(codes[a:a + len(x)])
-            recon = sum(books[level][c[:, level]] for level in range(len(books)))
-            sq_err.append(((x - recon) ** 2).sum(1).numpy())
-        per_row = {"sq_err": np.concatenate(sq_err) if sq_err else np.zeros(0),
-                   "sq_norm": np.concatenate(sq_norm) if sq_norm else np.zeros(0)}
-        return CodedItems(None, raw_codes, codes, per_row)
+            sq_err[a:a + len(x)] = (residual ** 2).sum(1).numpy()
+            sq_norm[a:a + len(x)] = (x ** 2).sum(1).numpy()
+        codes = raw_codes
+        if unique:
+            codes, final = handle_collisions_streamed(
+                raw_codes, self.config["collision_handling"], books.shape[1],
+                lambda items: self._last_distances(read, items, raw_codes))
+            placed = ~np.isnan(final)  # the error of the IDs actually exported
+            sq_err[placed] = final[placed]
+        return CodedItems(None, raw_codes, codes, {"sq_err": sq_err, "sq_norm": sq_norm})
+
+    def _last_distances(self, read, items: np.ndarray, raw_codes: np.ndarray) -> np.ndarray:
+        """(len(items), k) distances of these rows' last residual to the last codebook, read
+        in the chunks that hold them."""
+        books = self.codebooks
+        out = np.empty((len(items), books.shape[1]), np.float32)
+        if not len(items):
+            return out
+        starts = np.arange(int(items[0]) // ENCODE_CHUNK * ENCODE_CHUNK, int(items[-1]) + 1,
+                           ENCODE_CHUNK)
+        bounds = np.searchsorted(items, np.r_[starts, starts[-1] + ENCODE_CHUNK])
+        for a, lo, hi in zip(starts, bounds[:-1], bounds[1:]):
+            if lo == hi:
+                continue  # no row of this chunk is asked for: not read
+            rows = items[lo:hi]
+            b = int(rows[-1]) + 1
+            x = self._prepare(torch.from_numpy(np.asarray(read(int(a), b), np.float32)))
+            residual = x[torch.from_numpy(rows - a)]
+            for level in range(len(books) - 1):
+                residual = residual - books[level][torch.from_numpy(raw_codes[rows, level])]
+            out[lo:hi] = squared_distances(residual, books[-1]).numpy()
+        return out
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, path: Path) -> None:

@@ -275,19 +275,23 @@ class RQVAEModel(ItemTokenizer):
     @torch.no_grad()
     def _assign(self, latents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(nearest codes, IDs after collision handling) of encoder outputs."""
-        from rqf.codes import handle_collisions
+        from rqf.codes import handle_collisions_streamed
 
         q = self.net.quantizer
         raw = self._nearest(latents)
-        mode = self.config["collision_handling"]
-        if mode == "suffix":
-            return raw, raw.copy()
-        distances = np.empty((len(raw), q.codebook_size), np.float32)
-        for a, b in self._chunks(len(raw)):
-            distances[a:b] = q.distances_at(torch.from_numpy(latents[a:b]).to(self.device),
-                                            torch.from_numpy(raw[a:b]).to(self.device),
-                                            q.levels - 1).cpu().numpy()
-        return raw, handle_collisions(raw, distances, mode)
+
+        def last_rows(items: np.ndarray) -> np.ndarray:
+            # only the items that share a tuple (all for balanced), a part at a time
+            out = np.empty((len(items), q.codebook_size), np.float32)
+            for a, b in self._chunks(len(items)):
+                out[a:b] = q.distances_at(torch.from_numpy(latents[items[a:b]]).to(self.device),
+                                          torch.from_numpy(raw[items[a:b]]).to(self.device),
+                                          q.levels - 1).cpu().numpy()
+            return out
+
+        codes, _ = handle_collisions_streamed(raw, self.config["collision_handling"],
+                                              q.codebook_size, last_rows)
+        return raw, codes
 
     @torch.no_grad()
     def _score(self, read, n: int, latents: np.ndarray, codes: np.ndarray) -> dict[str, np.ndarray]:
