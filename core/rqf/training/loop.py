@@ -354,8 +354,8 @@ class Trainer:
             return True
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
             return True
-        if cfg.checkpoint_every and step % max(1, math.ceil(total / 10)) == 0:
-            return True  # a killed short run still resumes from near where it was
+        # and by time: a killed run loses at most checkpoint_minutes of work, and a short run
+        # spends nothing on checkpoints it would never resume from
         return bool(cfg.checkpoint_minutes) and \
             time.monotonic() - last_save >= cfg.checkpoint_minutes * 60
 

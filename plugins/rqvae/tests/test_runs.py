@@ -106,13 +106,18 @@ def test_default_run_on_clustered_items_is_healthy(recsys_files, tmp_path):
 # --- checkpoints by time and by tenths of the run --------------------------------------------
 
 
-def test_short_run_checkpoints_every_tenth(recsys_files, tmp_path):
+def test_a_short_run_writes_only_its_final_checkpoint(recsys_files, tmp_path):
     config = recsys_pipeline(recsys_files, tmp_path / "run",
                            train={"max_steps": 20, "epochs": None, "checkpoint_every": 1000,
-                                  "keep_checkpoints": 50, "checkpoint_minutes": 0})
+                                  "keep_checkpoints": 50})
     rqf.run(config)
     steps = sorted(int(p.stem.split("_")[1]) for p in (tmp_path / "run" / "checkpoints").iterdir())
-    assert steps == list(range(2, 21, 2))
+    assert steps == [20]  # within checkpoint_minutes and checkpoint_every: nothing in between
+    config = recsys_pipeline(recsys_files, tmp_path / "every", train={
+        "max_steps": 20, "epochs": None, "checkpoint_every": 8, "keep_checkpoints": 50})
+    rqf.run(config)
+    steps = sorted(int(p.stem.split("_")[1]) for p in (tmp_path / "every" / "checkpoints").iterdir())
+    assert steps == [8, 16, 20]
 
 
 def test_checkpoints_by_time(recsys_files, tmp_path):
