@@ -183,15 +183,11 @@ def plot_curves(fit: Mapping[str, Any], path: Path) -> Path | None:
     losses, history = fit.get("losses") or [], fit.get("history") or []
     if not losses and not history:
         return None
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
     panels = [rows for rows in (losses, history) if rows]
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 3.5), squeeze=False)
+    fig = new_figure((6 * len(panels), 3.5))
+    if fig is None:
+        return None
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, rows, title in zip(axes[0], panels, ("training" if losses else "validation",
                                                  "validation")):
         for key in dict.fromkeys(k for r in rows for k in r if k not in ("step", "seconds")):
@@ -203,10 +199,27 @@ def plot_curves(fit: Mapping[str, Any], path: Path) -> Path | None:
         ax.legend(fontsize=8)
     if losses and all(r.get("loss", 0) > 0 for r in losses):
         axes[0, 0].set_yscale("log")
+    return save_figure(fig, path)
+
+
+def new_figure(size: tuple[float, float]) -> Any:
+    """A matplotlib ``Figure`` of that size in inches, or None without matplotlib.
+
+    The object API alone: no pyplot (its import and global state, a backend switch in the
+    caller's process), and the figure is freed with its last reference.
+    """
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    return Figure(figsize=size)
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Lay out and write ``fig`` as a PNG, atomically."""
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=80)
-    plt.close(fig)
     return path
 
 

@@ -8,7 +8,6 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from rqf.io import atomic_path
 
 def group_codes(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(group id of each row's code tuple, size of each group), by hashing the tuples."""
@@ -142,25 +141,21 @@ def _concentration(m: Mapping[str, Any], fix: str) -> list[str]:
 
 
 def plot_usage(codes: np.ndarray, codebook_size: int, path: Path) -> Path | None:
-    """A bar chart of items per code, most used first, one row per level; None without
-    matplotlib."""
-    try:
-        import matplotlib
+    """Items per code, most used first, one row per level; None without matplotlib.
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
+    Each level is one filled step outline, not a bar per code: the same picture, drawn in a
+    fraction of the time."""
+    from rqf.report import new_figure, save_figure
+
     levels = codes.shape[1]
-    fig, axes = plt.subplots(levels, 1, figsize=(8, 2.2 * levels), squeeze=False)
+    fig = new_figure((8, 2.2 * levels))
+    if fig is None:
+        return None
+    axes = fig.subplots(levels, 1, squeeze=False)
     for level in range(levels):
         counts = np.sort(np.bincount(codes[:, level], minlength=codebook_size))[::-1]
-        axes[level, 0].bar(np.arange(len(counts)), counts, width=1.0)
+        axes[level, 0].stairs(counts, np.arange(len(counts) + 1), fill=True)
         axes[level, 0].set_ylabel(f"level {level}")
     axes[-1, 0].set_xlabel("codes, most used first")
     fig.suptitle("items per code")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=80)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
