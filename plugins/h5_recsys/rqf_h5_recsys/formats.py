@@ -165,19 +165,30 @@ def _check_features(f: h5py.File, feats: h5py.Dataset | None, feat_len: h5py.Dat
     return max_len
 
 
-def _check_values(source, item_ids: np.ndarray, probs: Problems) -> None:
-    """NaN, Inf and unusably large embedding values, streamed in chunks when lazy."""
-    n = len(item_ids)
-    bad_rows, huge_rows, peak = [], [], 0.0
-    for start in range(0, n, CHUNK_ROWS):  # streamed in chunks when lazy
-        chunk = np.abs(source[start:start + CHUNK_ROWS])
-        finite = np.isfinite(chunk).all(axis=1)
-        bad_rows.append(start + np.flatnonzero(~finite))
-        top = np.where(np.isfinite(chunk), chunk, 0).max(axis=1) if chunk.size else chunk
-        huge_rows.append(start + np.flatnonzero(top >= MAX_ABS_VALUE))
-        peak = max(peak, float(top.max()) if len(top) else 0.0)
-    bad = np.concatenate(bad_rows) if bad_rows else np.zeros(0, np.int64)
-    huge = np.concatenate(huge_rows) if huge_rows else np.zeros(0, np.int64)
+def bad_values(block: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Rows of ``block`` (the embeddings of ``rows``) holding NaN or Inf, rows holding values
+    of magnitude >= MAX_ABS_VALUE, and the largest finite magnitude among the latter.
+
+    Two reductions over the block and no copy of it: a row whose largest and smallest values
+    lie within +-MAX_ABS_VALUE holds neither (a NaN fails both comparisons); only the rows
+    that fail are looked at again.
+    """
+    none = np.zeros(0, np.int64)
+    if not block.size:
+        return none, none, 0.0
+    ok = (block.max(axis=1) < MAX_ABS_VALUE) & (block.min(axis=1) > -MAX_ABS_VALUE)
+    if ok.all():
+        return none, none, 0.0
+    suspects = np.flatnonzero(~ok)
+    values = np.abs(block[suspects])
+    finite = np.isfinite(values).all(axis=1)
+    top = np.where(np.isfinite(values), values, 0).max(axis=1)
+    huge = finite & (top >= MAX_ABS_VALUE)
+    return rows[suspects[~finite]], rows[suspects[huge]], float(top[huge].max(initial=0.0))
+
+
+def add_value_problems(bad: np.ndarray, huge: np.ndarray, peak: float, item_ids: np.ndarray,
+                       probs: Problems) -> None:
     if len(bad):
         probs.add("embeddings", f"{len(bad)} rows hold NaN or Inf, first at row {bad[0]} "
                   f"(item id {item_ids[bad[0]]})")
@@ -186,6 +197,20 @@ def _check_values(source, item_ids: np.ndarray, probs: Problems) -> None:
                   f"{MAX_ABS_VALUE:.0e} (up to {peak:.3g}, first at row {huge[0]}, item id "
                   f"{item_ids[huge[0]]}): unusable scale, distances between such vectors "
                   "overflow float32; rescale the embeddings")
+
+
+def _check_values(source, item_ids: np.ndarray, probs: Problems) -> None:
+    """``bad_values`` of the whole file, streamed in chunks when it is not in memory."""
+    bad, huge, peak = [], [], 0.0
+    for start in range(0, len(item_ids), CHUNK_ROWS):
+        block = source[start:start + CHUNK_ROWS]
+        b, h, p = bad_values(block, np.arange(start, start + len(block)))
+        bad.append(b)
+        huge.append(h)
+        peak = max(peak, p)
+    add_value_problems(np.concatenate(bad) if bad else np.zeros(0, np.int64),
+                       np.concatenate(huge) if huge else np.zeros(0, np.int64), peak, item_ids,
+                       probs)
 
 
 def _read_user_ids(users: h5py.Dataset, probs: Problems) -> np.ndarray | None:

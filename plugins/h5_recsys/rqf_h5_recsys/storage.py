@@ -11,8 +11,9 @@ import h5py
 import numpy as np
 
 from rqf import DataError, InspectReport, Param, Storage, read_rows
-from rqf_h5_recsys.formats import (ItemMeta, SequenceTable, check_item_file, check_known_items,
-                                   open_h5, read_sequence_file, rows_of)
+from rqf_h5_recsys.formats import (ItemMeta, Problems, SequenceTable, add_value_problems,
+                                   bad_values, check_item_file, check_known_items, open_h5,
+                                   read_sequence_file, rows_of)
 
 IN_MEMORY_LIMIT = 1 << 30  # embeddings up to 1 GiB are read once; larger ones in slices
 
@@ -62,9 +63,10 @@ class H5RecsysStorage(Storage):
         return self
 
     def _load_values(self) -> None:
-        """Read the embedding values (into memory when they take at most 1 GiB) and check
+        """Read the embedding values into memory when they take at most 1 GiB, and check
         them, once, at their first use: a view that reads no embedding (a model over item ids
-        alone) never reads them."""
+        alone) never reads them. A larger file is not read whole to check it: every read
+        checks the rows it returns (``_checked``)."""
         if self._values_checked:
             return
         meta = self._meta()
@@ -76,7 +78,8 @@ class H5RecsysStorage(Storage):
                     whole = f["embeddings"][()].astype(np.float32, copy=False)
                 except OSError:
                     whole = None  # unreadable: the checks below say why
-            _, probs = check_item_file(f, self.items_path, embeddings=whole)
+            _, probs = check_item_file(f, self.items_path, embeddings=whole,
+                                       check_values=whole is not None)
             probs.raise_first()
             if whole is not None:
                 self._embeddings = whole
@@ -152,16 +155,30 @@ class H5RecsysStorage(Storage):
         if self._embeddings is not None:
             return self._embeddings[rows]
         # slices for dense runs of rows, one sorted selection for the scattered rest
-        return read_rows(self.read_embedding_range, rows, read_sorted=self._read_embedding_rows)
+        return self._checked(read_rows(self._read_range, rows,
+                                       read_sorted=self._read_embedding_rows), rows)
 
     def _read_embedding_rows(self, rows: np.ndarray) -> np.ndarray:
         return self._handle()["embeddings"][rows].astype(np.float32, copy=False)
+
+    def _read_range(self, start: int, stop: int) -> np.ndarray:
+        return self._handle()["embeddings"][start:stop].astype(np.float32, copy=False)
 
     def read_embedding_range(self, start: int, stop: int) -> np.ndarray:
         self._load_values()
         if self._embeddings is not None:
             return self._embeddings[start:stop]
-        return self._handle()["embeddings"][start:stop].astype(np.float32, copy=False)
+        return self._checked(self._read_range(start, stop), np.arange(start, stop))
+
+    def _checked(self, block: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``block`` (read from the file, the embeddings of ``rows``) when its values are
+        usable; otherwise the error names the first bad row and its item id."""
+        bad, huge, peak = bad_values(block, rows)
+        if len(bad) or len(huge):
+            probs = Problems(Path(self.items_path))
+            add_value_problems(bad, huge, peak, self.item_ids, probs)
+            probs.raise_first()
+        return block
 
     def read_features(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         meta = self._meta()

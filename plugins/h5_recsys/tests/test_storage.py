@@ -192,6 +192,25 @@ def test_lazy_storage_reads_slices_and_reopens_per_process(tmp_path):
     storage.close()
 
 
+def test_a_lazy_file_checks_the_rows_it_reads_not_the_whole_file_up_front(tmp_path):
+    emb = clustered(10, 4, 2)
+    emb[6, 1] = np.inf
+    emb[8, 0] = 3e17
+    items = write_seed_items(tmp_path / "item_data.h5", IDS, emb)
+    storage = H5RecsysStorage(str(items), in_memory=False).open()
+    np.testing.assert_array_equal(storage.read_embeddings(np.array([0, 5, 2])), emb[[0, 5, 2]])
+    np.testing.assert_array_equal(storage.read_embedding_range(0, 6), emb[:6])
+    with pytest.raises(DataError, match=r"embeddings: 1 rows hold NaN or Inf, first at row 6 "
+                                        r"\(item id 7\)"):
+        storage.read_embeddings(np.array([1, 6, 3]))
+    with pytest.raises(DataError, match=r"1 rows hold values of magnitude >= 1e\+15 "
+                                        r"\(up to 3e\+17, first at row 8, item id 9\)"):
+        storage.read_embedding_range(7, 10)
+    # in memory, the same file is refused whole at the first read
+    with pytest.raises(DataError, match=r"first at row 6 \(item id 7\)"):
+        H5RecsysStorage(str(items)).open().read_embeddings(np.array([0]))
+
+
 def test_item_ids_are_mapped_to_rows_not_assumed(tmp_path):
     ids = np.array([40, 10, 30, 20])
     storage = H5RecsysStorage(str(write_seed_items(tmp_path / "i.h5", ids,
