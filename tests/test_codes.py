@@ -187,6 +187,32 @@ def test_semantic_ids_file_that_disagrees_with_itself_is_refused(tmp_path):
         SemanticIds(path)
 
 
+@pytest.mark.parametrize("k, levels", [(8, 3), (256, 3), (2 ** 40, 2)])  # the last unpacked
+def test_one_sort_of_the_tuples_gives_groups_suffixes_lookup_and_prefix_counts(k, levels):
+    from rqf.codes.statistics import TupleOrder, group_codes, unique_codes
+
+    rng = np.random.default_rng(k)
+    codes = rng.integers(0, min(k, 6), (2000, levels)) * (k // min(k, 6))
+    codes[:700] = codes[700:1400]  # many shared tuples
+    order = TupleOrder(codes)
+    unique = unique_codes(codes, order)
+    # the extra level numbers the items of a tuple in row order
+    for row in (0, 5, 1999):
+        same = np.flatnonzero((codes == codes[row]).all(1))
+        assert unique[row, -1] == int(np.flatnonzero(same == row)[0])
+    np.testing.assert_array_equal(order.order, np.lexsort(unique.T[::-1]))
+    _, inverse, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
+    group, sizes = group_codes(codes)
+    np.testing.assert_array_equal(sizes[group], counts[inverse.ravel()])
+    stats = code_statistics(codes, min(k, 2 ** 20) if k < 2 ** 20 else int(codes.max()) + 1) \
+        if k < 2 ** 20 else None
+    if stats is not None:
+        assert stats["distinct_prefixes"] == [len(np.unique(codes[:, :l + 1], axis=0))
+                                              for l in range(levels)]
+        assert stats["collision_rate"] == (counts[inverse.ravel()] > 1).mean()
+        assert stats["distinct_codes"] == len(counts)
+
+
 # --- k-means ---------------------------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ import torch
 
 from rqf.errors import DataError
 from rqf.io import atomic_h5, stored_outside
-from rqf.codes.statistics import unique_codes
+from rqf.codes.statistics import TupleOrder, unique_codes
 
 FORMAT = "rqf-semantic-ids-1"
 
@@ -27,8 +27,11 @@ def write_semantic_ids(path: Path, item_ids: np.ndarray, codes: np.ndarray,
     level needs: more than ``codebook_size`` means a code tuple holds more items than a
     level has codes, and a consumer must widen that level's vocabulary (never wrap it).
     """
-    unique = unique_codes(codes)
-    lookup = np.lexsort(unique.T[::-1])
+    codes = np.asarray(codes)
+    order = TupleOrder(codes) if len(codes) and codes.shape[1] else None
+    unique = unique_codes(codes, order)
+    # rows by (tuple, extra level): the stable order of the tuples, when they were packed
+    lookup = order.order if order is not None and order.base else np.lexsort(unique.T[::-1])
     suffix_size = int(unique[:, -1].max()) + 1 if len(unique) else 1
     with atomic_h5(path) as f:
         f.create_dataset("item_ids", data=np.asarray(item_ids, np.int64))

@@ -9,40 +9,97 @@ from typing import Any, Mapping
 import numpy as np
 
 
+def tuple_keys(codes: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """One int64 per row that orders rows as their code tuples order (lexicographically),
+    and the base it packs each level in; None when the tuples do not fit in 62 bits."""
+    codes = np.asarray(codes)
+    if not len(codes) or codes.shape[1] == 0:
+        return None
+    k = int(codes.max()) + 1
+    if int(codes.min()) < 0 or k ** codes.shape[1] >= 2 ** 62:
+        return None
+    key = codes[:, 0].astype(np.int64)
+    for level in range(1, codes.shape[1]):
+        key = key * k + codes[:, level]
+    return key, k
+
+
+class TupleOrder:
+    """Rows sorted by code tuple, ties in row order: one stable sort that groups the tuples,
+    numbers the items sharing one (the extra level) and is the IDs' lookup order."""
+
+    def __init__(self, codes: np.ndarray) -> None:
+        codes = np.asarray(codes).astype(np.int64, copy=False)
+        self.n = len(codes)
+        packed = tuple_keys(codes)
+        if packed is None:  # wide tuples: compare rows whole
+            _, key = np.unique(codes, axis=0, return_inverse=True)
+            key, self.base = key.ravel().astype(np.int64), 0
+        else:
+            key, self.base = packed
+        self.levels = codes.shape[1] if codes.ndim == 2 else 0
+        span = int(key.max()) + 1 if self.n else 1
+        if span * max(self.n, 1) < 2 ** 62:
+            # (key, row) packed in one integer: a plain sort of values, the fastest numpy
+            # has, gives the stable order without an index sort
+            self.sorted_keys, self.order = np.divmod(np.sort(key * self.n + np.arange(self.n)),
+                                                     self.n)
+        else:
+            self.order = np.argsort(key, kind="stable")
+            self.sorted_keys = key[self.order]
+        change = np.ones(self.n, bool)
+        change[1:] = self.sorted_keys[1:] != self.sorted_keys[:-1]
+        self.starts = np.flatnonzero(change)
+        self.sizes = np.diff(np.r_[self.starts, self.n])
+        self._change = change
+
+    def groups(self) -> np.ndarray:
+        """Group number of each row (groups numbered in tuple order)."""
+        out = np.empty(self.n, np.int64)
+        out[self.order] = np.cumsum(self._change) - 1
+        return out
+
+    def ranks(self) -> np.ndarray:
+        """0, 1, 2 ... among the rows sharing a tuple, in row order."""
+        out = np.empty(self.n, np.int64)
+        out[self.order] = np.arange(self.n) - np.repeat(self.starts, self.sizes)
+        return out
+
+    def prefix_counts(self) -> list[int] | None:
+        """Distinct prefixes of each length 1..levels, from the sorted keys (None when the
+        tuples were not packed)."""
+        if not self.base or not self.n:
+            return None
+        counts = []
+        for level in range(self.levels):
+            prefix = self.sorted_keys // self.base ** (self.levels - 1 - level)
+            counts.append(int(np.count_nonzero(prefix[1:] != prefix[:-1])) + 1)
+        return counts
+
+
 def group_codes(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(group id of each row's code tuple, size of each group), by hashing the tuples."""
-    codes = np.ascontiguousarray(np.asarray(codes).astype(np.int64))
+    """(group id of each row's code tuple, size of each group), groups in tuple order."""
+    codes = np.asarray(codes)
     if len(codes) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     if codes.shape[1] == 0:
         return np.zeros(len(codes), np.int64), np.array([len(codes)])
-    k = int(codes.max()) + 1
-    if k ** codes.shape[1] < 2 ** 62:  # pack the tuple into one integer key
-        key = np.zeros(len(codes), np.int64)
-        for level in range(codes.shape[1]):
-            key = key * k + codes[:, level]
-        _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
-    else:
-        _, inverse, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
-    return inverse.ravel(), counts
+    order = TupleOrder(codes)
+    return order.groups(), order.sizes
 
 
-def unique_codes(codes: np.ndarray) -> np.ndarray:
+def unique_codes(codes: np.ndarray, order: TupleOrder | None = None) -> np.ndarray:
     """Append the extra level: 0, 1, 2 ... among items sharing a code tuple, in row order."""
-    group, _ = group_codes(codes)
-    order = np.argsort(group, kind="stable")
-    sorted_group = group[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_group)) + 1] if len(group) else np.zeros(0, int)
-    first = np.repeat(starts, np.diff(np.r_[starts, len(group)]))
-    rank = np.empty(len(group), np.int64)
-    rank[order] = np.arange(len(group)) - first
-    return np.concatenate([np.asarray(codes).astype(np.int64), rank[:, None]], axis=1)
+    codes = np.asarray(codes)
+    rank = (order or TupleOrder(codes)).ranks() if len(codes) and codes.shape[1] \
+        else np.zeros(len(codes), np.int64)
+    return np.concatenate([codes.astype(np.int64), rank[:, None]], axis=1)
 
 
 def code_statistics(codes: np.ndarray, codebook_size: int) -> dict[str, Any]:
     """Utilisation, perplexity, collisions and prefix counts of a code matrix (n, levels)."""
     n, levels = codes.shape
-    util, reach_util, perplexity, prefixes, largest = [], [], [], [], []
+    util, reach_util, perplexity, largest = [], [], [], []
     for level in range(levels):
         counts = np.bincount(codes[:, level], minlength=codebook_size)
         largest.append(float(counts.max()) / n if n else 0.0)
@@ -51,9 +108,16 @@ def code_statistics(codes: np.ndarray, codebook_size: int) -> dict[str, Any]:
         reach_util.append(used / min(codebook_size, n) if n else 0.0)
         p = counts[counts > 0] / max(n, 1)
         perplexity.append(float(np.exp(-(p * np.log(p)).sum())) if n else 0.0)
-        prefixes.append(int(len(group_codes(codes[:, :level + 1])[1])) if n else 0)
-    group, sizes = group_codes(codes)
-    shared = sizes[group] > 1 if n else np.zeros(0, bool)
+    if not n:
+        return {"n": 0, "codebook_size": int(codebook_size), "utilization": util,
+                "utilization_of_reachable": reach_util, "perplexity": perplexity,
+                "largest_code_share": largest, "distinct_prefixes": [0] * levels,
+                "unique_code_share": 0.0, "collision_rate": 0.0, "max_items_per_code": 0,
+                "distinct_codes": 0}
+    order = TupleOrder(codes)  # one sort: groups, their sizes and every prefix count
+    prefixes = order.prefix_counts() or [int(len(group_codes(codes[:, :level + 1])[1]))
+                                          for level in range(levels)]
+    shared = int(order.sizes[order.sizes > 1].sum())
     return {
         "n": int(n),
         "codebook_size": int(codebook_size),
@@ -62,10 +126,10 @@ def code_statistics(codes: np.ndarray, codebook_size: int) -> dict[str, Any]:
         "perplexity": perplexity,
         "largest_code_share": largest,
         "distinct_prefixes": prefixes,
-        "unique_code_share": float(1 - shared.mean()) if n else 0.0,
-        "collision_rate": float(shared.mean()) if n else 0.0,
-        "max_items_per_code": int(sizes.max()) if n else 0,
-        "distinct_codes": int(len(sizes)),
+        "unique_code_share": float(1 - shared / n),
+        "collision_rate": float(shared / n),
+        "max_items_per_code": int(order.sizes.max()),
+        "distinct_codes": int(len(order.sizes)),
     }
 
 
