@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 DISTANCE_CHUNK = 16384
+UNIQUE_SAMPLE = 65536  # rows searched for distinct seeds before all of them are
 
 def squared_distances(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     """(n, k) squared L2 distances, computed in fp32 whatever the autocast state."""
@@ -59,7 +60,13 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 25, generator: torch.Generator 
     """
     x = x.float()
     n = len(x)
-    uniq = torch.unique(x, dim=0) if n <= 1_000_000 else x
+    # distinct points for the seeds, found in a sample (sorting every row costs more time
+    # and memory than the clustering); the whole set only when the sample has too few
+    sample = x if n <= UNIQUE_SAMPLE else \
+        x[torch.randperm(n, generator=generator, device="cpu")[:UNIQUE_SAMPLE].to(x.device)]
+    uniq = torch.unique(sample, dim=0)
+    if len(uniq) < k and len(sample) < n:
+        uniq = torch.unique(x, dim=0)
     if len(uniq) < k:
         warnings.warn(f"k-means: {len(uniq)} distinct vectors for {k} codes; the remaining "
                       f"{k - len(uniq)} codes start as jittered copies and stay unused until "
