@@ -91,15 +91,23 @@ class RQKMeansModel(ItemTokenizer):
             self.mean, self.std = x.mean(0), x.std(0).clamp_min(1e-6)
         ctx.echo(f"rqkmeans: clustering {len(x):,} vectors into {cfg['levels']} levels of "
                  f"{cfg['codebook_size']} codes ({cfg['kmeans_iters']} iterations each)")
+        n = len(x)
+        # from here on the sample is updated in place, a chunk at a time: one copy in memory
         residual = self._prepare(x)
+        if residual.data_ptr() == x.data_ptr():  # normalize: none, and x may not be ours
+            residual = residual.clone()
+        del x
+        energy = float((residual ** 2).sum())
         cluster = balanced_kmeans if cfg["balanced"] else kmeans
         for level in range(cfg["levels"]):
-            self.codebooks[level] = cluster(residual, cfg["codebook_size"], cfg["kmeans_iters"], g)
-            residual = residual - self.codebooks[level][nearest(residual, self.codebooks[level])[1]]
+            book = cluster(residual, cfg["codebook_size"], cfg["kmeans_iters"], g)
+            self.codebooks[level] = book
+            for a in range(0, n, ENCODE_CHUNK):
+                part = residual[a:a + ENCODE_CHUNK]
+                part.sub_(book[nearest(part, book)[1]])
             ctx.echo(f"rqkmeans: level {level + 1}/{cfg['levels']} clustered")
-        return {"seconds": round(time.perf_counter() - start, 3), "training_vectors": len(x),
-                "remaining_energy": float((residual ** 2).sum() / max(float((self._prepare(x) ** 2)
-                                                                            .sum()), 1e-12))}
+        return {"seconds": round(time.perf_counter() - start, 3), "training_vectors": n,
+                "remaining_energy": float((residual ** 2).sum()) / max(energy, 1e-12)}
 
     def _training_vectors(self, train: Dataset, g: torch.Generator) -> np.ndarray:
         """At most ``kmeans_samples`` of the training vectors, drawn at random; only the drawn
