@@ -78,8 +78,9 @@ def handle_collisions(codes: np.ndarray, last_distances: np.ndarray | None,
 
 
 
-# bytes of last-level distance rows held at once by ``handle_collisions_streamed``: 1M rows of 256 codes
-MOVER_ROWS_BUDGET = 1 << 30
+# bytes of last-level distance rows held at once by ``handle_collisions_streamed``: 512k rows
+# of 256 codes
+MOVER_ROWS_BUDGET = 1 << 29
 
 
 class _MoverRows:
@@ -141,4 +142,5 @@ def handle_collisions_streamed(codes: np.ndarray, mode: str, k: int,
         placed = handle_collisions(codes[items], _MoverRows(len(items), k, moving, rows), mode)
         out[items] = placed
         final[items[moving]] = rows[np.arange(len(moving)), placed[moving, -1]]
+        del rows, placed  # before the next part's rows are made: one part in memory at a time
     return out, final

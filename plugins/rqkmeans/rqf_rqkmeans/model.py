@@ -16,7 +16,7 @@ from rqf.codes import (MOVER_ROWS_BUDGET, CodedItems, ItemTokenizer, balanced_km
                        handle_collisions_streamed, kmeans, nearest, squared_distances)
 
 MODEL_FORMAT = "rqf-rqkmeans-1"
-ENCODE_CHUNK = 65536
+ENCODE_CHUNK = 16384  # rows coded at once: with 768-d vectors, about 50 MB per copy
 
 
 class RQKMeansModel(ItemTokenizer):
