@@ -96,6 +96,14 @@ def inspect_cache(directory: Path, full: bool = False) -> InspectReport:
     report.lines.append(f"samples: {len(index.table)}, shards referenced: {len(counts)}, "
                         f"shard files: {len(on_disk)}, samples_per_file: {index.samples_per_file}, "
                         f"use_float16: {index.use_float16}")
+    report.lines.append("index: hdf5_index.keys.h5, in sync with hdf5_index.json"
+                        if index.source == "keys" else
+                        "index: hdf5_index.json (rqf's hdf5_index.keys.h5 is absent or older)")
+    if index.journal:
+        report.lines.append(f"journal: {len(index.journal)} shards committed after the index "
+                            "files were written (a writer is running, or was stopped before "
+                            "closing); rqf reads them, the original tools do not until "
+                            "`rqf speech finalize`")
     total = sum(p.stat().st_size for p in on_disk.values() if p.exists())
     report.lines.append(f"size on disk: {total / 1e6:.1f} MB")
     report.problems += shard_problems(index)

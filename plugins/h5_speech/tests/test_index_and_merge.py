@@ -165,6 +165,8 @@ def test_four_writer_processes_merge_into_one_cache_without_copying(tmp_path, ca
             assert len(s.keys) == n
     code, out = run_cli(capsys, "inspect", str(merged))
     assert code == 0 and f"samples: {sum(counts)}, shards referenced: 6" in out.out
+    assert "index: hdf5_index.keys.h5, in sync with hdf5_index.json" in out.out
+    assert "journal" not in out.out
 
 
 def test_merge_refuses_a_key_in_two_parts_and_writes_nothing(tmp_path, capsys):
@@ -249,6 +251,8 @@ def test_finalize_brings_the_seed_index_up_to_date_after_a_killed_writer(tmp_pat
     assert len(committed) >= 20 and len(committed) % 5 == 0
     seed = json.loads((cache / "hdf5_index.json").read_text())
     assert seed["sample_index"] == {}  # the original tools see nothing yet
+    code, out = run_cli(capsys, "inspect", str(cache))
+    assert f"journal: {len(committed) // 5} shards committed after the index" in out.out
     code, out = run_cli(capsys, "speech", "finalize", str(cache))
     assert code == 0 and json.loads(out.out)["samples"] == len(committed)
     seed = json.loads((cache / "hdf5_index.json").read_text())
