@@ -248,17 +248,6 @@ class CacheIndex:
                            "use_float16": self.use_float16, **self.extra})
         fh.write("}, " + tail[1:])
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "sample_index": {k: {"file_idx": int(i), "group_name": self.table.group(row)}
-                             for row, (k, i) in enumerate(zip(self.table, self.table.file_idx))},
-            "current_file_idx": self.current_file_idx,
-            "current_file_count": self.current_file_count,
-            "samples_per_file": self.samples_per_file,
-            "use_float16": self.use_float16,
-            **self.extra,
-        }
-
 
 def _table_from_json(sample_index: dict[str, Any], path: Path) -> KeyTable:
     """The keys of a parsed ``sample_index``, checked: the common shape in a few whole-list
