@@ -25,14 +25,15 @@ def finalize_cache(directory: Path | str) -> dict[str, Any]:
     """Fold the shards committed since the index files were written into them (what closing
     a writer does; for a cache whose writer was killed), and report the cache."""
     directory = Path(directory)
-    index = CacheIndex.load(directory)
-    journal = len(index.journal) + (index.source != "keys")
-    with ShardedCacheWriter(directory, samples_per_file=index.samples_per_file,
-                            use_float16=index.use_float16, num_workers=0) as writer:
+    if not directory.is_dir():
+        raise DataError(f"{directory}: cache directory not found")
+    # the cache's own settings (None): the index is read once, by the writer's recovery
+    with ShardedCacheWriter(directory, samples_per_file=None, use_float16=None,
+                            num_workers=0) as writer:
         samples = len(writer.index.table)
         shards = len(writer.index.shard_counts())
     return {"cache": str(directory), "samples": samples, "shards": shards,
-            "index_updated": bool(journal)}
+            "index_updated": writer.recovered}
 
 
 def merge_caches(out: Path | str, parts: Sequence[Path | str]) -> dict[str, Any]:
@@ -66,7 +67,7 @@ def merge_caches(out: Path | str, parts: Sequence[Path | str]) -> dict[str, Any]
             which = ", ".join(f"{p} ({'float16' if i.use_float16 else 'float32'})"
                               for p, i in zip(parts, indexes))
             raise DataError(f"merge: the parts store different precisions: {which}")
-        numbering, tables, file_idx, links, next_idx = {}, [], [], [], 1
+        tables, file_idx, links, next_idx = [], [], [], 1
         for part, index in zip(parts, indexes):
             counts = index.shard_counts()
             lut = np.zeros(max(counts, default=0) + 1, np.int64)
@@ -74,7 +75,6 @@ def merge_caches(out: Path | str, parts: Sequence[Path | str]) -> dict[str, Any]
                 lut[old] = next_idx
                 links.append((part / shard_name(old), next_idx, counts[old]))
                 next_idx += 1
-            numbering[part] = lut
             tables.append(index.table)
             file_idx.append(lut[np.asarray(index.table.file_idx)] if len(index.table)
                             else np.zeros(0, np.int64))

@@ -78,10 +78,13 @@ class ShardedCacheWriter:
     ``on_duplicate`` is ``error``, ``skip`` or ``replace``. ``start_over`` empties the folder
     first, and only when every file in it is one a writer makes. One writer per cache: a
     second one, in any process, is refused at open with the holder named.
+    ``samples_per_file`` or ``use_float16`` None keeps an existing cache's own (a new cache
+    gets 20000 and true).
     """
 
-    def __init__(self, directory: str | Path, samples_per_file: int = 20000,
-                 use_float16: bool = True, compression: str = "gzip", compression_level: int = 4,
+    def __init__(self, directory: str | Path, samples_per_file: int | None = 20000,
+                 use_float16: bool | None = True, compression: str = "gzip",
+                 compression_level: int = 4,
                  shuffle: bool = False, num_workers: int = 4, commit_every: int | None = None,
                  commit_seconds: float | None = 600.0, on_duplicate: str = "error",
                  attrs: Mapping[str, Any] | None = None, start_over: bool = False) -> None:
@@ -89,7 +92,7 @@ class ShardedCacheWriter:
             raise RqfError(f"compression: expected one of {', '.join(CODECS)}, got {compression!r}")
         if on_duplicate not in ("error", "skip", "replace"):
             raise RqfError(f"on_duplicate: expected error, skip or replace, got {on_duplicate!r}")
-        if samples_per_file < 1:
+        if samples_per_file is not None and samples_per_file < 1:
             raise RqfError(f"samples_per_file: expected a positive number, got {samples_per_file}")
         self.directory = Path(directory)
         try:
@@ -112,7 +115,6 @@ class ShardedCacheWriter:
     def _setup(self, samples_per_file, use_float16, compression, compression_level, shuffle,
                num_workers, commit_every, commit_seconds, on_duplicate, attrs) -> None:
         self.compression, self.level, self.shuffle = compression, compression_level, shuffle
-        self.commit_every = commit_every or samples_per_file
         self.commit_seconds = commit_seconds
         self.on_duplicate = on_duplicate
         self.attrs = dict(attrs or {})
@@ -124,6 +126,7 @@ class ShardedCacheWriter:
         self.index = self._recover(samples_per_file, use_float16)
         self.use_float16 = self.index.use_float16
         self.samples_per_file = self.index.samples_per_file
+        self.commit_every = commit_every or samples_per_file or self.samples_per_file
         self._next_idx = max([self.index.current_file_idx, *self.index.shard_counts(),
                               *self._shard_indices_on_disk()], default=0) + 1
         self._counts = self.index.shard_counts()  # samples per shard, kept up to date
@@ -149,7 +152,7 @@ class ShardedCacheWriter:
         return [int(SHARD_PATTERN.match(p.name).group(1)) for p in self.directory.iterdir()
                 if SHARD_PATTERN.match(p.name)]
 
-    def _recover(self, samples_per_file: int, use_float16: bool) -> CacheIndex:
+    def _recover(self, samples_per_file: int | None, use_float16: bool | None) -> CacheIndex:
         for partial in self.directory.glob(f"features_*.h5{PARTIAL_SUFFIX}"):
             partial.unlink()  # uncommitted by definition
         for tmp in self.directory.glob(f".{INDEX_NAME}.*.tmp"):
@@ -158,21 +161,17 @@ class ShardedCacheWriter:
             tmp.unlink()
         if (self.directory / INDEX_NAME).exists():
             index = CacheIndex.load(self.directory)  # with the journal: shards committed since
-            if index.use_float16 != use_float16:
+            if use_float16 is not None and index.use_float16 != use_float16:
                 raise DataError(f"{index.path}: use_float16 is {index.use_float16} in the "
                                 f"existing cache, the writer was asked for {use_float16}")
-            if index.samples_per_file != samples_per_file:
+            if samples_per_file is not None and index.samples_per_file != samples_per_file:
                 warnings.warn(f"{index.path}: keeping the cache's samples_per_file "
                               f"{index.samples_per_file} (asked for {samples_per_file})",
                               stacklevel=3)
         else:
-            index = CacheIndex.empty(self.directory, samples_per_file, use_float16)
-            for shard in index.shard_files():  # committed before the first index was written
-                keys = read_shard_keys(shard)
-                if keys is not None:
-                    index.table = index.table.updated(
-                        keys, [int(SHARD_PATTERN.match(shard.name).group(1))] * len(keys))
-                    index.journal.append(int(SHARD_PATTERN.match(shard.name).group(1)))
+            index = CacheIndex.empty(self.directory, samples_per_file or 20000,
+                                     True if use_float16 is None else use_float16)
+            index._read_journal()  # shards committed before the first index was written
         referenced = index.shard_counts()
         stale = False
         for file_idx, path in index.shards_on_disk().items():
@@ -184,7 +183,9 @@ class ShardedCacheWriter:
                 continue
             path.unlink()  # rqf's, and every sample of it was replaced later: stale
             stale = True
-        if index.journal or stale or not index.path.exists() or index.source != "keys":
+        self.recovered = bool(index.journal or stale or not index.path.exists()
+                              or index.source != "keys")
+        if self.recovered:
             index.save()  # fold the journal in; a first empty index so readers find the cache
         return index
 
