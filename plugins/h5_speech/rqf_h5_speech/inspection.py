@@ -92,7 +92,7 @@ def inspect_cache(directory: Path, full: bool = False) -> InspectReport:
         report.problems.append(str(exc))
         return report
     counts = index.shard_counts()
-    on_disk = {int(p.name[9:-3]): p for p in index.shard_files()}
+    on_disk = index.shards_on_disk()
     report.lines.append(f"samples: {len(index.table)}, shards referenced: {len(counts)}, "
                         f"shard files: {len(on_disk)}, samples_per_file: {index.samples_per_file}, "
                         f"use_float16: {index.use_float16}")

@@ -128,7 +128,7 @@ class ShardedCacheWriter:
         self.samples_per_file = self.index.samples_per_file
         self.commit_every = commit_every or samples_per_file or self.samples_per_file
         self._next_idx = max([self.index.current_file_idx, *self.index.shard_counts(),
-                              *self._shard_indices_on_disk()], default=0) + 1
+                              *self.index.shards_on_disk()], default=0) + 1
         self._counts = self.index.shard_counts()  # samples per shard, kept up to date
         self._committed: dict[str, int] = {}  # keys committed by this writer: their shard
         self._pending_keys: set[str] = set()
@@ -148,10 +148,6 @@ class ShardedCacheWriter:
         self.skipped = 0
 
     # -- recovery -------------------------------------------------------------------------
-    def _shard_indices_on_disk(self) -> list[int]:
-        return [int(SHARD_PATTERN.match(p.name).group(1)) for p in self.directory.iterdir()
-                if SHARD_PATTERN.match(p.name)]
-
     def _recover(self, samples_per_file: int | None, use_float16: bool | None) -> CacheIndex:
         for partial in self.directory.glob(f"features_*.h5{PARTIAL_SUFFIX}"):
             partial.unlink()  # uncommitted by definition
