@@ -445,8 +445,7 @@ def shard_problems(index: CacheIndex) -> list[str]:
         if count > index.samples_per_file:
             problems.append(f"{index.path}: samples_per_file is {index.samples_per_file} but the "
                             f"index puts {count} samples in {path.name}")
-    for path in index.shard_files():
-        file_idx = int(SHARD_PATTERN.match(path.name).group(1))
+    for file_idx, path in sorted(index.shards_on_disk().items()):
         if file_idx not in counts:
             problems.append(f"{path}: shard file not listed in {INDEX_NAME} (a writer stopped "
                             "between its commit and the index update leaves one: reopening the "
