@@ -29,8 +29,8 @@ TRAIN_PARAMS = (
           choices=("fp32", "bf16", "fp16")),
     Param("grad_clip", float, 1.0, "clip the gradient norm to this (null: no clipping)",
           nullable=True, min=0),
-    Param("checkpoint_every", int, 1000, "save a checkpoint every N steps, and at least once "
-          "per tenth of the run (0: only by time and at the end)", min=0),
+    Param("checkpoint_every", int, 1000, "save a checkpoint every N steps (0: only by time "
+          "and at the end)", min=0),
     Param("checkpoint_minutes", float, 5.0, "also save a checkpoint when this many minutes "
           "passed since the last one (0: never by time)", min=0),
     Param("keep_checkpoints", int, 2, "how many step checkpoints to keep", min=1),

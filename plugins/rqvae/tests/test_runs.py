@@ -103,7 +103,7 @@ def test_default_run_on_clustered_items_is_healthy(recsys_files, tmp_path):
         assert f["raw_codes"].shape == f["codes"].shape
 
 
-# --- checkpoints by time and by tenths of the run --------------------------------------------
+# --- checkpoints by steps, by time and at the end ---------------------------------------------
 
 
 def test_a_short_run_writes_only_its_final_checkpoint(recsys_files, tmp_path):
