@@ -14,7 +14,11 @@ import torch
 
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
 if WORKERS:  # pytest -n: workers side by side, the cores shared between them
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // WORKERS))
+    THREADS = max(1, (os.cpu_count() or 1) // WORKERS)
+    torch.set_num_threads(THREADS)
+    # and the processes a test starts (rqf runs, writers): more threads than their share of
+    # busy cores make each of them several times slower
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
 
 
 @pytest.fixture(autouse=True)

@@ -4,6 +4,7 @@ killed half-way and redone on --resume, full disks that end in one line, as real
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -166,14 +167,21 @@ def test_ctrl_c_says_how_to_continue_and_resume_finishes_the_run(tmp_path, recsy
         recsys_files, run, model={"hidden_dims": [512, 512], "latent_dim": 8},
         train={"epochs": None, "max_steps": 3000, "batch_size": 64, "progress": False,
                "checkpoint_every": 50}))
+    # the fault handler shows where a run that did not stop was stuck
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
     proc = subprocess.Popen([PYTHON, "-m", "rqf", "run", str(path)], stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, env=env)
     deadline = time.monotonic() + 120
     while not list((run / "checkpoints").glob("step_*.pt")):
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)  # the fault handler prints every thread's stack
+        _, err = proc.communicate(timeout=60)
+        pytest.fail(f"the run did not stop within 180 s of Ctrl-C:\n{err}")
     assert proc.returncode != 0, f"the run finished before Ctrl-C reached it: {err}"
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1] == f"interrupted: continue with rqf run {path} --resume"
