@@ -103,8 +103,10 @@ def test_a_second_writer_is_refused_while_the_first_lives_and_taken_after_a_kill
 
 
 def test_two_runs_on_one_folder_one_is_refused(tmp_path, recsys_files):
-    config = recsys_pipeline(recsys_files, tmp_path / "run", train={"epochs": 400, "batch_size": 64,
-                                                                  "progress": False})
+    # a run far longer than the test: it holds the folder until the test kills it, however
+    # fast the machine (the three refused runs start a process each)
+    config = recsys_pipeline(recsys_files, tmp_path / "run", train={
+        "epochs": None, "max_steps": 10_000_000, "batch_size": 64, "progress": False})
     path = pipeline_file(tmp_path, config)
     first = subprocess.Popen([PYTHON, "-m", "rqf", "run", str(path)], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
@@ -116,6 +118,7 @@ def test_two_runs_on_one_folder_one_is_refused(tmp_path, recsys_files):
         for flags in (["--resume"], [], ["--force"]):  # never "pass --resume" to a live run
             second = rqf_proc("run", str(path), *flags)
             one_line_error(second, "another rqf run is writing here", f"process {first.pid}")
+        assert first.poll() is None  # refused while the first one was still running
     finally:
         first.kill()
         first.wait()
