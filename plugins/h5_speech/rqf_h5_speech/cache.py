@@ -188,7 +188,7 @@ class CacheIndex:
         newest = max(self.table.shard_counts(), default=0)
         keys: list[str] = []
         fidx: list[int] = []
-        for file_idx, shard in sorted(self.shards_on_disk().items()):
+        for file_idx, shard in self.shards_on_disk().items():
             if file_idx <= newest:
                 continue
             found = read_shard_keys(shard)
@@ -204,11 +204,14 @@ class CacheIndex:
     def shard_counts(self) -> dict[int, int]:
         return self.table.shard_counts()
 
-    def shard_files(self) -> list[Path]:
-        return sorted(p for p in self.directory.iterdir() if SHARD_PATTERN.match(p.name))
-
     def shards_on_disk(self) -> dict[int, Path]:
-        return {int(SHARD_PATTERN.match(p.name).group(1)): p for p in self.shard_files()}
+        """The shard files in the folder by number, lowest first."""
+        found = {}
+        for p in self.directory.iterdir():
+            match = SHARD_PATTERN.match(p.name)
+            if match:
+                found[int(match.group(1))] = p
+        return dict(sorted(found.items()))
 
     def save(self) -> None:
         """Write the seed's JSON index, then rqf's arrays stamped with it (both atomically).
@@ -445,7 +448,7 @@ def shard_problems(index: CacheIndex) -> list[str]:
         if count > index.samples_per_file:
             problems.append(f"{index.path}: samples_per_file is {index.samples_per_file} but the "
                             f"index puts {count} samples in {path.name}")
-    for file_idx, path in sorted(index.shards_on_disk().items()):
+    for file_idx, path in index.shards_on_disk().items():
         if file_idx not in counts:
             problems.append(f"{path}: shard file not listed in {INDEX_NAME} (a writer stopped "
                             "between its commit and the index update leaves one: reopening the "
