@@ -77,7 +77,6 @@ def handle_collisions(codes: np.ndarray, last_distances: np.ndarray | None,
     return out
 
 
-
 # bytes of last-level distance rows held at once by ``handle_collisions_streamed``: 512k rows
 # of 256 codes
 MOVER_ROWS_BUDGET = 1 << 29

@@ -120,7 +120,7 @@ class CacheIndex:
         if not path.exists():
             raise DataError(f"{path}: index not found (a sharded cache needs {INDEX_NAME})")
         index = cls._load_keys_index(directory) or cls._load_json(directory)
-        index._read_journal()
+        index.read_journal()
         return index
 
     @classmethod
@@ -183,7 +183,7 @@ class CacheIndex:
                    bool(data.get("use_float16", True)), int(data.get("current_file_idx", 0)),
                    int(data.get("current_file_count", 0)), extra)
 
-    def _read_journal(self) -> None:
+    def read_journal(self) -> None:
         """Apply the rqf shards committed after the index files, oldest first."""
         newest = max(self.table.shard_counts(), default=0)
         keys: list[str] = []

@@ -167,7 +167,7 @@ class ShardedCacheWriter:
         else:
             index = CacheIndex.empty(self.directory, samples_per_file or 20000,
                                      True if use_float16 is None else use_float16)
-            index._read_journal()  # shards committed before the first index was written
+            index.read_journal()  # shards committed before the first index was written
         referenced = index.shard_counts()
         stale = False
         for file_idx, path in index.shards_on_disk().items():
