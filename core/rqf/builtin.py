@@ -67,3 +67,11 @@ class IndexSplitter(Splitter):
 @hookimpl
 def register_splitters(register):
     register(IndexSplitter)
+
+
+@hookimpl
+def register_models(register):
+    from rqf.ranking.floors import LastItemNNModel, MostPopModel  # torch: only when asked
+
+    register(MostPopModel)
+    register(LastItemNNModel)

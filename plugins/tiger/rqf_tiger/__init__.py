@@ -1,9 +1,7 @@
-"""rqf plugin: generative retrieval over semantic IDs, judged by Recall/NDCG@K."""
+"""rqf plugin: generative retrieval over semantic IDs (TIGER) and SASRec, its reference; the
+harness they are judged by (metrics, floors, recommendations.h5) is ``rqf.ranking``."""
 
-from rqf_tiger.baselines import LastItemNNModel, MostPopModel
-from rqf_tiger.evaluation import ranking_metrics, read_recommendations, write_recommendations
 from rqf_tiger.model import TigerModel
 from rqf_tiger.sasrec import SASRecModel
 
-__all__ = ["LastItemNNModel", "MostPopModel", "SASRecModel", "TigerModel", "ranking_metrics",
-           "read_recommendations", "write_recommendations"]
+__all__ = ["SASRecModel", "TigerModel"]

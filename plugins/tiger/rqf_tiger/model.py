@@ -16,11 +16,10 @@ from rqf import (ConfigError, DataError, Dataset, ItemSource, Param, RqfError, R
                  TensorBatches, atomic_path, autocast, load_tensors, missing_members,
                  require_memory)
 from rqf.codes import PrefixTrie, SemanticIds, sha256_of
-from rqf_tiger.baselines import fit_floors
+from rqf.ranking import (FLOORS, HISTORY, TOP_K, Examples, NextItemModel, RankingTask,
+                         catalogue_positions, dedup_history, fit_floors, monitored_examples,
+                         sequence_table, train_examples)
 from rqf_tiger.decode import constrained_beam_search
-from rqf_tiger.evaluation import (FLOORS, HISTORY, TOP_K, Examples, NextItemModel, RankingTask,
-                                  _sequences, catalogue_positions, dedup_history,
-                                  monitored_examples, train_examples)
 from rqf_tiger.net import BOS, PAD, TigerNet
 
 MODEL_FORMAT = "rqf-tiger-1"
@@ -197,7 +196,7 @@ class TigerModel(NextItemModel):
         device = self.device = trainer.device
         self.precision = ctx.train.precision
         ex = train_examples(train, cfg["history"])
-        table, _ = _sequences(train)  # each user's token is hashed once, not once per example
+        table, _ = sequence_table(train)  # each user's token is hashed once, not once per example
         if not len(ex):
             raise RqfError("tiger: the training split holds no next-item examples: a training "
                            "sequence needs two items after the splitter held out its targets "

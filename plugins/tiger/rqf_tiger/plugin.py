@@ -1,7 +1,6 @@
 """Hook implementations of the tiger plugin."""
 
 from rqf import hookimpl
-from rqf_tiger.baselines import LastItemNNModel, MostPopModel
 from rqf_tiger.model import TigerModel
 from rqf_tiger.sasrec import SASRecModel
 
@@ -9,6 +8,4 @@ from rqf_tiger.sasrec import SASRecModel
 @hookimpl
 def register_models(register):
     register(TigerModel)
-    register(MostPopModel)
-    register(LastItemNNModel)
     register(SASRecModel)

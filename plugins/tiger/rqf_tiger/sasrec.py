@@ -17,10 +17,9 @@ from torch import nn
 
 from rqf import (DataError, Dataset, Param, RqfError, RunContext, TensorBatches, atomic_path,
                  autocast, load_tensors, require_memory)
-from rqf_tiger.baselines import fit_floors
-from rqf_tiger.evaluation import (FLOORS, TOP_K, Examples, NextItemModel, RankingTask,
-                                  _sequences, catalogue_positions, monitored_examples,
-                                  right_align, sequence_rows)
+from rqf.ranking import (FLOORS, TOP_K, Examples, NextItemModel, RankingTask,
+                         catalogue_positions, fit_floors, monitored_examples, right_align,
+                         sequence_rows, sequence_table)
 
 MODEL_FORMAT = "rqf-sasrec-1"
 PAD = 0  # item index 0 is padding; item i of the catalogue is index i + 1
@@ -161,7 +160,7 @@ class SASRecModel(NextItemModel):
     def fit(self, train: Dataset, valid: Dataset | None, ctx: RunContext) -> dict[str, Any]:
         cfg = self.config
         trainer = ctx.require_trainer(self.name)
-        table, _ = _sequences(train)
+        table, _ = sequence_table(train)
         self.item_ids = np.unique(table.item_ids)  # every item of the sequence file is ranked
         self._build()
         self.device, self.precision = trainer.device, ctx.train.precision

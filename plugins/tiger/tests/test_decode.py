@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rqf.codes import PrefixTrie
-from rqf_tiger import ranking_metrics
+from rqf.ranking import ranking_metrics
 from rqf_tiger.decode import constrained_beam_search
 
 CODES = np.array([[0, 1, 0], [0, 1, 1], [2, 0, 0], [0, 3, 0], [2, 2, 5]])

@@ -10,8 +10,8 @@ import torch
 
 import rqf
 from rqf.testing import needs
-from rqf_tiger import ranking_metrics, read_recommendations
-from rqf_tiger.evaluation import right_align
+from rqf.ranking import ranking_metrics, read_recommendations
+from rqf.ranking import right_align
 from rqf_tiger.sasrec import PAD, SASRecModel, SASRecNet
 
 

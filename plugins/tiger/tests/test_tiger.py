@@ -16,7 +16,7 @@ import yaml
 import rqf
 from rqf.codes import write_semantic_ids
 from rqf.training import TensorBatches, TrainConfig, Trainer, TrainingTask, build_scheduler
-from rqf_tiger import ranking_metrics, read_recommendations
+from rqf.ranking import ranking_metrics, read_recommendations
 
 recsys = pytest.importorskip("rqf_h5_recsys.testing", reason="runs over item files need h5_recsys")
 recsys_pipeline = recsys.recsys_pipeline

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rqf.codes import write_semantic_ids
-from rqf_tiger.evaluation import dedup_history
+from rqf.ranking import dedup_history
 from rqf_tiger.model import TigerModel, TigerTask
 
 

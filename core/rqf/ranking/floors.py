@@ -1,4 +1,6 @@
-"""Floors measured by the same evaluator: most popular items, and the last item's neighbours."""
+"""The floors every ranker is measured beside, by the same evaluator: the most popular items,
+and the last item's nearest neighbours. Registered by the core (``rqf.builtin``),
+so any ranker's ``model.floors`` has them, and each is a model of its own (``type: mostpop``)."""
 
 from __future__ import annotations
 
@@ -7,8 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from rqf import ConfigError, Dataset, ItemVectors, RqfError, RunContext
-from rqf_tiger.evaluation import HISTORY, TOP_K, NextItemModel, train_examples
+from rqf.errors import ConfigError, RqfError
+from rqf.interfaces import Dataset, ItemVectors, RunContext
+from rqf.ranking.examples import train_examples
+from rqf.ranking.ranker import HISTORY, TOP_K, NextItemModel
 
 
 class MostPopModel(NextItemModel):
