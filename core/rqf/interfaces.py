@@ -71,6 +71,12 @@ class Storage(Component, ABC):
         return False
 
     @classmethod
+    def for_path(cls, path: Path) -> "Storage":
+        """This storage over ``path`` alone (a path it ``recognizes``), not yet opened: how a
+        command that is handed a file (``rqf ids import --items``) reads it."""
+        raise NotImplementedError(f"storage {cls.name!r} cannot be opened from a path alone")
+
+    @classmethod
     def inspect(cls, path: Path, full: bool = False) -> "InspectReport":
         """Describe ``path`` and list its problems; ``full`` reads every value (a storage may
         sample a large file otherwise, and says so in the report)."""

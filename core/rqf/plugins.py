@@ -11,11 +11,14 @@ import importlib.metadata as md
 import os
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pluggy
 
 from rqf import hookspecs
+from rqf.errors import RqfError
 from rqf.registry import Registry
 
 ENTRY_POINT_GROUP = "rqf"
@@ -109,6 +112,17 @@ class Plugins:
                          "rest of both plugins works")
         return lines
 
+    def storage_for(self, path: Path) -> type:
+        """The installed storage that recognises the file or folder ``path`` (what ``rqf
+        inspect`` hands it to), or a one-line error naming the storages there are."""
+        if not Path(path).exists():
+            raise RqfError(f"{path}: no such file or directory")
+        for entry in self.registry.entries("storage"):
+            if entry.cls.recognizes(path):
+                return entry.cls
+        names = ", ".join(self.registry.names("storage")) or "none installed"
+        raise RqfError(f"{path}: no installed storage recognises this file (storages: {names})")
+
     def _distribution(self, plugin: str) -> str:
         info = self.info.get(plugin)
         return f"{info.distribution} {info.version}" if info else "?"
@@ -145,3 +159,14 @@ def reset_plugins(plugins: Plugins | None = None) -> None:
     """Replace the process-wide plugin manager (tests, or after installing a plugin)."""
     global _plugins
     _plugins = plugins
+
+
+def item_ids_of(path: Path) -> np.ndarray:
+    """The item ids, in row order, of an item file any installed storage reads on its own."""
+    from rqf.data import ItemSource, missing_members
+
+    with get_plugins().storage_for(path).for_path(Path(path)) as storage:
+        if missing_members(storage, ItemSource):
+            raise RqfError(f"{path}: holds no item ids (storage {storage.name!r} reads it, "
+                           "but not as an item file)")
+        return np.asarray(storage.item_ids, np.int64)

@@ -15,6 +15,7 @@ import io
 import json
 import re
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -23,7 +24,6 @@ from rqf.codes.statistics import unique_codes
 from rqf.errors import ConfigError, DataError
 from rqf.io import atomic_path, write_text_atomic
 
-FORMATS = ("index-json", "csv", "parquet", "recbole")
 NUMBERINGS = ("id", "row")
 DEFAULT_TOKEN = "<{letter}_{code}>"
 _LAST_INTEGER = re.compile(r"(\d+)\D*$")
@@ -39,42 +39,61 @@ def token(template: str, level: int, code: int) -> str:
                           f"{{code}} ({exc})") from None
 
 
+def _index_json(out: Path, keys: np.ndarray, key_name: str, codes: np.ndarray,
+                template: str) -> None:
+    data = {str(int(k)): [token(template, level, int(c)) for level, c in enumerate(row)]
+            for k, row in zip(keys, codes)}
+    write_text_atomic(out, json.dumps(data) + "\n")
+
+
+def _csv(out: Path, keys: np.ndarray, key_name: str, codes: np.ndarray, template: str) -> None:
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow([key_name] + [f"level_{i}" for i in range(codes.shape[1])])
+    writer.writerows([[int(k), *map(int, row)] for k, row in zip(keys, codes)])
+    write_text_atomic(out, text.getvalue())
+
+
+def _recbole(out: Path, keys: np.ndarray, key_name: str, codes: np.ndarray,
+             template: str) -> None:
+    lines = [f"{key_name}:token\tsemantic_id:token_seq"]
+    lines += [f"{int(k)}\t" + " ".join(token(template, level, int(c))
+                                       for level, c in enumerate(row))
+              for k, row in zip(keys, codes)]
+    write_text_atomic(out, "\n".join(lines) + "\n")
+
+
+def _parquet(out: Path, keys: np.ndarray, key_name: str, codes: np.ndarray,
+             template: str) -> None:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ConfigError("--format parquet needs pyarrow (pip install 'rqf[parquet]')") \
+            from None
+    columns = {key_name: pa.array(np.asarray(keys, np.int64))}
+    columns.update({f"level_{i}": pa.array(codes[:, i].astype(np.int64))
+                    for i in range(codes.shape[1])})
+    with atomic_path(out) as tmp:
+        pq.write_table(pa.table(columns), tmp)
+
+
+# one entry per format: writer(out, keys, key name, (n, levels) IDs, token template); the
+# command line offers exactly these
+WRITERS: dict[str, Callable[[Path, np.ndarray, str, np.ndarray, str], None]] = {
+    "index-json": _index_json, "csv": _csv, "parquet": _parquet, "recbole": _recbole,
+}
+FORMATS = tuple(WRITERS)
+
+
 def export_ids(ids: SemanticIds, fmt: str, out: Path, numbering: str = "id",
                template: str = DEFAULT_TOKEN) -> Path:
     """Write the collision-free IDs of ``ids`` to ``out`` in ``fmt``, keyed by item id or row."""
-    keys = ids.item_ids if numbering == "id" else np.arange(len(ids.item_ids))
-    codes = ids.unique_codes
-    key_name = "item_id" if numbering == "id" else "row"
-    if fmt == "index-json":
-        data = {str(int(k)): [token(template, level, int(c)) for level, c in enumerate(row)]
-                for k, row in zip(keys, codes)}
-        write_text_atomic(out, json.dumps(data) + "\n")
-    elif fmt == "csv":
-        text = io.StringIO()
-        writer = csv.writer(text, lineterminator="\n")
-        writer.writerow([key_name] + [f"level_{i}" for i in range(codes.shape[1])])
-        writer.writerows([[int(k), *map(int, row)] for k, row in zip(keys, codes)])
-        write_text_atomic(out, text.getvalue())
-    elif fmt == "recbole":
-        lines = [f"{key_name}:token\tsemantic_id:token_seq"]
-        lines += [f"{int(k)}\t" + " ".join(token(template, level, int(c))
-                                           for level, c in enumerate(row))
-                  for k, row in zip(keys, codes)]
-        write_text_atomic(out, "\n".join(lines) + "\n")
-    elif fmt == "parquet":
-        try:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise ConfigError("--format parquet needs pyarrow (pip install 'rqf[parquet]')") \
-                from None
-        columns = {key_name: pa.array(np.asarray(keys, np.int64))}
-        columns.update({f"level_{i}": pa.array(codes[:, i].astype(np.int64))
-                        for i in range(codes.shape[1])})
-        with atomic_path(out) as tmp:
-            pq.write_table(pa.table(columns), tmp)
-    else:
+    if fmt not in WRITERS:
         raise ConfigError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    keys = ids.item_ids if numbering == "id" else np.arange(len(ids.item_ids))
+    WRITERS[fmt](Path(out), keys, "item_id" if numbering == "id" else "row", ids.unique_codes,
+                 template)
     return Path(out)
 
 

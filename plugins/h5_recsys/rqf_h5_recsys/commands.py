@@ -74,26 +74,3 @@ def embed_cmd(items: Path, text_fields: str, out: Path, model: str, id_field: st
     written = embed_items(items, out, fields, model, id_field, join, batch_size, device,
                           echo=lambda msg: click.echo(msg, err=True))
     click.echo(f"wrote {written}")
-
-
-@click.command("import-ids")
-@click.argument("index", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--items", required=True, type=click.Path(path_type=Path, dir_okay=False),
-              help="item_data.h5 the IDs are for: every item must have one.")
-@click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False),
-              help="semantic_ids.h5 to write (what tiger's model.semantic_ids reads).")
-@click.option("--numbering", type=click.Choice(["id", "row"]), default="id", show_default=True,
-              help="The index's keys are item ids, or 0-based rows of the item file.")
-@click.option("--force", is_flag=True, help="Replace an existing --out file.")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
-def import_ids_cmd(index: Path, items: Path, out: Path, numbering: str, force: bool,
-                   debug: bool) -> None:
-    """Turn another tool's .index.json (LC-Rec, LETTER, MiniOneRec) into semantic_ids.h5."""
-    from rqf import check_output
-    from rqf.codes.interchange import import_ids
-    from rqf_h5_recsys.storage import H5RecsysStorage
-
-    check_output(out, force, [("is the file this command reads", p) for p in (index, items)])
-    with H5RecsysStorage(str(items)) as storage:
-        item_ids = storage.item_ids
-    click.echo(f"wrote {import_ids(index, item_ids, out, numbering)}")

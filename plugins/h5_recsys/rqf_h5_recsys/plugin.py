@@ -26,10 +26,9 @@ def register_splitters(register):
 
 @hookimpl
 def register_commands(cli):
-    from rqf_h5_recsys.commands import import_ids_cmd, recsys
+    from rqf_h5_recsys.commands import recsys
 
     cli.add_command(recsys)
-    cli.add_command(import_ids_cmd)
 
 
 @hookimpl

@@ -219,6 +219,10 @@ class H5RecsysStorage(Storage):
             return True
 
     @classmethod
+    def for_path(cls, path: Path) -> "H5RecsysStorage":
+        return cls(items=str(path))
+
+    @classmethod
     def inspect(cls, path: Path, full: bool = False) -> InspectReport:
         from rqf_h5_recsys.inspection import inspect_file
 

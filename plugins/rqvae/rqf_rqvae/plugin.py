@@ -13,6 +13,9 @@ def register_models(register):
 def register_commands(cli):
     from rqf_rqvae.commands import rqvae
 
-    if "encode" in cli.commands:  # the model-agnostic command, under its former name too
+    # the model-agnostic commands, under their former names too
+    if "encode" in cli.commands:
         rqvae.add_command(cli.commands["encode"], "encode")
+    if "ids" in cli.commands:
+        rqvae.add_command(cli.commands["ids"].commands["lookup"], "lookup")
     cli.add_command(rqvae)

@@ -104,18 +104,11 @@ def inspect(path: Path, full: bool, debug: bool) -> None:
     """Describe a data file or directory and list every problem found (exit 1 if any)."""
     from rqf.plugins import get_plugins
 
-    if not path.exists():
-        raise RqfError(f"{path}: no such file or directory")
-    registry = get_plugins().registry
-    for entry in registry.entries("storage"):
-        if entry.cls.recognizes(path):
-            report = entry.cls.inspect(path, full=True) if full else entry.cls.inspect(path)
-            click.echo(report.render())
-            if report.problems:
-                sys.exit(1)
-            return
-    names = ", ".join(registry.names("storage")) or "none installed"
-    raise RqfError(f"{path}: no installed storage recognises this file (storages: {names})")
+    storage = get_plugins().storage_for(path)
+    report = storage.inspect(path, full=True) if full else storage.inspect(path)
+    click.echo(report.render())
+    if report.problems:
+        sys.exit(1)
 
 
 @cli.command()
@@ -134,34 +127,6 @@ def encode(run_dir: Path, out: Path, overrides: tuple[str, ...], device: str, fo
     from rqf.pipeline import encode as encode_run
 
     click.echo(f"wrote {encode_run(run_dir, out, overrides, device, force)}")
-
-
-@cli.command("export")
-@click.argument("run", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", required=True,
-              type=click.Choice(["index-json", "csv", "parquet", "recbole"]),
-              help="index-json: LC-Rec / LETTER / MiniOneRec's .index.json; recbole: an atomic "
-                   "file; parquet needs pyarrow.")
-@click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--numbering", type=click.Choice(["id", "row"]), default="id", show_default=True,
-              help="Key each ID by item id, or by 0-based row of the item file.")
-@click.option("--token", default="<{letter}_{code}>", show_default=True,
-              help="Token template of index-json and recbole: {letter} (a, b, c… by level), "
-                   "{level}, {code}.")
-@click.option("--force", is_flag=True, help="Replace an existing --out file.")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
-def export(run: Path, fmt: str, out: Path, numbering: str, token: str, force: bool,
-           debug: bool) -> None:
-    """Write the semantic IDs of RUN (a run folder or a semantic_ids.h5) for another tool."""
-    from rqf.codes import SemanticIds
-    from rqf.codes.interchange import export_ids
-
-    from rqf.io import check_output
-
-    path = run / "semantic_ids.h5" if run.is_dir() else run
-    ids = SemanticIds(path)  # checked whole before anything is written
-    check_output(out, force, [("is the file this command reads", path)])
-    click.echo(f"wrote {export_ids(ids, fmt, out, numbering, token)}")
 
 
 @cli.command()
@@ -256,6 +221,13 @@ def demo(directory: Path, seed: int, debug: bool) -> None:
         raise RqfError("no installed plugin writes demo data")
     for name, path in written.items():
         click.echo(f"wrote {name}: {path}")
+
+
+from rqf.cli.ids import export as _export, ids, import_ as _import  # noqa: E402
+
+cli.add_command(ids)
+cli.add_command(_export, "export")  # the names they had before `rqf ids`
+cli.add_command(_import, "import-ids")
 
 
 def _one_line(exc: BaseException) -> str:

@@ -1,0 +1,97 @@
+"""``rqf ids export | import | lookup``: semantic IDs out to the next tool, in from another
+tokenizer, and looked up; for the ``semantic_ids.h5`` of every tokenizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from rqf.codes.interchange import FORMATS
+from rqf.errors import RqfError
+
+
+@click.group("ids")
+def ids() -> None:
+    """Semantic IDs: export them for another tool, import another tool's, look one up."""
+
+
+@ids.command("export")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", required=True,
+              type=click.Choice(FORMATS),
+              help="index-json: LC-Rec / LETTER / MiniOneRec's .index.json; recbole: an atomic "
+                   "file; parquet needs pyarrow.")
+@click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--numbering", type=click.Choice(["id", "row"]), default="id", show_default=True,
+              help="Key each ID by item id, or by 0-based row of the item file.")
+@click.option("--token", default="<{letter}_{code}>", show_default=True,
+              help="Token template of index-json and recbole: {letter} (a, b, c… by level), "
+                   "{level}, {code}.")
+@click.option("--force", is_flag=True, help="Replace an existing --out file.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def export(run: Path, fmt: str, out: Path, numbering: str, token: str, force: bool,
+           debug: bool) -> None:
+    """Write the semantic IDs of RUN (a run folder or a semantic_ids.h5) for another tool."""
+    from rqf.codes import SemanticIds
+    from rqf.codes.interchange import export_ids
+
+    from rqf.io import check_output
+
+    path = _ids_file(run)
+    ids = SemanticIds(path)  # checked whole before anything is written
+    check_output(out, force, [("is the file this command reads", path)])
+    click.echo(f"wrote {export_ids(ids, fmt, out, numbering, token)}")
+
+
+
+
+
+@ids.command("import")
+@click.argument("index", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--items", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="The item file the IDs are for (any installed storage that recognises it, "
+                   "e.g. item_data.h5): every item must have one.")
+@click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="semantic_ids.h5 to write (what tiger's model.semantic_ids reads).")
+@click.option("--numbering", type=click.Choice(["id", "row"]), default="id", show_default=True,
+              help="The index's keys are item ids, or 0-based rows of the item file.")
+@click.option("--force", is_flag=True, help="Replace an existing --out file.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def import_(index: Path, items: Path, out: Path, numbering: str, force: bool,
+            debug: bool) -> None:
+    """Turn another tool's .index.json (LC-Rec, LETTER, MiniOneRec) into semantic_ids.h5."""
+    from rqf.codes.interchange import import_ids
+    from rqf.io import check_output
+    from rqf.plugins import item_ids_of
+
+    check_output(out, force, [("is the file this command reads", p) for p in (index, items)])
+    click.echo(f"wrote {import_ids(index, item_ids_of(items), out, numbering)}")
+
+
+@ids.command("lookup")
+@click.argument("semantic_ids", type=click.Path(path_type=Path))
+@click.option("--item", "item_id", type=int, help="Print the semantic ID of this item id.")
+@click.option("--code", help="Print the item with this semantic ID, e.g. 12,7,201,0.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def lookup(semantic_ids: Path, item_id: int | None, code: str | None, debug: bool) -> None:
+    """Map an item id to its semantic ID, or a semantic ID back to its item (SEMANTIC_IDS: a
+    semantic_ids.h5 or the run folder that holds one)."""
+    from rqf.codes import SemanticIds
+
+    if item_id is None and code is None:
+        raise RqfError("lookup: give --item ID or --code C1,C2,...")
+    ids_ = SemanticIds(_ids_file(semantic_ids))
+    if item_id is not None:
+        click.echo(",".join(str(int(c)) for c in ids_.of_item(item_id)))
+    if code is not None:
+        try:
+            parts = [int(c) for c in code.split(",")]
+        except ValueError:
+            raise RqfError(f"--code: expected comma-separated integers, got {code!r}") from None
+        click.echo(ids_.item_of(parts))
+
+
+def _ids_file(path: Path) -> Path:
+    """A run folder stands for the semantic_ids.h5 inside it."""
+    return path / "semantic_ids.h5" if path.is_dir() else path
