@@ -253,13 +253,35 @@ class Model(Component, ABC):
         to ``out``, a file or folder outside any run: what ``rqf encode`` calls."""
         raise NotImplementedError(f"model {self.name!r} makes no codes to encode data with")
 
-    @abstractmethod
+    # the model file (``model.pt``): its format tag, and the values of keys added since, for
+    # files written before they existed
+    file_format: ClassVar[str] = ""
+    config_added: ClassVar[Mapping[str, Any]] = {}
+
+    def state(self) -> dict[str, Any]:
+        """What ``load`` needs beside the config and the data description: tensors and plain
+        data only (weights, codebooks, the catalogue)."""
+        raise NotImplementedError(f"model {self.name!r} keeps no model file")
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Take back what ``state`` gave, on a model built from the saved config."""
+        raise NotImplementedError(f"model {self.name!r} keeps no model file")
+
+    def place(self, device: Any) -> None:
+        """Move to the torch device a loaded model runs on (nothing to move: nothing)."""
+
     def save(self, path: Path) -> None:
         """Write everything ``load`` needs; the pipeline calls it once fit has returned."""
+        from rqf.training.checkpoints import save_model_file
+
+        save_model_file(path, self)
 
     @classmethod
-    @abstractmethod
-    def load(cls, path: Path, device: str = "auto") -> "Model": ...
+    def load(cls, path: Path, device: str = "auto") -> "Model":
+        """The model saved at ``path``, on ``device`` (auto, cpu or cuda)."""
+        from rqf.training.checkpoints import load_model_file
+
+        return load_model_file(cls, path, device)
 
     @classmethod
     def run_outputs(cls, export: Mapping[str, Any]) -> tuple[str, ...]:

@@ -4,7 +4,6 @@ every ranker takes: metrics, export, health and the summary are written once, he
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -193,10 +192,3 @@ class NextItemModel(Model):
                 lines.append(f"{role:<7} {name:<12} {m['users']:6d}  {r['recall@5']:.4f}  "
                              f"{r['recall@10']:.4f}  {r['ndcg@5']:.4f}  {r['ndcg@10']:.4f}")
         return "\n".join(lines)
-
-    def save(self, path: Path) -> None:  # what a baseline needs is refit in seconds
-        raise NotImplementedError(f"{self.name} keeps no model file")
-
-    @classmethod
-    def load(cls, path: Path, device: str = "auto") -> "NextItemModel":
-        raise NotImplementedError(f"{cls.name} keeps no model file")

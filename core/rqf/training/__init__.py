@@ -1,9 +1,10 @@
 """What every torch model's training shares, one idea a file.
 
 ``config`` (the train section, torch-free), ``runtime`` (device, distributed, seeding,
-autocast), ``batches`` (batch sources), ``checkpoints`` (save, safe load, best weights) and
-``optim`` (optimizer and learning-rate schedule) and ``loop`` (``TrainingTask``, ``Trainer``). Nothing is imported until a name is asked for, so
-``rqf.training.TRAIN_PARAMS`` does not load torch.
+autocast), ``batches`` (batch sources), ``checkpoints`` (save, safe load, best weights, the
+model file every model writes), ``optim`` (optimizer and learning-rate schedule) and ``loop``
+(``TrainingTask``, ``Trainer``, ``FitResult``). Nothing is imported until a name is asked for,
+so ``rqf.training.TRAIN_PARAMS`` does not load torch.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ _WHERE = {
                 "autocast"),
     "batches": ("batch_bounds", "TensorBatches", "BatchSource", "to_device", "LoaderBatches"),
     "checkpoints": ("CHECKPOINT_FORMAT", "save_checkpoint", "load_tensors", "load_checkpoint",
-                    "list_checkpoints", "BestWeights"),
+                    "list_checkpoints", "BestWeights", "save_model_file", "load_model_file"),
     "optim": ("build_optimizer", "build_scheduler", "lr_factor"),
     "loop": ("TrainingTask", "LossFn", "FitResult", "Trainer"),
 }

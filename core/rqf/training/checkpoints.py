@@ -84,6 +84,48 @@ def _load_tensors(path: Path, what: str, map_location: Any) -> Any:
                        f"({type(exc).__name__}{': ' + first if first else ''})") from None
 
 
+def _plain(value: Any) -> Any:
+    """``value`` as data a tensors-only load reads back (no numpy scalars, paths or tuples)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+        return value
+    return str(value)
+
+
+def save_model_file(path: Path, model: Any) -> None:
+    """A model's ``model.pt``: its format tag, resolved config, data description and
+    ``model.state()`` (what is its own: weights, codebooks, the catalogue), written whole."""
+    payload = {"format": model.file_format, "config": _plain(model.config),
+               "data_info": _plain(model.data_info), **model.state()}
+    save_checkpoint(path, payload)
+
+
+def load_model_file(cls: Any, path: Path, device: str = "auto") -> Any:
+    """The model ``save_model_file`` wrote, on ``device`` (refused in one line when it is not
+    there), or a one-line error for a file that is not this model's or whose state does not
+    fit its saved configuration."""
+    from rqf.training.runtime import resolve_device
+
+    where = resolve_device(device, "device")
+    path = Path(path)
+    payload = load_tensors(path, f"{cls.name} model", cls.file_format)
+    config = {**cls.config_added, **payload["config"]}
+    model = cls(payload["data_info"], **config)
+    try:
+        model.load_state(payload)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RqfError(f"{path}: the saved state does not fit the saved configuration "
+                       f"({first})") from None
+    model.place(where)
+    return model
+
+
 def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by rqf; a clear error for anything else."""
     return load_tensors(path, "rqf checkpoint", CHECKPOINT_FORMAT, map_location)

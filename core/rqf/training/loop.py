@@ -117,6 +117,13 @@ class FitResult:
     def samples_per_second(self) -> float:
         return self.samples / self.seconds if self.seconds > 0 else float("nan")
 
+    def summary(self, device: Any) -> dict[str, Any]:
+        """What a trained model's ``fit`` reports (it adds what is its own): steps, seconds,
+        the kept step and its value, where a resume started, the device and the curves."""
+        return {"steps": self.steps, "seconds": round(self.seconds, 3),
+                "best_step": self.best_step, "best_value": self.best_value,
+                "resumed_from": self.resumed_from, "device": str(device), **self.curves()}
+
 
 @dataclass
 class _Progress:

@@ -51,10 +51,12 @@ def dist_info() -> DistInfo:
     return DistInfo()
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, key: str = "train.device") -> torch.device:
+    """``auto`` (CUDA when there is one), ``cpu`` or ``cuda``; ``key`` names the setting in
+    the refusal when CUDA is asked for and absent."""
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise RqfError("train.device: 'cuda' was asked for, but no CUDA device is available")
+            raise RqfError(f"{key}: 'cuda' was asked for, but no CUDA device is available")
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     return torch.device("cpu")

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rqf import (ConfigError, Dataset, Param, RqfError, RunContext, atomic_path, load_tensors,
-                 require_memory)
+from rqf import ConfigError, Dataset, Param, RunContext, require_memory
 from rqf.codes import (MOVER_ROWS_BUDGET, CodedItems, ItemTokenizer, balanced_kmeans,
                        handle_collisions_streamed, kmeans, nearest, squared_distances)
 
-MODEL_FORMAT = "rqf-rqkmeans-1"
 ENCODE_CHUNK = 16384  # rows coded at once: with 768-d vectors, about 50 MB per copy
 
 
@@ -41,6 +38,7 @@ class RQKMeansModel(ItemTokenizer):
     # no gradient loop: the pipeline builds no trainer, the train section's budget does not
     # apply, and --resume fits it again
     gradient_free = True
+    file_format = "rqf-rqkmeans-1"
 
     @property
     def spread_fix(self) -> str:  # type: ignore[override]
@@ -69,6 +67,7 @@ class RQKMeansModel(ItemTokenizer):
         self.codebooks = torch.zeros(config["levels"], config["codebook_size"], self.input_dim)
         self.mean = torch.zeros(self.input_dim)
         self.std = torch.ones(self.input_dim)
+        self.device = torch.device("cpu")  # fitted on the CPU; a loaded model codes on its own
 
     def codebooks_array(self) -> np.ndarray:
         return self.codebooks.numpy()
@@ -126,10 +125,14 @@ class RQKMeansModel(ItemTokenizer):
         return f"clustered {fit.get('training_vectors')} vectors in {fit.get('seconds')} s"
 
     # -- coding ---------------------------------------------------------------------------
+    def _read(self, read, a: int, b: int) -> torch.Tensor:
+        """Rows [a, b) prepared, on the device the model codes on."""
+        rows = torch.from_numpy(np.asarray(read(a, b), np.float32)).to(self.device)
+        return self._prepare(rows)
+
     def _chunks(self, read, n: int):
         for a in range(0, n, ENCODE_CHUNK):
-            yield a, self._prepare(torch.from_numpy(np.asarray(read(a, min(n, a + ENCODE_CHUNK)),
-                                                               np.float32)))
+            yield a, self._read(read, a, min(n, a + ENCODE_CHUNK))
 
     def code_rows(self, read, n: int, unique: bool = True) -> CodedItems:
         """Codes of rows read in chunks: nearest codes in one pass, then collision handling,
@@ -143,10 +146,10 @@ class RQKMeansModel(ItemTokenizer):
             residual = x
             for level in range(levels):
                 i = nearest(residual, books[level])[1]
-                raw_codes[a:a + len(x), level] = i.numpy()
+                raw_codes[a:a + len(x), level] = i.cpu().numpy()
                 residual = residual - books[level][i]
-            sq_err[a:a + len(x)] = (residual ** 2).sum(1).numpy()
-            sq_norm[a:a + len(x)] = (x ** 2).sum(1).numpy()
+            sq_err[a:a + len(x)] = (residual ** 2).sum(1).cpu().numpy()
+            sq_norm[a:a + len(x)] = (x ** 2).sum(1).cpu().numpy()
         codes = raw_codes
         if unique:
             codes, final = handle_collisions_streamed(
@@ -171,26 +174,26 @@ class RQKMeansModel(ItemTokenizer):
                 continue  # no row of this chunk is asked for: not read
             rows = items[lo:hi]
             b = int(rows[-1]) + 1
-            x = self._prepare(torch.from_numpy(np.asarray(read(int(a), b), np.float32)))
-            residual = x[torch.from_numpy(rows - a)]
+            residual = self._read(read, int(a), b)[torch.from_numpy(rows - a).to(self.device)]
             for level in range(len(books) - 1):
-                residual = residual - books[level][torch.from_numpy(raw_codes[rows, level])]
-            out[lo:hi] = squared_distances(residual, books[-1]).numpy()
+                code = torch.from_numpy(raw_codes[rows, level]).to(self.device)
+                residual = residual - books[level][code]
+            out[lo:hi] = squared_distances(residual, books[-1]).cpu().numpy()
         return out
 
-    # -- persistence ----------------------------------------------------------------------
-    def save(self, path: Path) -> None:
-        with atomic_path(path) as tmp:
-            torch.save({"format": MODEL_FORMAT, "config": dict(self.config),
-                        "data_info": {"input_dim": self.input_dim, "unit": "item"},
-                        "codebooks": self.codebooks, "mean": self.mean, "std": self.std}, tmp)
+    # -- the model file ------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {"codebooks": self.codebooks.cpu(), "mean": self.mean.cpu(), "std": self.std.cpu()}
 
-    @classmethod
-    def load(cls, path: Path, device: str = "cpu") -> "RQKMeansModel":
-        payload = load_tensors(Path(path), "rqkmeans model", MODEL_FORMAT)
-        model = cls(payload["data_info"], **payload["config"])
-        if tuple(payload["codebooks"].shape) != tuple(model.codebooks.shape):
-            raise RqfError(f"{path}: codebooks of shape {tuple(payload['codebooks'].shape)} do "
-                           f"not fit the saved configuration")
-        model.codebooks, model.mean, model.std = payload["codebooks"], payload["mean"], payload["std"]
-        return model
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        for name in ("codebooks", "mean", "std"):
+            mine, saved = getattr(self, name), state[name]
+            if tuple(saved.shape) != tuple(mine.shape):
+                raise ValueError(f"{name} of shape {tuple(saved.shape)}, expected "
+                                 f"{tuple(mine.shape)}")
+        self.codebooks, self.mean, self.std = state["codebooks"], state["mean"], state["std"]
+
+    def place(self, device: torch.device) -> None:
+        self.device = device
+        self.codebooks, self.mean, self.std = (t.to(device) for t in
+                                               (self.codebooks, self.mean, self.std))

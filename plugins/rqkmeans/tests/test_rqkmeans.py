@@ -25,7 +25,8 @@ def pipeline(out, storage: MemoryItems, **model):
 @pytest.fixture(autouse=True)
 def only_this_plugin():
     with use_plugins(plugin, entry_points=False) as pm:
-        assert pm.registry.names("model") == ["rqkmeans"]
+        # this plugin's model, beside the core's own (the ranking floors)
+        assert pm.registry.names("model") == ["lastitem_nn", "mostpop", "rqkmeans"]
         yield
 
 

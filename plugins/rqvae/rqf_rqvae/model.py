@@ -9,13 +9,11 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from rqf import (ConfigError, DataError, Dataset, ItemVectors, Param, RqfError, RunContext,
-                 SequenceVectors, TensorBatches, TrainingTask, atomic_path, autocast,
-                 load_tensors, require_memory, resolve_device)
+from rqf import (ConfigError, DataError, Dataset, ItemVectors, Param, RunContext,
+                 SequenceVectors, TensorBatches, TrainingTask, autocast, require_memory)
 from rqf.codes import DISTANCE_CHUNK, CodedItems, ItemTokenizer
 from rqf_rqvae.module import ACTIVATIONS, RQVAE
 
-MODEL_FORMAT = "rqf-rqvae-1"
 CPU_ENCODE_BATCH = 4096
 ARCHITECTURE_KEYS = ("input_dim", "levels", "codebook_size", "latent_dim", "hidden_dims",
                      "activation", "distance", "normalize", "latent_norm")
@@ -98,6 +96,8 @@ class RQVAEModel(ItemTokenizer):
         Param("plots", bool, True, "save a code-usage plot per level when matplotlib is there"),
     )
     more_training = "train longer (train.max_steps)"
+    file_format = "rqf-rqvae-1"
+    config_added = {"latent_norm": False}  # models saved before it existed had none
 
     @classmethod
     def run_outputs(cls, export: Mapping[str, Any]) -> tuple[str, ...]:
@@ -218,11 +218,9 @@ class RQVAEModel(ItemTokenizer):
         result = trainer.fit(task, TensorBatches(data, ctx.train.batch_size, seed=ctx.seed,
                                                  device=device))
         self.net.eval()
-        return {"steps": result.steps, "seconds": round(result.seconds, 3),
-                "kmeans_init_seconds": round(init_seconds, 3),
+        return {**result.summary(device), "kmeans_init_seconds": round(init_seconds, 3),
                 "items_per_second": round(result.samples_per_second, 1),
-                "training_vectors": len(data), "resumed_from": result.resumed_from,
-                "device": str(device), **result.curves()}
+                "training_vectors": len(data)}
 
     def fit_line(self, fit: Mapping[str, Any]) -> str:
         if not fit:
@@ -340,26 +338,14 @@ class RQVAEModel(ItemTokenizer):
                 writer.write(key, self.codes_of(source.read(key)).astype(dtype))
         return out_dir
 
-    # -- persistence ----------------------------------------------------------------------
-    def save(self, path: Path) -> None:
-        with atomic_path(path) as tmp:
-            torch.save({"format": MODEL_FORMAT, "config": dict(self.config),
-                        "data_info": {"input_dim": self.input_dim},
-                        "state_dict": {k: v.detach().cpu() for k, v in self.net.state_dict().items()}},
-                       tmp)
+    # -- the model file ------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {"state_dict": {k: v.detach().cpu() for k, v in self.net.state_dict().items()}}
 
-    @classmethod
-    def load(cls, path: Path, device: str = "auto") -> "RQVAEModel":
-        path = Path(path)
-        payload = load_tensors(path, "rqvae model", MODEL_FORMAT)
-        config = dict(payload["config"])
-        config.setdefault("latent_norm", False)  # models saved before it existed had none
-        model = cls(payload["data_info"], **config)
-        try:
-            model.net.load_state_dict(payload["state_dict"])
-        except RuntimeError as exc:
-            raise RqfError(f"{path}: weights do not fit the saved architecture "
-                           f"({str(exc).splitlines()[0]})") from None
-        model.device = resolve_device(device)
-        model.net.eval()
-        return model
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        self.net.load_state_dict(state["state_dict"])
+        self.net.eval()
+
+    def place(self, device: torch.device) -> None:
+        self.device = device
+        self.net.to(device)

@@ -3,7 +3,6 @@ tokens and generates the next item's full ID, decoded by beam search over valid 
 
 from __future__ import annotations
 
-import time
 import zlib
 from pathlib import Path
 from typing import Any, Mapping
@@ -13,16 +12,13 @@ import torch
 from torch import nn
 
 from rqf import (ConfigError, DataError, Dataset, ItemSource, Param, RqfError, RunContext,
-                 TensorBatches, atomic_path, autocast, load_tensors, missing_members,
-                 require_memory)
+                 TensorBatches, autocast, missing_members, require_memory)
 from rqf.codes import PrefixTrie, SemanticIds, sha256_of
 from rqf.ranking import (FLOORS, HISTORY, TOP_K, Examples, NextItemModel, RankingTask,
                          catalogue_positions, dedup_history, fit_floors, monitored_examples,
                          sequence_table, train_examples)
 from rqf_tiger.decode import constrained_beam_search
 from rqf_tiger.net import BOS, PAD, TigerNet
-
-MODEL_FORMAT = "rqf-tiger-1"
 
 
 class TigerTask(RankingTask):
@@ -53,6 +49,7 @@ class TigerModel(NextItemModel):
     gradient_free = False
     keeps_weights = True
     below_floor_fix = "train longer (train.max_steps) or check the IDs it reads"
+    file_format = "rqf-tiger-1"
     params = (
         Param("semantic_ids", "path", help="semantic_ids.h5 of the items (from rqvae, rqkmeans, "
               "...); its unique_codes, collision level included, are the IDs generated"),
@@ -209,14 +206,10 @@ class TigerModel(NextItemModel):
                          self._user_tokens(table.user_ids, len(table))[ex.users], valid_ex)
         batches = TensorBatches(torch.arange(len(ex), device=device), ctx.train.batch_size,
                                 seed=ctx.seed, device=device)
-        started = time.perf_counter()
         result = trainer.fit(task, batches)
         self.net.eval()
-        return {"steps": result.steps, "seconds": round(time.perf_counter() - started, 3),
-                "training_examples": len(ex), "best_step": result.best_step,
-                "best_value": result.best_value, "resumed_from": result.resumed_from,
-                "semantic_ids": str(self.ids_path), "semantic_ids_sha256": self.ids_sha256,
-                "device": str(device), **result.curves()}
+        return {**result.summary(device), "training_examples": len(ex),
+                "semantic_ids": str(self.ids_path), "semantic_ids_sha256": self.ids_sha256}
 
     # -- ranking ------------------------------------------------------------------------------
     def known_items(self) -> np.ndarray:
@@ -265,21 +258,18 @@ class TigerModel(NextItemModel):
         return {**super().export_attrs(), "semantic_ids": str(self.ids_path),
                 "semantic_ids_sha256": self.ids_sha256}
 
-    # -- persistence ----------------------------------------------------------------------------
-    def save(self, path: Path) -> None:
-        with atomic_path(path) as tmp:
-            torch.save({"format": MODEL_FORMAT, "config": {k: (str(v) if isinstance(v, Path) else v)
-                                                           for k, v in self.config.items()},
-                        "data_info": dict(self.data_info), "semantic_ids_sha256": self.ids_sha256,
-                        "state_dict": {k: v.detach().cpu() for k, v in self.net.state_dict().items()}},
-                       tmp)
+    # -- the model file --------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {"semantic_ids_sha256": self.ids_sha256,
+                "state_dict": {k: v.detach().cpu() for k, v in self.net.state_dict().items()}}
 
-    @classmethod
-    def load(cls, path: Path, device: str = "cpu") -> "TigerModel":
-        payload = load_tensors(Path(path), "tiger model", MODEL_FORMAT)
-        model = cls(payload["data_info"], **payload["config"])
-        if model.ids_sha256 != payload["semantic_ids_sha256"]:
-            raise RqfError(f"{path}: trained on other semantic IDs than {model.ids_path} holds now")
-        model.net.load_state_dict(payload["state_dict"])
-        model.net.eval()
-        return model
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        if self.ids_sha256 != state["semantic_ids_sha256"]:
+            raise RqfError(f"{self.ids_path}: the model was trained on other semantic IDs than "
+                           "this file holds now")
+        self.net.load_state_dict(state["state_dict"])
+        self.net.eval()
+
+    def place(self, device: torch.device) -> None:
+        self.device = device
+        self.net.to(device)

@@ -7,21 +7,18 @@ IDs, only the order of the items, and is measured by the same evaluator as tiger
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
-from rqf import (DataError, Dataset, Param, RqfError, RunContext, TensorBatches, atomic_path,
-                 autocast, load_tensors, require_memory)
+from rqf import (DataError, Dataset, Param, RqfError, RunContext, TensorBatches, autocast,
+                 require_memory)
 from rqf.ranking import (FLOORS, TOP_K, Examples, NextItemModel, RankingTask,
                          catalogue_positions, fit_floors, monitored_examples, right_align,
                          sequence_rows, sequence_table)
 
-MODEL_FORMAT = "rqf-sasrec-1"
 PAD = 0  # item index 0 is padding; item i of the catalogue is index i + 1
 
 
@@ -92,6 +89,7 @@ class SASRecModel(NextItemModel):
     gradient_free = False
     keeps_weights = True
     reads_vectors = False
+    file_format = "rqf-sasrec-1"
     params = (
         Param("history", int, 50, "most recent items of a user's sequence the model reads",
               min=1),
@@ -110,21 +108,20 @@ class SASRecModel(NextItemModel):
                       "weight_decay": 0.0, "warmup_steps": 100, "scheduler": "constant",
                       "eval_every": 500, "monitor": "valid_ndcg@10", "monitor_mode": "max"}
 
-    def __init__(self, data_info: Mapping[str, Any], item_ids: Any = None,
-                 **params: Any) -> None:
+    def __init__(self, data_info: Mapping[str, Any], **params: Any) -> None:
         super().__init__(data_info, **params)
         cfg = self.config
         if cfg["d_model"] % cfg["heads"]:
             raise RqfError(f"model.heads: d_model {cfg['d_model']} does not divide by "
                            f"{cfg['heads']} heads")
-        self.item_ids = np.asarray(item_ids if item_ids is not None else [], np.int64)
+        self.item_ids = np.zeros(0, np.int64)  # the catalogue: from fit, or the model file
         self.net: SASRecNet | None = None
         self.device = torch.device("cpu")
         self.precision = "fp32"
-        if len(self.item_ids):
-            self._build()
 
-    def _build(self) -> None:
+    def set_catalogue(self, item_ids: Any) -> None:
+        """The items ranked (sorted ids), and a fresh network over them."""
+        self.item_ids = np.asarray(item_ids, np.int64)
         cfg = self.config
         n, d = len(self.item_ids), cfg["d_model"]
         params = (n + 1 + cfg["history"]) * d + cfg["layers"] * 12 * d * d
@@ -161,8 +158,7 @@ class SASRecModel(NextItemModel):
         cfg = self.config
         trainer = ctx.require_trainer(self.name)
         table, _ = sequence_table(train)
-        self.item_ids = np.unique(table.item_ids)  # every item of the sequence file is ranked
-        self._build()
+        self.set_catalogue(np.unique(table.item_ids))  # every item of the sequence file is ranked
         self.device, self.precision = trainer.device, ctx.train.precision
         seqs = sequence_rows(train, cfg["history"] + 1)
         if not len(seqs):
@@ -174,14 +170,10 @@ class SASRecModel(NextItemModel):
                           valid_ex)
         batches = TensorBatches(torch.arange(len(seqs), device=self.device),
                                 ctx.train.batch_size, seed=ctx.seed, device=self.device)
-        started = time.perf_counter()
         result = trainer.fit(task, batches)
         self.net.eval()
-        return {"steps": result.steps, "seconds": round(time.perf_counter() - started, 3),
-                "training_sequences": len(seqs), "items": len(self.item_ids),
-                "best_step": result.best_step, "best_value": result.best_value,
-                "resumed_from": result.resumed_from, "device": str(self.device),
-                **result.curves()}
+        return {**result.summary(self.device), "training_sequences": len(seqs),
+                "items": len(self.item_ids)}
 
     # -- ranking ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -212,23 +204,19 @@ class SASRecModel(NextItemModel):
         self.net.train(was_training)
         return out
 
-    # -- persistence ----------------------------------------------------------------------------
-    def save(self, path: Path) -> None:
-        with atomic_path(path) as tmp:
-            torch.save({"format": MODEL_FORMAT, "config": dict(self.config),
-                        "data_info": dict(self.data_info),
-                        "item_ids": torch.from_numpy(self.item_ids),
-                        "state_dict": {k: v.detach().cpu()
-                                       for k, v in self.net.state_dict().items()}}, tmp)
+    # -- the model file --------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {"item_ids": torch.from_numpy(self.item_ids),
+                "state_dict": {k: v.detach().cpu() for k, v in self.net.state_dict().items()}}
 
-    @classmethod
-    def load(cls, path: Path, device: str = "cpu") -> "SASRecModel":
-        payload = load_tensors(Path(path), "sasrec model", MODEL_FORMAT)
-        model = cls(payload["data_info"], item_ids=payload["item_ids"].numpy(),
-                    **payload["config"])
-        model.net.load_state_dict(payload["state_dict"])
-        model.net.eval()
-        return model
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        self.set_catalogue(state["item_ids"].numpy())
+        self.net.load_state_dict(state["state_dict"])
+        self.net.eval()
+
+    def place(self, device: torch.device) -> None:
+        self.device = device
+        self.net.to(device)
 
 
 def _last_items(history: np.ndarray, width: int) -> np.ndarray:

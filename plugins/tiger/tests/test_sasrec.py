@@ -39,7 +39,8 @@ def test_right_align_moves_each_history_to_the_newest_end():
 
 def test_recommend_ranks_the_whole_catalogue_by_the_scores(monkeypatch):
     ids = np.array([10, 20, 30, 40, 50, 60])
-    model = SASRecModel({}, item_ids=ids, history=4, d_model=8, heads=2, layers=1)
+    model = SASRecModel({}, history=4, d_model=8, heads=2, layers=1)
+    model.set_catalogue(ids)
     scores = torch.tensor([[0.1, 0.9, 0.3, 0.8, 0.0, 0.5],     # hand-made: 20, 40, 60, 30, ...
                            [5.0, -1.0, 2.0, 2.5, 9.0, 1.0]])   # 50, 10, 40, 30, 60, 20
     seen = []
@@ -58,7 +59,8 @@ def test_recommend_ranks_the_whole_catalogue_by_the_scores(monkeypatch):
 
 
 def test_histories_longer_than_the_model_reads_keep_their_newest_items():
-    model = SASRecModel({}, item_ids=np.arange(1, 21), history=3, d_model=8, heads=2, layers=1)
+    model = SASRecModel({}, history=3, d_model=8, heads=2, layers=1)
+    model.set_catalogue(np.arange(1, 21))
     long = np.array([[1, 2, 3, 4, 5, -1], [7, 8, -1, -1, -1, -1]])
     short = np.array([[3, 4, 5], [7, 8, -1]])
     torch.testing.assert_close(model.item_scores(long), model.item_scores(short))
