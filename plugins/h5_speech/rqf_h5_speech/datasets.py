@@ -12,9 +12,10 @@ import numpy as np
 
 from rqf import (DataError, Dataset, KeyedArrays, Param, SequenceVectors,
                  atomic_path, require)
-from rqf_h5_speech.cache import SampleArrays
+from rqf_h5_speech.shards import SampleArrays
 from rqf_h5_speech.inspection import sample_problems, spread
-from rqf_h5_speech.writer import PARTIAL_SUFFIX, ShardedCacheWriter
+from rqf_h5_speech.cache import PARTIAL_SUFFIX
+from rqf_h5_speech.writer import ShardedCacheWriter
 
 COMMON_PARAMS = (
     Param("feature", str, "hidden_states", "array of each sample to learn from"),
@@ -147,8 +148,11 @@ class SpeechDataset(Dataset):
     def subset(self, indices: np.ndarray, role: str = "train") -> "SpeechDataset":
         indices = np.asarray(indices, dtype=np.int64)
         if hasattr(self.keys, "take"):
-            return self._clone(self.keys.take(indices))  # type: ignore[attr-defined]
-        return self._clone([self.keys[i] for i in indices])
+            view = self._clone(self.keys.take(indices))  # type: ignore[attr-defined]
+        else:
+            view = self._clone([self.keys[i] for i in indices])
+        view.role = role
+        return view
 
     def export_source(self) -> SequenceVectors:
         index = getattr(self.storage, "index", None)

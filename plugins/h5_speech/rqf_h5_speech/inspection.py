@@ -9,7 +9,8 @@ import h5py
 import numpy as np
 
 from rqf import DataError, InspectReport
-from rqf_h5_speech.cache import KEYS_DATASET, CacheIndex, SampleArrays, shard_problems
+from rqf_h5_speech.cache import KEYS_DATASET, CacheIndex, shard_problems
+from rqf_h5_speech.shards import SampleArrays
 
 T_TOLERANCE = 2  # mel is about one frame longer than the semantic features
 FEATURE = "hidden_states"

@@ -18,7 +18,8 @@ import numpy as np
 from rqf import DataError, FolderLock, disk_full, is_disk_full
 from rqf_h5_speech.cache import CacheIndex, _fsync_dir, shard_name, shard_problems
 from rqf_h5_speech.keytable import KeyTable
-from rqf_h5_speech.writer import LOCK_NAME, PARTIAL_SUFFIX, ShardedCacheWriter, remove_own_files
+from rqf_h5_speech.cache import LOCK_NAME, PARTIAL_SUFFIX
+from rqf_h5_speech.writer import ShardedCacheWriter, remove_own_files
 
 
 def finalize_cache(directory: Path | str) -> dict[str, Any]:

@@ -8,14 +8,15 @@ from typing import Any, Sequence
 import numpy as np
 
 from rqf import DataError, InspectReport, Param, Storage
-from rqf_h5_speech.cache import (INDEX_NAME, SHARD_PATTERN, CacheIndex, SampleArrays, ShardHandles,
-                                 shard_problems)
+from rqf_h5_speech.cache import CACHE_FILES, INDEX_NAME, SHARD_PATTERN, CacheIndex, shard_problems
+from rqf_h5_speech.shards import SampleArrays, ShardHandles
 
 
 class H5ShardedStorage(Storage):
     """A sharded HDF5 feature cache (features_NNNNN.h5 + hdf5_index.json), read by key."""
 
     name = "h5_sharded"
+    writer_files = CACHE_FILES  # a token cache is a cache like the features'
     params = (
         Param("processed_dir", "path", help="folder holding hdf5_index.json and the shards"),
         Param("max_open_files", int, 64, "shard files kept open per process", min=1),

@@ -36,12 +36,11 @@ import h5py
 import numpy as np
 
 from rqf import DataError, FolderLock, RqfError, disk_full, is_disk_full
-from rqf_h5_speech.cache import (INDEX_NAME, KEYS_DATASET, KEYS_INDEX_NAME, SHARD_PATTERN,
-                                 CacheIndex, _fsync_dir, check_key, read_shard_keys, shard_name)
+from rqf_h5_speech.cache import (INDEX_NAME, KEYS_DATASET, KEYS_INDEX_NAME, LOCK_NAME,
+                                 PARTIAL_SUFFIX, SHARD_PATTERN, CacheIndex, _fsync_dir, check_key,
+                                 read_shard_keys, shard_name)
 from rqf_h5_speech.codecs import CODECS, IN_LIBRARY_CODECS, chunk_compressor, plugin_filter
 
-PARTIAL_SUFFIX = ".partial"
-LOCK_NAME = ".rqf-writer.lock"
 FORMAT_VERSION = "rqf-sharded-cache-1"
 
 

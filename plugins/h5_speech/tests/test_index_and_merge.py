@@ -15,7 +15,8 @@ from rqf.cli import main
 from rqf.errors import DataError, RqfError
 from rqf_h5_speech import H5ShardedStorage, ShardedCacheWriter, UtterancesDataset
 from rqf_h5_speech.cache import CacheIndex, check_key
-from rqf_h5_speech.keytable import KeyTable, encode_keys, first_bad_key, hash_key, hash_keys
+from rqf_h5_speech.keyhash import hash_key, hash_keys
+from rqf_h5_speech.keytable import KeyTable, encode_keys, first_bad_key
 from rqf_h5_speech.merge import merge_caches
 from rqf_h5_speech.testing import KEYS, sample, write_like_original
 
