@@ -32,7 +32,7 @@ def test_evenly_used_codes_are_healthy_and_a_crowded_level_is_not():
     stats = code_statistics(codes, 256)
     assert stats["largest_code_share"][1] == pytest.approx(0.3, abs=0.01)
     [warning] = code_health(stats, "reassign", spread_fix="set model.balanced: true")
-    assert warning.startswith("codebook level 1: items crowd onto a few codes, one code holds "
+    assert warning.startswith("codebook level 2: items crowd onto a few codes, one code holds "
                               "30% of them (healthy: at most 10%)")
     assert warning.endswith(": set model.balanced: true")
 
@@ -48,7 +48,7 @@ def test_a_level_with_low_perplexity_and_many_moved_items_are_unhealthy():
     warnings = code_health({**stats, "moved_share": 0.34}, "reassign",
                            more_training="train longer (train.max_steps)")
     assert len(warnings) == 2
-    assert "codebook level 1: items crowd onto a few codes, perplexity" in warnings[0]
+    assert "codebook level 2: items crowd onto a few codes, perplexity" in warnings[0]
     assert "of 256 codes (healthy: at least 64)" in warnings[0]
     assert warnings[1].startswith("collision handling moved 34% of items off their nearest "
                                   "codes (above 20%)")
@@ -61,8 +61,19 @@ def test_a_small_codebook_is_judged_against_its_own_uniform_share():
     assert code_health(code_statistics(codes, 8), "reassign", items=False) == []
     codes[:500, 0] = 0  # half on one code: four times the uniform share
     [warning] = code_health(code_statistics(codes, 8), "reassign", items=False)
-    assert "codebook level 0: items crowd onto a few codes, one code holds 55% of them " \
+    assert "codebook level 1: items crowd onto a few codes, one code holds 55% of them " \
            "(healthy: at most 50%)" in warning
+
+
+def test_health_advice_names_only_keys_the_model_accepts():
+    codes = spread_codes(1000, 2, 8)
+    codes[:, 1] = 0  # every item on one code of the last level: collisions and crowding
+    stats = {**code_statistics(codes, 8), "recon_rel_error": 1.0}
+    everything = " ".join(code_health(stats, "suffix"))
+    assert "model.collision_handling" in everything and "model.normalize" in everything
+    only = " ".join(code_health(stats, "suffix", keys={"levels"}, more_training="more data"))
+    assert "model.collision_handling" not in only and "model.normalize" not in only
+    assert "model.codebook_size" not in only and "a level more (model.levels)" in only
 
 
 class Constant(rqf.Model):
@@ -169,7 +180,8 @@ def test_default_rqkmeans_is_healthy_on_real_items_where_plain_levels_crowd(tmp_
 
     plain = run("plain", balanced=False)
     [warning, *_] = plain["health"]["warnings"]
-    assert warning.startswith("codebook level 1: items crowd onto a few codes, one code holds")
+    # levels are counted from 1 in messages: the second level is the table's second column
+    assert warning.startswith("codebook level 2: items crowd onto a few codes, one code holds")
     assert warning.endswith(": set model.balanced: true")
     assert plain["all"]["largest_code_share"][1] > 0.15
     default = run("default")

@@ -37,7 +37,7 @@ def test_rows_and_a_token_template_round_trip(tmp_path, ids_file):
     ids = SemanticIds(ids_file)
     out = export_ids(ids, "index-json", tmp_path / "rows.json", numbering="row",
                      template="[{level}:{code}]")
-    assert json.loads(out.read_text())["0"][0] == f"[0:{ids.unique_codes[0, 0]}]"
+    assert json.loads(out.read_text())["0"][0] == f"[1:{ids.unique_codes[0, 0]}]"  # from 1
     back = SemanticIds(import_ids(out, ids.item_ids, tmp_path / "back.h5", numbering="row"))
     np.testing.assert_array_equal(back.unique_codes, ids.unique_codes)
 
@@ -73,7 +73,7 @@ def test_a_broken_index_names_the_file_and_the_key(tmp_path, content, fragment):
 def test_csv_recbole_and_parquet_hold_the_same_rows(tmp_path, ids_file):
     ids = SemanticIds(ids_file)
     rows = list(csv.reader(export_ids(ids, "csv", tmp_path / "x.csv").read_text().splitlines()))
-    assert rows[0] == ["item_id", "level_0", "level_1", "level_2"]
+    assert rows[0] == ["item_id", "level_1", "level_2", "level_3"]  # counted as in messages
     assert [[int(v) for v in r] for r in rows[1:]] == \
         np.column_stack([ids.item_ids, ids.unique_codes]).tolist()
     recbole = export_ids(ids, "recbole", tmp_path / "x.item").read_text().splitlines()
@@ -89,7 +89,7 @@ def test_parquet_holds_the_same_rows(tmp_path, ids_file):
     ids = SemanticIds(ids_file)
     table = pq.read_table(export_ids(ids, "parquet", tmp_path / "x.parquet")).to_pydict()
     assert table["item_id"] == ids.item_ids.tolist()
-    assert table["level_2"] == ids.unique_codes[:, 2].tolist()
+    assert table["level_3"] == ids.unique_codes[:, 2].tolist()  # levels counted from 1
 
 
 @needs("rqf_h5_recsys")

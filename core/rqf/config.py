@@ -13,6 +13,7 @@ import yaml
 from rqf.errors import ConfigError
 from rqf.params import Param, closest, validate_params
 from rqf.registry import Registry
+from rqf.training.config import TRAIN_PARAMS
 
 TOP_LEVEL = ("name", "output_dir", "seed", "storage", "dataset", "splitter", "model", "train",
              "export")
@@ -220,7 +221,7 @@ class PipelineConfig:
 
 
 def validate_config(raw: Mapping[str, Any], registry: Registry, base_dir: Path,
-                    train_params: Iterable[Param], source: Path | None = None) -> PipelineConfig:
+                    source: Path | None = None) -> PipelineConfig:
     """Resolve every section against its component's declared params, or raise one
     ConfigError listing every problem found (a line each)."""
     errors: list[str] = []
@@ -257,7 +258,7 @@ def validate_config(raw: Mapping[str, Any], registry: Registry, base_dir: Path,
     model = classes.get("model")
     try:
         train = train_section(raw, model) if model is not None else dict(_section(raw, "train"))
-        resolved["train"] = validate_params(tuple(train_params), train, "train", base_dir,
+        resolved["train"] = validate_params(TRAIN_PARAMS, train, "train", base_dir,
                                             errors=errors)
         if resolved["train"].get("epochs", 0) is None and not resolved["train"].get("max_steps"):
             errors.append("train: set epochs or max_steps (both are null)")
@@ -272,12 +273,10 @@ def validate_config(raw: Mapping[str, Any], registry: Registry, base_dir: Path,
     return PipelineConfig(resolved, source)
 
 
-def pipeline_schema(registry: Registry, train_params: Iterable[Param] | None = None) -> dict[str, Any]:
+def pipeline_schema(registry: Registry) -> dict[str, Any]:
     """JSON Schema of a pipeline file for the components in ``registry``."""
     from rqf.params import json_schema, object_schema
 
-    if train_params is None:
-        from rqf.training import TRAIN_PARAMS as train_params
     props: dict[str, Any] = {p.name: json_schema(p) for p in PIPELINE_PARAMS}
     export: dict[str, Param] = {}
     for kind in COMPONENT_SECTIONS:
@@ -292,7 +291,7 @@ def pipeline_schema(registry: Registry, train_params: Iterable[Param] | None = N
         names = [entry.name for entry in registry.entries(kind)]
         props[kind] = {"anyOf": [{"type": "string", "enum": names}, *variants],
                        "description": f"the {kind}: a registered name, with its parameters"}
-    props["train"] = object_schema(tuple(train_params))
+    props["train"] = object_schema(TRAIN_PARAMS)
     props["export"] = object_schema(tuple(export.values()))
     return {"$schema": "https://json-schema.org/draft/2020-12/schema",
             "title": "rqf pipeline", "type": "object", "properties": props,

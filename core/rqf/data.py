@@ -258,6 +258,7 @@ class ItemRows(Dataset):
     def subset(self, indices: np.ndarray, role: str = "train") -> "ItemRows":
         view = copy.copy(self)
         view.rows = self.rows[np.asarray(indices, dtype=np.int64)]
+        view.role = role
         return view
 
     def vectors(self) -> np.ndarray:
@@ -275,7 +276,8 @@ class ItemRows(Dataset):
 
 def all_items(storage: ItemSource) -> ItemVectors:
     """Every item of ``storage``, whatever the view or split: what semantic IDs are made for."""
-    return ItemVectors(ids=np.asarray(storage.item_ids).copy(), read=storage.read_embedding_range)
+    return ItemVectors(ids=np.asarray(storage.item_ids).copy(), read=storage.read_embedding_range,
+                       read_rows=storage.read_embeddings)
 
 
 def input_positions(view: SequenceView) -> np.ndarray:

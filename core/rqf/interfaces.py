@@ -45,6 +45,10 @@ class Storage(Component, ABC):
     what they opened in ``close``.
     """
 
+    # what the writer of this storage's export source (``SequenceVectors.open_writer``) makes
+    # in its folder: names or ``*`` patterns, owned here and read by whoever claims the folder
+    writer_files: ClassVar[tuple[str, ...]] = ()
+
     def __init__(self, **params: Any) -> None:
         self.config = self.resolve(params, "storage")
 
@@ -107,6 +111,8 @@ class ItemVectors:
 
     ids: np.ndarray
     read: Callable[[int, int], np.ndarray]  # rows [start, stop) as float32 (n, d)
+    # chosen rows, any order (None: the source reads slices only)
+    read_rows: Callable[[np.ndarray], np.ndarray] | None = None
 
 
 @dataclass
@@ -126,6 +132,7 @@ class Dataset(Component, ABC):
     """A map-style view over a Storage that yields samples (dicts of arrays)."""
 
     sample_unit = "samples"  # what one sample is (users, items, utterances): the report's word
+    role = "all"  # which split a view is (train, valid, test), set by ``subset``
 
     def __init__(self, storage: Storage, **params: Any) -> None:
         self.storage = storage
@@ -142,7 +149,8 @@ class Dataset(Component, ABC):
         """Metadata a model configures itself from; ``input_dim`` at least."""
 
     def subset(self, indices: np.ndarray, role: str = "train") -> "Dataset":
-        """A view of the samples at ``indices``; ``role`` is train, valid or test."""
+        """A view of the samples at ``indices``; ``role`` (train, valid or test) is the view's
+        ``role``."""
         raise NotImplementedError(f"dataset {self.name!r} cannot be split by position")
 
     def vectors(self) -> np.ndarray:
@@ -284,6 +292,14 @@ class Model(Component, ABC):
         return load_model_file(cls, path, device)
 
     @classmethod
+    def resolve_export(cls, export: Mapping[str, Any]) -> dict[str, Any]:
+        """``export`` with every default of the run's export keys filled in (the core's and
+        this model's ``export_params``): what ``export`` reads, so no default is restated."""
+        from rqf.config import export_params
+
+        return validate_params(export_params(cls), export, "export")
+
+    @classmethod
     def run_outputs(cls, export: Mapping[str, Any]) -> tuple[str, ...]:
         """Names of the files and folders ``export`` writes at the top of the run folder, and
         ``folder/pattern`` for the files it writes inside a folder.
@@ -292,6 +308,12 @@ class Model(Component, ABC):
         ``--resume`` may remove them, and only them, as rqf's own; a folder goes only once
         nothing but claimed files was in it.
         """
+        return ()
+
+    @classmethod
+    def writer_folders(cls, export: Mapping[str, Any]) -> tuple[str, ...]:
+        """Folders among ``run_outputs`` whose files the data's own writer makes
+        (``SequenceVectors.open_writer``); the storage says which (``Storage.writer_files``)."""
         return ()
 
     def summarize(self, metrics: Mapping[str, Any]) -> str:

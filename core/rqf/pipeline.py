@@ -7,7 +7,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from rqf.config import (COMPONENT_SECTIONS, PIPELINE_PARAMS, PipelineConfig, apply_overrides,
                         load_yaml, validate_config)
@@ -16,7 +16,7 @@ from rqf.interfaces import Dataset, ItemVectors, Model, RunContext, Splitter, St
 from rqf.io import check_output, write_json_atomic, write_text_atomic
 from rqf.plugins import Plugins, get_plugins
 from rqf.rundir import FINISHED_MARKER, MODEL_FILE, RunFolder, read_run_config
-from rqf.training import TRAIN_PARAMS, TrainConfig, init_distributed, seed_everything
+from rqf.training import TrainConfig, init_distributed, resolve_device, seed_everything
 
 
 
@@ -39,7 +39,7 @@ def resolve_config(config: str | Path | Mapping[str, Any], overrides: Iterable[s
     raw = apply_overrides(raw, overrides)
     _paths_from_cwd(raw, overrides, plugins)
     try:
-        return validate_config(raw, plugins.registry, base_dir, TRAIN_PARAMS, source)
+        return validate_config(raw, plugins.registry, base_dir, source)
     except ConfigError as exc:
         raise ConfigError(_with_failures(str(exc), plugins, f"{source}: " if source else "")) \
             from None
@@ -89,8 +89,10 @@ class Components:
 
 def run_outputs(cfg: PipelineConfig, plugins: Plugins | None = None) -> tuple[str, ...]:
     """What the pipeline's model writes at the top of the run folder, checked to stay in it."""
-    cls = (plugins or get_plugins()).registry.get("model", cfg["model"]["type"])
-    names = tuple(cls.run_outputs(cfg["export"]))
+    registry = (plugins or get_plugins()).registry
+    cls = registry.get("model", cfg["model"]["type"])
+    storage = registry.get("storage", cfg["storage"]["type"])
+    names = _claimed(cls, cfg["export"], (storage,))
     for name in names:
         parts = name.split("/") if isinstance(name, str) else [None]
         if len(parts) > 2 or any(not isinstance(part, str) or not part or part in (".", "..")
@@ -102,15 +104,23 @@ def run_outputs(cfg: PipelineConfig, plugins: Plugins | None = None) -> tuple[st
 
 def known_outputs(plugins: Plugins | None = None) -> tuple[str, ...]:
     """What any installed model writes in a run folder with its default export settings."""
-    from rqf.params import validate_params
-
+    registry = (plugins or get_plugins()).registry
+    storages = [entry.cls for entry in registry.entries("storage")]
     names: list[str] = []
-    for entry in (plugins or get_plugins()).registry.entries("model"):
+    for entry in registry.entries("model"):
         try:
-            names += entry.cls.run_outputs(validate_params(entry.cls.export_params, {}, "export"))
+            names += _claimed(entry.cls, entry.cls.resolve_export({}), storages)
         except Exception:  # a plugin's declaration is its own; an odd one claims nothing
             continue
     return tuple(names)
+
+
+def _claimed(model: type[Model], export: Mapping[str, Any], storages: Sequence[type]
+             ) -> tuple[str, ...]:
+    """A model's run outputs, and in each folder the data's writer fills, that writer's files."""
+    return (*model.run_outputs(export),
+            *(f"{folder}/{name}" for folder in model.writer_folders(export)
+              for storage in storages for name in storage.writer_files))
 
 
 def _params(section: Mapping[str, Any]) -> dict[str, Any]:
@@ -295,8 +305,7 @@ def encode(run_dir: str | Path, out: str | Path, overrides: Iterable[str] = (),
     model = cls.load(model_path, device=device)
     storage, dataset = build_data(cfg["storage"], cfg["dataset"], plugins)
     with storage:
-        want, got = getattr(model, "data_info", {}).get("input_dim"), \
-            dataset.describe().get("input_dim")
+        want, got = model.data_info.get("input_dim"), dataset.describe().get("input_dim")
         if want is not None and got is not None and want != got:
             raise DataError(f"the data is {got}-d but the model in {run_dir} expects "
                             f"{want}-d input")
@@ -311,6 +320,7 @@ def load(run_dir: str | Path, device: str = "auto") -> Model:
     cfg, cls = _reopen(run_dir, plugins)
     if cls.keeps_weights:
         return cls.load(_model_file(run_dir), device=device)
+    where = resolve_device(device, "device")  # the same refusal as a model file's
     parts = build(cfg, plugins)
     try:
         ctx = RunContext(run_dir=run_dir, train=TrainConfig(**cfg["train"]), export=cfg["export"],
@@ -318,6 +328,7 @@ def load(run_dir: str | Path, device: str = "auto") -> Model:
         parts.model.fit(parts.splits["train"], parts.splits.get("valid"), ctx)
     finally:
         parts.storage.close()
+    parts.model.place(where)
     return parts.model
 
 

@@ -82,11 +82,15 @@ def plugins(verbose: bool, debug: bool) -> None:
                 for p in getattr(entry.cls, "export_params", ()):
                     click.echo(f"      export.{p.describe()}")
     if verbose:
+        from rqf.config import CORE_EXPORT_PARAMS
         from rqf.training import TRAIN_PARAMS
 
         click.echo("train (core training loop)")
         for p in TRAIN_PARAMS:
             click.echo(f"      {p.describe()}")
+        click.echo("export (every run, beside its model's own)")
+        for p in CORE_EXPORT_PARAMS:
+            click.echo(f"      export.{p.describe()}")
     problems = [f"plugin {f.name!r} ({f.distribution} {f.version}) failed to load: {f.error}"
                 for f in pm.failures] + pm.clashes()
     for problem in problems:

@@ -30,10 +30,11 @@ _LAST_INTEGER = re.compile(r"(\d+)\D*$")
 
 
 def token(template: str, level: int, code: int) -> str:
-    """One ID token: ``{letter}`` is a, b, c… by level, ``{level}`` its number, ``{code}`` the code."""
-    letter = chr(ord("a") + level) if level < 26 else f"l{level}"
+    """One ID token of the 0-based ``level``: ``{letter}`` is a, b, c… by level, ``{level}``
+    its number counted from 1 (as in every message and column), ``{code}`` the code."""
+    letter = chr(ord("a") + level) if level < 26 else f"l{level + 1}"
     try:
-        return template.format(letter=letter, level=level, code=code)
+        return template.format(letter=letter, level=level + 1, code=code)
     except (KeyError, IndexError, ValueError) as exc:
         raise ConfigError(f"--token {template!r}: a template may use {{letter}}, {{level}} and "
                           f"{{code}} ({exc})") from None
@@ -49,7 +50,7 @@ def _index_json(out: Path, keys: np.ndarray, key_name: str, codes: np.ndarray,
 def _csv(out: Path, keys: np.ndarray, key_name: str, codes: np.ndarray, template: str) -> None:
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow([key_name] + [f"level_{i}" for i in range(codes.shape[1])])
+    writer.writerow([key_name] + [f"level_{i + 1}" for i in range(codes.shape[1])])
     writer.writerows([[int(k), *map(int, row)] for k, row in zip(keys, codes)])
     write_text_atomic(out, text.getvalue())
 
@@ -72,7 +73,7 @@ def _parquet(out: Path, keys: np.ndarray, key_name: str, codes: np.ndarray,
         raise ConfigError("--format parquet needs pyarrow (pip install 'rqf[parquet]')") \
             from None
     columns = {key_name: pa.array(np.asarray(keys, np.int64))}
-    columns.update({f"level_{i}": pa.array(codes[:, i].astype(np.int64))
+    columns.update({f"level_{i + 1}": pa.array(codes[:, i].astype(np.int64))
                     for i in range(codes.shape[1])})
     with atomic_path(out) as tmp:
         pq.write_table(pa.table(columns), tmp)

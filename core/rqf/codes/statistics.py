@@ -4,7 +4,7 @@ and the usage plot."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 import numpy as np
 
@@ -153,34 +153,43 @@ HEALTHY_REL_ERROR = 0.95  # at 1.0 the reconstruction is the mean: the codes car
 
 def code_health(m: Mapping[str, Any], collision_handling: str, items: bool = True,
                 normalize: str = "none", more_training: str = "more k-means iterations",
-                spread_fix: str | None = None) -> list[str]:
-    """One line per sign that codes are unhealthy, naming the setting to change.
+                spread_fix: str | None = None, keys: Collection[str] | None = None
+                ) -> list[str]:
+    """One line per sign that codes are unhealthy, naming the setting to change. Levels are
+    numbered from 1 in every message, table, plot and export column, as a person counts them.
 
     ``m`` are code statistics plus ``recon_rel_error`` and ``moved_share``; ``items``: codes
     are IDs (collisions matter), not tokens; ``spread_fix``: what evens out a level whose items
-    crowd onto a few codes (default: ``more_training``).
+    crowd onto a few codes (default: ``more_training``); ``keys``: the model keys the model
+    accepts (None: any), so advice never names a key the model would refuse.
     """
+    def has(key: str) -> bool:
+        return keys is None or key in keys
+
+    fewer_codes = " or use fewer codes (model.codebook_size)" if has("codebook_size") else ""
+    more_codes = ", or more codes per level (model.codebook_size)" if has("codebook_size") else ""
     warnings = []
     for level, used in enumerate(m.get("utilization_of_reachable", [])):
         if used < HEALTHY_USAGE:
-            warnings.append(f"codebook level {level} uses {used:.0%} of its codes (below "
-                            f"{HEALTHY_USAGE:.0%}): {more_training} or use fewer codes "
-                            "(model.codebook_size)")
+            warnings.append(f"codebook level {level + 1} uses {used:.0%} of its codes (below "
+                            f"{HEALTHY_USAGE:.0%}): {more_training}{fewer_codes}")
     warnings += _concentration(m, spread_fix or more_training)
     if m.get("recon_rel_error", 0.0) >= HEALTHY_REL_ERROR:
         fix = ("set model.normalize: standardize (the embeddings' scale may be far from 1)"
-               if normalize == "none" else more_training)
+               if normalize == "none" and has("normalize") else more_training)
         warnings.append(f"the reconstruction keeps almost nothing (relative error "
                         f"{m['recon_rel_error']:.2f}): {fix}")
     if items and m.get("moved_share", 0.0) > HEALTHY_MOVED:
         warnings.append(f"collision handling moved {m['moved_share']:.0%} of items off their "
                         f"nearest codes (above {HEALTHY_MOVED:.0%}): those IDs say little about "
-                        f"the items; {spread_fix or more_training}, or more codes per level "
-                        "(model.codebook_size)")
+                        f"the items; {spread_fix or more_training}{more_codes}")
     if items and m.get("collision_rate", 0.0) > HEALTHY_COLLISIONS:
+        bigger = [text for key, text in (("codebook_size", "more codes per level "
+                                                            "(model.codebook_size)"),
+                                         ("levels", "a level more (model.levels)")) if has(key)]
         fix = ("set model.collision_handling to reassign or balanced"
-               if collision_handling == "suffix" else
-               "more codes per level (model.codebook_size) or a level more (model.levels)")
+               if collision_handling == "suffix" and has("collision_handling") else
+               " or ".join(bigger) or more_training)
         warnings.append(f"{m['collision_rate']:.0%} of items share their code (above "
                         f"{HEALTHY_COLLISIONS:.0%}): {fix}")
     return warnings
@@ -199,7 +208,7 @@ def _concentration(m: Mapping[str, Any], fix: str) -> list[str]:
             ([f"perplexity {perplexity:.1f} of {reachable} codes (healthy: at least {floor:.0f})"]
              if perplexity < floor else [])
         if signs:
-            out.append(f"codebook level {level}: items crowd onto a few codes, "
+            out.append(f"codebook level {level + 1}: items crowd onto a few codes, "
                        f"{' and '.join(signs)}: {fix}")
     return out
 
@@ -219,7 +228,7 @@ def plot_usage(codes: np.ndarray, codebook_size: int, path: Path) -> Path | None
     for level in range(levels):
         counts = np.sort(np.bincount(codes[:, level], minlength=codebook_size))[::-1]
         axes[level, 0].stairs(counts, np.arange(len(counts) + 1), fill=True)
-        axes[level, 0].set_ylabel(f"level {level}")
+        axes[level, 0].set_ylabel(f"level {level + 1}")
     axes[-1, 0].set_xlabel("codes, most used first")
     fig.suptitle("items per code")
     return save_figure(fig, path)

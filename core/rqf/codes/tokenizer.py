@@ -56,10 +56,8 @@ class ItemTokenizer(Model):
         "collision_handling", str, "reassign", "how items that share a code tuple get distinct "
         "IDs: suffix (an extra counter level only), reassign (nearest free last-level code "
         "within the prefix) or balanced (Sinkhorn-balanced last level)", choices=COLLISION_MODES)
-    export_params = (
-        Param("semantic_ids", bool, True, "write semantic_ids.h5"),
-        Param("plots", bool, True, "save a code-usage plot per level when matplotlib is there"),
-    )
+    # beside the core's export keys (``plots``: here, the code-usage plot per level)
+    export_params = (Param("semantic_ids", bool, True, "write semantic_ids.h5"),)
     # what the health check advises when codes go unused
     more_training: ClassVar[str] = "more k-means iterations"
     # ... and when a level's items crowd onto a few codes
@@ -112,7 +110,11 @@ class ItemTokenizer(Model):
 
     @property
     def collision_handling(self) -> str:
-        return self.config.get("collision_handling", "suffix")
+        """The ``collision_handling`` the tokenizer declares (its ``COLLISION_HANDLING``
+        parameter); one that declares none hands its codes over as they are, shared tuples
+        told apart by the extra level alone: what ``suffix`` names."""
+        return self.config["collision_handling"] if "collision_handling" in self.config \
+            else "suffix"
 
     def metrics(self, coded: CodedItems) -> dict[str, Any]:
         """Code statistics of ``coded``, and its reconstruction error when it reports one."""
@@ -137,16 +139,24 @@ class ItemTokenizer(Model):
     def health(self, metrics: Mapping[str, Any]) -> list[str]:
         return code_health(metrics.get("all") or {}, self.collision_handling,
                            self.makes_item_ids, self.config.get("normalize", "none"),
-                           more_training=self.more_training, spread_fix=self.spread_fix)
+                           more_training=self.more_training, spread_fix=self.spread_fix,
+                           keys={p.name for p in self.params})
+
+    def codes_of(self, vectors: np.ndarray) -> np.ndarray:
+        """(n, levels) nearest codes of raw input vectors, no collision handling: the same
+        method on every tokenizer (``rqf.load(RUN).codes_of(x)``)."""
+        vectors = np.asarray(vectors, np.float32)
+        return self.code_rows(lambda a, b: vectors[a:b], len(vectors), unique=False).raw_codes
 
     def export(self, dataset: Dataset, ctx: RunContext,
                predictions: CodedItems | None = None) -> dict[str, str]:
         artifacts = {"model": str(ctx.run_dir / "model.pt")}
-        if not ctx.export.get("semantic_ids", True) or predictions is None:
+        export = self.resolve_export(ctx.export)
+        if not export["semantic_ids"] or predictions is None:
             return artifacts
         artifacts["semantic_ids"] = str(self.write_ids(predictions,
                                                        ctx.run_dir / "semantic_ids.h5"))
-        if ctx.export.get("plots", True):
+        if export["plots"]:
             plot = plot_usage(predictions.codes, self.config["codebook_size"],
                               ctx.run_dir / "code_usage.png")
             if plot:

@@ -12,7 +12,7 @@ from rqf.errors import ConfigError, DataError
 from rqf.interfaces import Dataset, Model, RunContext
 from rqf.memory import require_memory
 from rqf.params import Param
-from rqf.ranking.examples import Examples, eval_examples
+from rqf.ranking.examples import Examples, eval_examples, sequence_table
 from rqf.ranking.metrics import ranking_metrics
 from rqf.ranking.recommendations import write_recommendations
 from rqf.training.loop import TrainingTask
@@ -75,9 +75,7 @@ class NextItemModel(Model):
 
     def check(self, dataset: Dataset, train: Any) -> None:
         """Histories of every example as (examples, history) arrays must fit in memory."""
-        table = getattr(dataset, "table", None)
-        if table is None:
-            return
+        table, _ = sequence_table(dataset)
         examples, history = len(table.item_ids), self.config["history"]
         require_memory("model.history", examples * history * 8 * 3,
                        f"histories of {history} items for up to {examples:,} examples")
@@ -124,8 +122,11 @@ class NextItemModel(Model):
         return Ranking(ex.user_ids, items, ex.target)
 
     def floors(self, train: Dataset) -> dict[str, "NextItemModel"]:
-        """Reference rankers fitted on ``train``, measured beside this model (none here)."""
-        return {}
+        """The floors fitted on ``train`` and measured beside this model, for a ranker that
+        declares ``FLOORS`` and leaves it on (``fit_floors``); none otherwise."""
+        from rqf.ranking.floors import fit_floors  # the floors are rankers themselves
+
+        return fit_floors(self, train)
 
     def predict(self, dataset: Dataset, splits: Mapping[str, Dataset]) -> dict[str, Any]:
         """Each split's ranking by role, and under ``floors`` the floors' valid and test
@@ -140,7 +141,7 @@ class NextItemModel(Model):
 
     def evaluate(self, data: Dataset, predictions: Mapping[str, Any] | None = None
                  ) -> dict[str, Any]:
-        role = getattr(data, "role", "all")
+        role = data.role
         ranking = (predictions or {}).get(role) or self.rank(data)
         if not len(ranking.target):
             return {"users": 0}

@@ -39,6 +39,7 @@ class RQKMeansModel(ItemTokenizer):
     # apply, and --resume fits it again
     gradient_free = True
     file_format = "rqf-rqkmeans-1"
+    more_training = "more k-means iterations (model.kmeans_iters)"
 
     @property
     def spread_fix(self) -> str:  # type: ignore[override]
@@ -112,8 +113,8 @@ class RQKMeansModel(ItemTokenizer):
         """At most ``kmeans_samples`` of the training vectors, drawn at random; only the drawn
         rows are read when the dataset says which item rows it trains on."""
         cap = self.config["kmeans_samples"]
-        rows = train.export_rows() if hasattr(train, "export_rows") else None
-        read = getattr(getattr(train, "storage", None), "read_embeddings", None)
+        rows = train.export_rows()
+        read = train.export_source().read_rows if rows is not None else None
         if rows is None or read is None:
             x = np.asarray(train.vectors(), np.float32)
             return x[torch.randperm(len(x), generator=g)[:cap].numpy()] if len(x) > cap else x

@@ -39,6 +39,11 @@ def test_unique_ids_for_every_item_and_encode_reproduces_them(tmp_path):
     assert len({tuple(r) for r in ids.unique_codes}) == 300
     again = rqf.encode(tmp_path / "run", tmp_path / "again.h5")
     np.testing.assert_array_equal(SemanticIds(again).codes, ids.codes)
+    # the same methods on every tokenizer: nearest codes of raw vectors, before collision
+    # handling, which moves items within their prefix only
+    nearest = rqf.load(tmp_path / "run", device="cpu").codes_of(items.config["embeddings"])
+    np.testing.assert_array_equal(nearest[:, :-1], ids.codes[:, :-1])
+    assert (nearest == ids.codes).all(1).mean() > 0.5
 
 
 def test_balanced_clusters_are_even_on_skewed_data(tmp_path):

@@ -17,6 +17,10 @@ from rqf_rqvae.module import ACTIVATIONS, RQVAE
 CPU_ENCODE_BATCH = 4096
 ARCHITECTURE_KEYS = ("input_dim", "levels", "codebook_size", "latent_dim", "hidden_dims",
                      "activation", "distance", "normalize", "latent_norm")
+# the model's keys the network is built from, under the same names
+NETWORK_KEYS = ("hidden_dims", "latent_dim", "levels", "codebook_size", "distance", "quantizer",
+                "commitment_weight", "gumbel_tau", "activation", "dropout", "normalize",
+                "latent_norm")
 
 
 class RQVAETask(TrainingTask):
@@ -93,7 +97,6 @@ class RQVAEModel(ItemTokenizer):
         Param("semantic_ids", bool, True, "write semantic_ids.h5 (items) or a token cache "
               "(utterances)"),
         Param("codes_dir", str, "codes", "folder, inside the run, for per-utterance tokens"),
-        Param("plots", bool, True, "save a code-usage plot per level when matplotlib is there"),
     )
     more_training = "train longer (train.max_steps)"
     file_format = "rqf-rqvae-1"
@@ -101,14 +104,15 @@ class RQVAEModel(ItemTokenizer):
 
     @classmethod
     def run_outputs(cls, export: Mapping[str, Any]) -> tuple[str, ...]:
-        codes_dir = export.get("codes_dir", "codes")
+        codes_dir = export["codes_dir"]
         if not codes_dir or "/" in codes_dir or "\\" in codes_dir or codes_dir.startswith("."):
             raise ConfigError(f"export.codes_dir: expected a folder name inside the run folder, "
                               f"got {codes_dir!r}")
-        # the token cache layout (hdf5_index.json and its shards) the dataset's writer makes
-        cache = ("hdf5_index.json", "hdf5_index.keys.h5", "features_*.h5", "features_*.h5.partial",
-                 ".rqf-writer.lock")
-        return (*super().run_outputs(export), codes_dir, *(f"{codes_dir}/{p}" for p in cache))
+        return (*super().run_outputs(export), codes_dir)
+
+    @classmethod
+    def writer_folders(cls, export: Mapping[str, Any]) -> tuple[str, ...]:
+        return (export["codes_dir"],)  # the tokens, in the data's own cache format
 
     def __init__(self, data_info: Mapping[str, Any], **params: Any) -> None:
         super().__init__(data_info, **params)
@@ -150,11 +154,7 @@ class RQVAEModel(ItemTokenizer):
                        f"{', '.join(map(str, widths))}")
 
     def _build(self) -> RQVAE:
-        c = self.config
-        return RQVAE(self.input_dim, c["hidden_dims"], c["latent_dim"], c["levels"],
-                     c["codebook_size"], c["distance"], c["quantizer"], c["commitment_weight"],
-                     c["gumbel_tau"], c["activation"], c["dropout"], c["normalize"],
-                     c["latent_norm"])
+        return RQVAE(input_dim=self.input_dim, **{k: self.config[k] for k in NETWORK_KEYS})
 
     def architecture(self) -> dict[str, Any]:
         return {k: (self.input_dim if k == "input_dim" else self.config[k])
@@ -319,8 +319,9 @@ class RQVAEModel(ItemTokenizer):
                predictions: CodedItems | None = None) -> dict[str, str]:
         artifacts = super().export(dataset, ctx, predictions)
         source = dataset.export_source()
-        if ctx.export.get("semantic_ids", True) and isinstance(source, SequenceVectors):
-            out = ctx.run_dir / ctx.export.get("codes_dir", "codes")
+        export = self.resolve_export(ctx.export)
+        if export["semantic_ids"] and isinstance(source, SequenceVectors):
+            out = ctx.run_dir / export["codes_dir"]
             artifacts["codes"] = str(self.export_sequences(source, out))
         return artifacts
 

@@ -25,8 +25,11 @@ def mlp(dims: Sequence[int], activation: str, dropout: float) -> nn.Sequential:
 
 
 class RQVAE(nn.Module):
-    def __init__(self, input_dim: int, hidden_dims: Sequence[int], latent_dim: int, levels: int,
-                 codebook_size: int, distance: str = "l2", forward_mode: str = "ste",
+    """Encoder, residual quantizer and mirrored decoder. Keyword-only, named like the model's
+    YAML keys (``quantizer`` is the forward mode: ste, rotation or gumbel)."""
+
+    def __init__(self, *, input_dim: int, hidden_dims: Sequence[int], latent_dim: int,
+                 levels: int, codebook_size: int, distance: str = "l2", quantizer: str = "ste",
                  commitment_weight: float = 0.25, gumbel_tau: float = 1.0,
                  activation: str = "silu", dropout: float = 0.0, normalize: str = "none",
                  latent_norm: bool = True) -> None:
@@ -39,8 +42,9 @@ class RQVAE(nn.Module):
             # faster than codewords follow, and most items fall into a few cells
             self.encoder.append(nn.LayerNorm(latent_dim, elementwise_affine=False))
         self.decoder = mlp([latent_dim, *reversed(hidden_dims), input_dim], activation, dropout)
-        self.quantizer = ResidualQuantizer(levels, codebook_size, latent_dim, distance,
-                                           forward_mode, commitment_weight, gumbel_tau)
+        self.quantizer = ResidualQuantizer(
+            levels=levels, codebook_size=codebook_size, dim=latent_dim, distance=distance,
+            forward_mode=quantizer, commitment_weight=commitment_weight, gumbel_tau=gumbel_tau)
         self.register_buffer("mean", torch.zeros(input_dim))
         self.register_buffer("std", torch.ones(input_dim))
 

@@ -16,7 +16,7 @@ class ResidualQuantizer(nn.Module):
     for dead-code restarts and for metrics.
     """
 
-    def __init__(self, levels: int, codebook_size: int, dim: int, distance: str = "l2",
+    def __init__(self, *, levels: int, codebook_size: int, dim: int, distance: str = "l2",
                  forward_mode: str = "ste", commitment_weight: float = 0.25,
                  gumbel_tau: float = 1.0) -> None:
         super().__init__()

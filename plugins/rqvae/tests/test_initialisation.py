@@ -19,7 +19,8 @@ def offset_embeddings(n=2000, dim=96, seed=0):
 
 def level1_use_after_one_step(x: np.ndarray, data_init: bool, latent_norm: bool) -> float:
     torch.manual_seed(0)
-    net = RQVAE(x.shape[1], [128, 64], 16, 3, 64, latent_norm=latent_norm)
+    net = RQVAE(input_dim=x.shape[1], hidden_dims=[128, 64], latent_dim=16, levels=3,
+                codebook_size=64, latent_norm=latent_norm)
     t = torch.from_numpy(x)
     with torch.no_grad():
         if data_init:
@@ -41,7 +42,8 @@ def test_first_step_collapses_level_one_without_the_data_init():
 
 def test_data_init_gives_a_unit_scale_latent():
     x = torch.from_numpy(offset_embeddings(500))
-    net = RQVAE(x.shape[1], [64], 8, 1, 16, latent_norm=False)
+    net = RQVAE(input_dim=x.shape[1], hidden_dims=[64], latent_dim=8, levels=1, codebook_size=16,
+                latent_norm=False)
     before = net.encoder(x).detach().std(0).mean()
     net.calibrate(x)
     z = net.encoder(x).detach()

@@ -11,7 +11,7 @@ from rqf_rqvae.quantizer import ResidualQuantizer, _rotate_onto
 
 @pytest.mark.parametrize("mode", ["ste", "rotation"])
 def test_forward_value_is_the_codeword_sum_and_gradient_reaches_the_encoder(mode):
-    q = ResidualQuantizer(2, 8, 4, forward_mode=mode).train()
+    q = ResidualQuantizer(levels=2, codebook_size=8, dim=4, forward_mode=mode).train()
     z = torch.randn(16, 4, requires_grad=True)
     out = q(z)
     expected = q.decode_codes(out["codes"])
@@ -31,14 +31,14 @@ def test_rotation_trick_maps_r_onto_e_and_rotates_the_gradient():
 
 
 def test_gumbel_mode_trains_codebooks_through_soft_assignment():
-    q = ResidualQuantizer(1, 8, 4, forward_mode="gumbel").train()
+    q = ResidualQuantizer(levels=1, codebook_size=8, dim=4, forward_mode="gumbel").train()
     out = q(torch.randn(32, 4))
     out["quantized"].pow(2).sum().backward()
     assert q.codebooks.grad.abs().sum() > 0
 
 
 def test_cosine_distance_assigns_by_angle():
-    q = ResidualQuantizer(1, 2, 2, distance="cosine")
+    q = ResidualQuantizer(levels=1, codebook_size=2, dim=2, distance="cosine")
     q.codebooks.data[0] = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     codes = q.encode(torch.tensor([[10.0, 1.0], [0.1, 3.0]]))
     assert codes[:, 0].tolist() == [0, 1]
@@ -63,7 +63,7 @@ def test_kmeans_with_fewer_points_than_codes_warns_and_keeps_points():
 
 
 def test_dead_codes_are_reseeded_from_residuals():
-    q = ResidualQuantizer(1, 4, 2).train()
+    q = ResidualQuantizer(levels=1, codebook_size=4, dim=2).train()
     q.codebooks.data[0] = torch.tensor([[0.0, 0.0], [100.0, 100.0], [-100.0, 100.0], [0.1, 0.0]])
     x = torch.cat([torch.zeros(32, 2), torch.tensor([[0.1, 0.0]]).repeat(32, 1)])
     out = q(x + 0.001 * torch.randn(64, 2))

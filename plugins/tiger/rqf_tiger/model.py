@@ -15,7 +15,7 @@ from rqf import (ConfigError, DataError, Dataset, ItemSource, Param, RqfError, R
                  TensorBatches, autocast, missing_members, require_memory)
 from rqf.codes import PrefixTrie, SemanticIds, sha256_of
 from rqf.ranking import (FLOORS, HISTORY, TOP_K, Examples, NextItemModel, RankingTask,
-                         catalogue_positions, dedup_history, fit_floors, monitored_examples,
+                         catalogue_positions, dedup_history, monitored_examples,
                          sequence_table, train_examples)
 from rqf_tiger.decode import constrained_beam_search
 from rqf_tiger.net import BOS, PAD, TigerNet
@@ -92,9 +92,10 @@ class TigerModel(NextItemModel):
         self._require_network_memory()
         self.user_base = self.n_tokens  # user tokens, then one for a user not given
         self.user_width = 1 if cfg["user_tokens"] else 0
-        self.net = TigerNet(self.n_tokens + cfg["user_tokens"] + self.user_width,
-                            self.user_width + cfg["history"] * self.levels, self.levels,
-                            cfg["d_model"], cfg["heads"], cfg["layers"], cfg["ff"], cfg["dropout"])
+        self.net = TigerNet(n_tokens=self.n_tokens + cfg["user_tokens"] + self.user_width,
+                            source_len=self.user_width + cfg["history"] * self.levels,
+                            levels=self.levels,
+                            **{k: cfg[k] for k in ("d_model", "heads", "layers", "ff", "dropout")})
         self.device = torch.device("cpu")
         self.precision = "fp32"
 
@@ -141,8 +142,8 @@ class TigerModel(NextItemModel):
         require_memory("train.batch_size, model.history, model.ff", activations,
                        f"a training batch of {train.batch_size} histories of {width} tokens "
                        f"through {cfg['layers']}+{cfg['layers']} layers")
-        storage = getattr(dataset, "storage", None)
-        if storage is None or missing_members(storage, ItemSource):
+        storage = dataset.storage
+        if missing_members(storage, ItemSource):
             return
         catalogue = np.unique(np.asarray(storage.item_ids, np.int64))
         without = np.setdiff1d(catalogue, self.item_ids, assume_unique=True)
@@ -214,9 +215,6 @@ class TigerModel(NextItemModel):
     # -- ranking ------------------------------------------------------------------------------
     def known_items(self) -> np.ndarray:
         return self.item_ids
-
-    def floors(self, train: Dataset) -> dict[str, NextItemModel]:
-        return fit_floors(self, train)
 
     @torch.no_grad()
     def recommend(self, history: np.ndarray, k: int, users: np.ndarray | None = None

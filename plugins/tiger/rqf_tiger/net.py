@@ -13,7 +13,7 @@ PAD, BOS = 0, 1
 class TigerNet(nn.Module):
     """torch's nn.Transformer over ID tokens, with learned positions."""
 
-    def __init__(self, n_tokens: int, source_len: int, levels: int, d_model: int, heads: int,
+    def __init__(self, *, n_tokens: int, source_len: int, levels: int, d_model: int, heads: int,
                  layers: int, ff: int, dropout: float) -> None:
         super().__init__()
         self.embed = nn.Embedding(n_tokens, d_model, padding_idx=PAD)

@@ -16,7 +16,7 @@ from torch import nn
 from rqf import (DataError, Dataset, Param, RqfError, RunContext, TensorBatches, autocast,
                  require_memory)
 from rqf.ranking import (FLOORS, TOP_K, Examples, NextItemModel, RankingTask,
-                         catalogue_positions, fit_floors, monitored_examples, right_align,
+                         catalogue_positions, monitored_examples, right_align,
                          sequence_rows, sequence_table)
 
 PAD = 0  # item index 0 is padding; item i of the catalogue is index i + 1
@@ -26,7 +26,7 @@ class SASRecNet(nn.Module):
     """Item and position embeddings, pre-norm causal self-attention blocks, and scores of every
     item as the dot product with its (shared) embedding."""
 
-    def __init__(self, n_items: int, width: int, d_model: int, heads: int, layers: int,
+    def __init__(self, *, n_items: int, width: int, d_model: int, heads: int, layers: int,
                  dropout: float) -> None:
         super().__init__()
         self.items = nn.Embedding(n_items + 1, d_model, padding_idx=PAD)
@@ -127,17 +127,17 @@ class SASRecModel(NextItemModel):
         params = (n + 1 + cfg["history"]) * d + cfg["layers"] * 12 * d * d
         require_memory("model.d_model, model.layers", params * 16,
                        f"a SASRec of {params:,} parameters over {n:,} items (with its optimizer)")
-        self.net = SASRecNet(n, cfg["history"], d, cfg["heads"], cfg["layers"],
-                             cfg["dropout"]).eval()  # the trainer switches it to training
+        self.net = SASRecNet(n_items=n, width=cfg["history"], d_model=d, heads=cfg["heads"],
+                             layers=cfg["layers"], dropout=cfg["dropout"]
+                             ).eval()  # the trainer switches it to training
 
     def check(self, dataset: Dataset, train: Any) -> None:
         super().check(dataset, train)
-        table = getattr(dataset, "table", None)
-        if table is not None:  # one batch's scores of every item at every position
-            n = len(np.unique(table.item_ids))
-            require_memory("train.batch_size, model.history",
-                           train.batch_size * self.config["history"] * n * 4 * 3,
-                           f"scores of {n:,} items for a batch of {train.batch_size} sequences")
+        table, _ = sequence_table(dataset)
+        n = len(np.unique(table.item_ids))  # one batch's scores of every item at every position
+        require_memory("train.batch_size, model.history",
+                       train.batch_size * self.config["history"] * n * 4 * 3,
+                       f"scores of {n:,} items for a batch of {train.batch_size} sequences")
 
     def _rows(self, items: np.ndarray, where: str) -> np.ndarray:
         """Index (1..n) of each item id; -1 becomes padding; an unknown id is an error."""
@@ -149,9 +149,6 @@ class SASRecModel(NextItemModel):
 
     def known_items(self) -> np.ndarray:
         return self.item_ids
-
-    def floors(self, train: Dataset) -> dict[str, NextItemModel]:
-        return fit_floors(self, train)
 
     # -- training -----------------------------------------------------------------------------
     def fit(self, train: Dataset, valid: Dataset | None, ctx: RunContext) -> dict[str, Any]:
