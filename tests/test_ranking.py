@@ -1,0 +1,91 @@
+"""The ranking harness (``rqf.ranking``) serves a ranker written outside the repository: the
+README's example, installed as a plugin, ranks, is measured against the floors and writes
+``recommendations.h5`` whose hits are its metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from rqf.ranking import ranking_metrics, read_recommendations
+from rqf.testing import needs
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_block(first_line: str) -> str:
+    """The README's python block that opens with ``first_line``."""
+    for block in re.findall(r"```python\n(.*?)```", README.read_text(), re.S):
+        if block.startswith(first_line):
+            return block
+    raise AssertionError(f"no README block starts with {first_line!r}")
+
+
+def install_plugin(tmp_path: Path, module: str, source: str) -> dict[str, str]:
+    """``module`` laid out as pip installs a one-module distribution, and an environment that
+    sees it (the real entry-point discovery, in a real process)."""
+    site = tmp_path / "site"
+    info = site / f"{module}-0.1.0.dist-info"
+    info.mkdir(parents=True)
+    (site / f"{module}.py").write_text(source)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text(f"[rqf]\n{module} = {module}\n")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site),
+                                                          os.environ.get("PYTHONPATH", "")])}
+
+
+def rqf_cli(env, *args):
+    return subprocess.run([sys.executable, "-m", "rqf", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_readme_ranker_imports_only_the_cores_faces():
+    source = readme_block("# rqf_highest_ids.py")
+    modules = set(re.findall(r"^(?:from|import) ([\w.]+)", source, re.M))
+    assert modules == {"numpy", "rqf", "rqf.ranking"}
+    assert len(source.splitlines()) <= 35
+
+
+@needs("rqf_h5_recsys")  # item and sequence files, leave_last_out
+def test_an_out_of_tree_ranker_is_judged_against_the_floors_and_writes_its_metrics(
+        tmp_path, recsys_files):
+    from rqf_h5_recsys.testing import recsys_pipeline
+
+    env = install_plugin(tmp_path, "rqf_highest_ids", readme_block("# rqf_highest_ids.py"))
+    config = recsys_pipeline(recsys_files, tmp_path / "run", dataset={"type": "sequences"},
+                             splitter={"type": "leave_last_out"},
+                             model={"type": "highest_ids", "top_k": 10})
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(yaml.safe_dump(config))
+    proc = rqf_cli(env, "run", str(pipeline))
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    test = metrics["test"]
+    assert set(test["floors"]) == {"mostpop", "lastitem_nn"}  # the core's floors, beside it
+    assert metrics["health"]["checked"]  # the harness's check against mostpop
+    users, items, attrs = read_recommendations(tmp_path / "run" / "recommendations.h5")
+    assert attrs["model"] == "highest_ids" and items.shape == (test["users"], 10)
+    # every user gets the same list: the highest ids seen in training, highest first
+    assert (items == items[0]).all() and (np.diff(items[0]) < 0).all()
+    # the file's hits are the reported metrics: recomputed from it and the held-out items
+    import h5py
+
+    with h5py.File(recsys_files["sequences"], "r") as f:
+        last = {u.decode(): s[-1] for u, s in zip(f["user_ids"][()], f["sequences"][()])}
+    again = ranking_metrics(items, np.array([last[u] for u in users]))
+    for key in ("recall@5", "recall@10", "ndcg@5", "ndcg@10"):
+        assert again[key] == pytest.approx(test[key])
+    # and rqf recommend serves it, refusing an item it never saw by name
+    top = rqf_cli(env, "recommend", str(tmp_path / "run"), "--history", "101,102", "--k", "3")
+    assert top.returncode == 0, top.stderr
+    assert top.stdout.split() == [",".join(map(str, items[0][:3]))]
+    unknown = rqf_cli(env, "recommend", str(tmp_path / "run"), "--history", "99999")
+    assert unknown.returncode == 2 and "item 99999 is not in the catalogue" in unknown.stderr
