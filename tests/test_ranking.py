@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from rqf.ranking import ranking_metrics, read_recommendations
@@ -89,3 +90,8 @@ def test_an_out_of_tree_ranker_is_judged_against_the_floors_and_writes_its_metri
     assert top.stdout.split() == [",".join(map(str, items[0][:3]))]
     unknown = rqf_cli(env, "recommend", str(tmp_path / "run"), "--history", "99999")
     assert unknown.returncode == 2 and "item 99999 is not in the catalogue" in unknown.stderr
+    if not torch.cuda.is_available():  # a ranker refit from its run honours --device too
+        cuda = rqf_cli(env, "recommend", str(tmp_path / "run"), "--history", "101",
+                       "--device", "cuda")
+        assert (cuda.returncode, cuda.stderr) == (2, "error: device: 'cuda' was asked for, "
+                                                     "but no CUDA device is available\n")
