@@ -6,6 +6,7 @@ after breaking a copy of what the case attacks. Each case is judged:
 
 - ``clear``: refused with exit 2 and only ``error:`` lines (no traceback, no "rerun with --debug");
 - ``accepted``: exit 0, the input was usable after all;
+- ``wrong``: exit 0 for an input that must be refused (the case says so);
 - ``unclear``: any other ending;
 - ``damaged``: a file the case did not ask to write changed or vanished (whatever the exit);
 - ``hung``: still running at the time limit.
@@ -53,6 +54,7 @@ class Case:
     setup: Callable[[Path], None] | None = None
     may_write: list[str] = field(default_factory=list)  # paths relative to the workspace
     keep: list[str] = field(default_factory=list)  # user files inside may_write that must stay
+    refuse: bool = False  # an input no command may accept: exit 0 is "wrong"
 
 
 def rqf(ws: Path, *args: str) -> subprocess.CompletedProcess:
@@ -289,6 +291,93 @@ def cases(ws: Path) -> list[Case]:
         write(ids, b"\x89HDF\r\n\x1a\n" + bytes(100)))
     add("lookup", "unique codes not unique", ["rqvae", "lookup", ids, "--item", "101"],
         edit_h5(ids, lambda f: f["unique_codes"].__setitem__(1, f["unique_codes"][0])))
+    c += command_cases(ws)
+    return c
+
+
+def command_cases(ws: Path) -> list[Case]:
+    """The commands besides run and encode: every one must refuse these (exit 0 is wrong)."""
+    c: list[Case] = []
+
+    def add(cat, name, args, setup=None, may=()):
+        c.append(Case(cat, name, list(args), setup, list(may), refuse=True))
+
+    ids = "runs/rqvae/semantic_ids.h5"
+    export = ["ids", "export", ids, "--format", "index-json"]
+    add("ids export", "an item file for IDs", ["ids", "export", "item_data.h5", "--format", "csv",
+                                               "--out", "x.csv"])
+    add("ids export", "--out is a folder", [*export, "--out", "cache"])
+    add("ids export", "--out is a user's file", [*export, "--out", "notes.txt"])
+    add("ids export", "positional template field", [*export, "--out", "x.json", "--token", "{}"])
+    add("ids export", "--out through a link into the run", [*export, "--out", "run_link/x.json"],
+        lambda ws: (ws / "run_link").symlink_to(ws / "runs/rqvae"))
+    index = ["ids", "import", "other.index.json", "--items", "item_data.h5", "--out", "x.h5"]
+    for name, text in {"ID as one string": '{"101": "<a_1><b_2>"}',
+                       "float key": '{"101.0": ["<a_1>"]}',
+                       "keys of another catalogue": '{"7": ["<a_1>"]}',
+                       "binary index": b"\x00\x89PNG\r\n",
+                       "empty token": '{"101": ["<a_1>", ""]}'}.items():
+        add("ids import", name, index, write("other.index.json", text))
+    add("ids import", "--items is a speech cache", ["ids", "import", "other.index.json", "--items",
+                                                    "cache", "--out", "x.h5"],
+        write("other.index.json", '{"101": ["<a_1>"]}'))
+    recommend = ["recommend", "runs/mostpop"]
+    add("recommend", "semicolons", [*recommend, "--history", "101;102"])
+    add("recommend", "--k 0", [*recommend, "--history", "101", "--k", "0"])
+    add("recommend", "binary users file", [*recommend, "--users", "users.bin"],
+        write("users.bin", bytes(range(256))))
+    add("recommend", "missing users file", [*recommend, "--users", "nobody.tsv"])
+    add("recommend", "a tokenizer's run", ["recommend", "runs/rqvae", "--history", "101"])
+    add("recommend", "an id past int64", [*recommend, "--history", "1" + "0" * 25])
+    embed = ["recsys", "embed", "items.jsonl", "--text", "title", "--out", "x.h5"]
+    add("recsys embed", "UTF-8 BOM on a JSON line", embed,
+        write("items.jsonl", '\ufeff{"item_id": 1, "title": "x"}\n'))
+    add("recsys embed", "no text fields", ["recsys", "embed", "items.jsonl", "--text", ",",
+                                           "--out", "x.h5"],
+        write("items.jsonl", '{"item_id": 1, "title": "x"}\n'))
+    add("recsys embed", "--out is a user's file", ["recsys", "embed", "items.jsonl", "--text",
+                                                   "title", "--out", "notes.txt"],
+        write("items.jsonl", '{"item_id": 1, "title": "x"}\n'))
+    add("recsys embed", "id is an object", embed,
+        write("items.jsonl", '{"item_id": {"asin": "B1"}, "title": "x"}\n'))
+    logs = {"header only": "user_id,item_id,timestamp\n",
+            "dates for times": "user_id,item_id,timestamp\nu,1,2020-01-01\n",
+            "time column past the row": "u,1\nu,2\n",
+            "nan time": "user,item,time\nu,1,nan\n",
+            "header names no item": "user_id,title,timestamp\nu,x,1\n"}
+    for name, text in logs.items():
+        add("recsys from-interactions", name, ["recsys", "from-interactions", "log.csv", "--out",
+                                               "data"], write("log.csv", text))
+    add("recsys from-interactions", "--out is a file", ["recsys", "from-interactions", "log.csv",
+                                                        "--out", "notes.txt"],
+        write("log.csv", "user,item,time\nu,1,2\n"))
+    add("recsys from-interactions", "the log is the item file",
+        ["recsys", "from-interactions", "item_data.h5", "--out", "data"])
+    add("speech merge", "into one of its parts", ["speech", "merge", "cache/merged", "cache"])
+    add("speech merge", "a run folder as a part", ["speech", "merge", "merged", "cache",
+                                                    "runs/rqvae"])
+    add("speech merge", "the same part twice through a link", ["speech", "merge", "merged",
+                                                               "cache", "cache_link"],
+        lambda ws: (ws / "cache_link").symlink_to(ws / "cache"))
+    add("speech merge", "OUT exists", ["speech", "merge", "runs", "cache"])
+    add("speech finalize", "a folder that is no cache", ["speech", "finalize", "runs"])
+    add("speech finalize", "a shard of zeros", ["speech", "finalize", "cache"],
+        write("cache/features_00002.h5", bytes(4096)))
+    add("speech finalize", "the index lists a key in a shard without it",
+        ["speech", "finalize", "cache"],
+        lambda ws: _edit_index(ws, lambda idx: idx["sample_index"]["0/0"].update(file_idx=3)))
+    add("speech migrate", "no .npz in the source", ["speech", "migrate", "runs", "migrated"])
+    add("speech migrate", "target is the item file", ["speech", "migrate", "npz", "item_data.h5"],
+        lambda ws: (ws / "npz").mkdir() or np.savez(ws / "npz/a.npz",
+                                                    hidden_states=np.zeros((3, 4), "f4")))
+    add("demo", "into a file", ["demo", "notes.txt"])
+    add("demo", "over a user's sequence file", ["demo", "mine"],
+        lambda ws: (ws / "mine" / "recsys").mkdir(parents=True) or shutil.copy(
+            ws / "sequence.h5", ws / "mine" / "recsys" / "sequence.h5"))
+    add("demo", "into a user's cache", ["demo", "mine"],
+        lambda ws: shutil.copytree(ws / "cache", ws / "mine" / "speech"))
+    add("schema", "--out is a folder", ["schema", "--out", "cache"])
+    add("schema", "--out inside a run", ["schema", "--out", "runs/rqvae/schema.json"])
     return c
 
 
@@ -385,7 +474,7 @@ def judge(case: Case, ws: Path) -> tuple[str, str, bool]:
             else "accepted" if proc.returncode == 0 else "unclear"
         last = next((line for line in proc.stdout.splitlines() if line.startswith("  - ")), last)
     elif proc.returncode == 0:
-        verdict = "accepted"
+        verdict = "wrong" if case.refuse else "accepted"
     elif proc.returncode == 2 and last.startswith("error:") and plain:
         verdict = "clear"  # lines the run printed before it (its header) may precede the error
     else:
@@ -416,16 +505,17 @@ def main() -> None:
             if args.verbose:
                 print(f"{verdict:9s}{' DAMAGED' if damaged else ''}  {case.category}: "
                       f"{case.name}\n           {last}", flush=True)
-    rows, totals = [], {"clear": 0, "accepted": 0, "unclear": 0, "hung": 0, "damaged": 0}
+    kinds = ("clear", "accepted", "wrong", "unclear", "hung")
+    rows, totals = [], {**dict.fromkeys(kinds, 0), "damaged": 0}
     for category in dict.fromkeys(c.category for c, _, _ in results):
         mine = [(v, d) for c, v, d in results if c.category == category]
-        counts = {k: sum(v == k for v, _ in mine) for k in ("clear", "accepted", "unclear", "hung")}
+        counts = {k: sum(v == k for v, _ in mine) for k in kinds}
         counts["damaged"] = sum(d for _, d in mine)
         for k in totals:
             totals[k] += counts[k]
         rows.append([category, len(mine), *counts.values()])
     rows.append(["all", len(results), *totals.values()])
-    print_table(["category", "cases", "clear", "accepted", "unclear", "hung", "damaged"], rows,
+    print_table(["category", "cases", *kinds, "damaged"], rows,
                 "hostile inputs, each a real process under a 60 s limit")
 
 

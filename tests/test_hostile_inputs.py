@@ -35,6 +35,8 @@ def test_absurd_values_are_refused_before_the_run_folder_exists(tmp_path, recsys
     ({"type": "tiger", "beam": 10**9}, {}, "model.beam: 1000000000 beams for 300 items"),
     ({"type": "tiger", "layers": 100000}, {}, "model.layers, model.history: a network of"),
     ({"type": "tiger", "ff": 100000}, {}, "train.batch_size, model.history, model.ff: a training"),
+    ({"type": "tiger", "user_tokens": 10**12}, {}, "model.user_tokens, model.d_model: a network"),
+    ({"type": "sasrec", "top_k": 10**9}, {}, "model.top_k: the top 1,000,000,000 items of up"),
     ({"type": "lastitem_nn", "history": 10**9}, {}, "model.history: histories of 1000000000 items"),
     ({"type": "rqvae", "codebook_size": 10**9}, {}, "model.hidden_dims: an RQ-VAE of 1.6e+10"),
     ({"type": "rqvae", "hidden_dims": [10**8]}, {}, "model.hidden_dims: an RQ-VAE of 5e+09"),
@@ -46,7 +48,7 @@ def test_absurd_sizes_are_refused_with_the_key_and_the_estimate(tmp_path, recsys
                                                                 train, fragment):
     from rqf.codes import write_semantic_ids
 
-    if model["type"] in ("tiger", "lastitem_nn"):
+    if model["type"] in ("tiger", "lastitem_nn", "sasrec"):
         ids = write_semantic_ids(tmp_path / "ids.h5", np.arange(101, 401),
                                  np.arange(900).reshape(300, 3) % 8, None, {"codebook_size": 8})
         if model["type"] == "tiger":

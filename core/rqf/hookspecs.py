@@ -32,5 +32,12 @@ def register_commands(cli):
 
 
 @hookspec
+def check_demo_data(directory, force):
+    """Raise an ``RqfError`` naming the file when writing this plugin's demo data under
+    ``directory`` would replace what it did not write (with ``force``: what may never be
+    replaced); called for every plugin before any writes."""
+
+
+@hookspec
 def write_demo_data(directory, seed):
     """Write this plugin's demo data under ``directory``; return {name: path} of what it wrote."""

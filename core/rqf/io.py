@@ -26,6 +26,8 @@ class DiskFullError(RqfError):
 
 def is_disk_full(exc: BaseException, directory: Path | str | None = None) -> bool:
     """Whether ``exc`` (or what caused it) is the device running out of space."""
+    if isinstance(exc, RqfError) and not isinstance(exc, DiskFullError):
+        return False  # rqf's own refusal says what happened; never guess a full disk over it
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, DiskFullError):
@@ -49,21 +51,68 @@ def disk_full(path: Path | str) -> DiskFullError:
     return DiskFullError(f"no space left on device while writing {path}")
 
 
+def _umask() -> int:
+    """This process's umask, read without changing it (``os.umask`` sets it to read it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # someone else's live process (or not a pid we can judge): leave it
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove the temporary files ``atomic_path`` left for ``path`` in processes that are gone
+    (killed before their rename): each one's name holds its writer's pid, and a file whose
+    writer is alive, or whose writer it cannot tell, stays."""
+    removed = []
+    for tmp in temporaries_of(path.parent, path.name):
+        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` only on success.
 
-    A full disk ends in one ``DiskFullError`` naming ``path``, with the temporary file gone.
+    The file gets the mode a plain ``open`` would give it (the umask's, or the mode of the
+    file it replaces), not ``mkstemp``'s 0600, so others can read what rqf writes as they can
+    read what any program writes. Temporaries a killed process left for ``path`` are removed
+    first. A full disk ends in one ``DiskFullError`` naming ``path``, with the temporary file
+    gone; a file over the process's size limit (``ulimit -f``) in one line naming it.
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        remove_stale_temporaries(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp",
+                                   dir=path.parent)
     except OSError as exc:
         if is_disk_full(exc):
             raise disk_full(path) from None
         raise
-    os.close(fd)
+    try:
+        mode = os.stat(path).st_mode & 0o777 if path.is_file() else 0o666 & ~_umask()
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -73,7 +122,19 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         if not isinstance(exc, DiskFullError) and isinstance(exc, Exception) \
                 and is_disk_full(exc, path.parent):
             raise disk_full(path) from None
+        if _too_large(exc):
+            raise RqfError(f"{path}: larger than this process may write (its file size "
+                           "limit, ulimit -f); nothing was written") from None
         raise
+
+
+def _too_large(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if getattr(seen, "errno", None) == errno.EFBIG or "File too large" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 @contextlib.contextmanager
@@ -231,9 +292,17 @@ def stored_outside(group: Any, name: str) -> str | None:
 def check_output(out: Path, force: bool, reads: Iterable[tuple[str, Path]] = ()) -> None:
     """Refuse an output path before anything is written: one that is, holds or lies inside
     something the command reads (``reads``: what to say of it, its path), a symlink or hard link
-    to one of them, an existing folder, or an existing file without ``force``."""
+    to one of them, one inside a run folder (``rqf run`` alone writes there), an existing
+    folder, or an existing file without ``force``."""
+    from rqf.rundir import MARKER  # the run folder's own module names its marker
+
     out = Path(out)
     target = out.resolve()
+    for folder in target.parents:
+        if (folder / MARKER).is_file():
+            raise RqfError(f"--out {out}: inside the run folder {folder}; only rqf run writes "
+                           "there (its exports are redone by rqf run --resume): choose another "
+                           "--out")
     for what, path in reads:
         path = Path(path)
         source = path.resolve()

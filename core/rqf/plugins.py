@@ -165,7 +165,13 @@ def item_ids_of(path: Path) -> np.ndarray:
     """The item ids, in row order, of an item file any installed storage reads on its own."""
     from rqf.data import ItemSource, missing_members
 
-    with get_plugins().storage_for(path).for_path(Path(path)) as storage:
+    kind = get_plugins().storage_for(path)
+    try:
+        storage = kind.for_path(Path(path))
+    except NotImplementedError:
+        raise RqfError(f"{path}: a {kind.name} file or folder, not an item file (storage "
+                       f"{kind.name!r} is not opened from a path alone)") from None
+    with storage:
         if missing_members(storage, ItemSource):
             raise RqfError(f"{path}: holds no item ids (storage {storage.name!r} reads it, "
                            "but not as an item file)")

@@ -146,51 +146,58 @@ def recommend(run_dir: Path, history: str | None, users: Path | None, k: int | N
               device: str, debug: bool) -> None:
     """Recommend items for given histories with the model of RUN_DIR (tiger, a baseline…)."""
     from rqf.pipeline import load
+    from rqf.ranking import NextItemModel, parse_history
 
     if (history is None) == (users is None):
         raise RqfError("recommend: give --history 12,7,33 or --users FILE")
-    names, histories = ["-"], [history or ""]
-    if users is not None:
+    if k is not None and k < 1:
+        raise RqfError(f"--k: expected a positive number of items, got {k}")
+    if users is not None and not users.is_file():
+        raise RqfError(f"--users {users}: no such file")
+    names: list[str | None] = [None]
+    shown = ["-"]
+    if history is not None:
+        parsed = [parse_history(history, "--history")]
+    else:
         try:
-            lines = [line for line in users.read_text().splitlines() if line.strip()]
+            text = users.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise RqfError(f"--users {users}: cannot read ({exc})") from None
-        names = [line.split("\t", 1)[0] if "\t" in line else str(i + 1)
-                 for i, line in enumerate(lines)]
-        histories = [line.split("\t", 1)[-1] for line in lines]
-    parsed = []
-    for name, text in zip(names, histories):
-        try:
-            parsed.append([int(x) for x in text.replace(" ", "").split(",") if x])
-        except ValueError:
-            raise RqfError(f"history of {name}: expected comma-separated item ids, got "
-                           f"{text!r}") from None
+        names, parsed, shown = [], [], []
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            name, tab, items = line.partition("\t")
+            where = f"{users}: line {lineno}"
+            names.append(name.strip() if tab else None)  # unnamed: an unknown user
+            shown.append(name.strip() if tab else str(len(shown) + 1))
+            parsed.append(parse_history(items if tab else line, where))
     model = load(run_dir, device=device)
-    if not hasattr(model, "recommend_histories"):
+    if not isinstance(model, NextItemModel):
         raise RqfError(f"{run_dir}: model {model.name!r} does not rank items")
-    given = None if users is None else [n if "\t" in line else None  # unnamed: unknown user
-                                        for n, line in zip(names, lines)]
-    top = model.recommend_histories(parsed, k, given)
-    for name, items in zip(names, top):
-        shown = ",".join(str(int(i)) for i in items if i >= 0)
-        click.echo(shown if users is None else f"{name}\t{shown}")
+    top = model.recommend_histories(parsed, k, None if users is None else names)
+    for name, items in zip(shown, top):
+        line = ",".join(str(int(i)) for i in items if i >= 0)
+        click.echo(line if users is None else f"{name}\t{line}")
 
 
 @cli.command()
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
               help="Write the schema here instead of printing it.")
+@click.option("--force", is_flag=True, help="Replace an existing --out file.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def schema(out: Path | None, debug: bool) -> None:
+def schema(out: Path | None, force: bool, debug: bool) -> None:
     """JSON Schema of a pipeline file for the installed plugins (for editors' completion)."""
     from rqf.config import pipeline_schema
+    from rqf.io import check_output, write_text_atomic
     from rqf.plugins import get_plugins
 
+    if out is not None:
+        check_output(out, force)
     text = json.dumps(pipeline_schema(get_plugins().registry), indent=2) + "\n"
     if out is None:
         click.echo(text, nl=False)
         return
-    from rqf.io import write_text_atomic
-
     write_text_atomic(out, text)
     click.echo(f"wrote {out}")
 
@@ -212,12 +219,18 @@ def report(run_dirs: tuple[Path, ...], debug: bool) -> None:
 @cli.command()
 @click.argument("directory", required=False, default="demo_data", type=click.Path(path_type=Path))
 @click.option("--seed", default=0, show_default=True, help="Seed of the generators.")
+@click.option("--force", is_flag=True, help="Replace files of the same names that rqf demo "
+              "did not write.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def demo(directory: Path, seed: int, debug: bool) -> None:
-    """Write small, realistic demo data (every installed plugin's) into DIRECTORY."""
+def demo(directory: Path, seed: int, force: bool, debug: bool) -> None:
+    """Write small, realistic demo data (every installed plugin's) into DIRECTORY; demo data
+    written before is replaced, anything else only with --force."""
     from rqf.plugins import get_plugins
 
+    if directory.exists() and not directory.is_dir():
+        raise RqfError(f"{directory}: a file; rqf demo writes its data into a folder")
     pm = get_plugins()
+    pm.pm.hook.check_demo_data(directory=directory, force=force)  # every check, then writes
     written = {}
     for impl in pm.pm.hook.write_demo_data.get_hookimpls():
         written.update(impl.function(directory=directory, seed=seed) or {})

@@ -34,17 +34,14 @@ def export(run: Path, fmt: str, out: Path, numbering: str, token: str, force: bo
            debug: bool) -> None:
     """Write the semantic IDs of RUN (a run folder or a semantic_ids.h5) for another tool."""
     from rqf.codes import SemanticIds
-    from rqf.codes.interchange import export_ids
-
+    from rqf.codes.interchange import check_template, export_ids
     from rqf.io import check_output
 
+    check_template(token)
     path = _ids_file(run)
     ids = SemanticIds(path)  # checked whole before anything is written
     check_output(out, force, [("is the file this command reads", path)])
     click.echo(f"wrote {export_ids(ids, fmt, out, numbering, token)}")
-
-
-
 
 
 @ids.command("import")

@@ -29,6 +29,42 @@ DEFAULT_TOKEN = "<{letter}_{code}>"
 _LAST_INTEGER = re.compile(r"(\d+)\D*$")
 
 
+TEMPLATE_FIELDS = ("letter", "level", "code")
+MAX_TOKEN = 64  # characters of one token: an ID is a few short tokens for a language model
+
+
+def check_template(template: str) -> str:
+    """``template`` when it makes one token per level and code: the fields it names are
+    ``{letter}``, ``{level}`` and ``{code}`` alone (no attribute or index, which would read
+    Python objects), ``{code}`` among them (or every ID would be the same), and a token stays
+    short; a one-line refusal naming ``--token`` otherwise."""
+    import string
+
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ConfigError(f"--token {template!r}: not a template ({exc})") from None
+    names = [name for _, name, _, _ in parts if name is not None]
+    for name in names:
+        if name not in TEMPLATE_FIELDS:
+            raise ConfigError(f"--token {template!r}: {{{name}}} is not a field; a template "
+                              "may use {letter}, {level} and {code}, nothing inside them")
+    if "code" not in names:
+        raise ConfigError(f"--token {template!r}: has no {{code}}, so every item would get "
+                          "the same ID; e.g. <{letter}_{code}>")
+    if any(len(spec or "") > 8 or (spec and "{" in spec) for _, _, spec, _ in parts):
+        raise ConfigError(f"--token {template!r}: a format spec of at most 8 characters, "
+                          "without nested fields (e.g. {code:03d})")
+    try:
+        longest = template.format(letter="zz", level=99, code=2**31 - 1)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"--token {template!r}: {exc}") from None
+    if len(longest) > MAX_TOKEN:
+        raise ConfigError(f"--token {template!r}: makes tokens of up to {len(longest)} "
+                          f"characters; at most {MAX_TOKEN}")
+    return template
+
+
 def token(template: str, level: int, code: int) -> str:
     """One ID token of the 0-based ``level``: ``{letter}`` is a, b, c… by level, ``{level}``
     its number counted from 1 (as in every message and column), ``{code}`` the code."""
@@ -92,22 +128,61 @@ def export_ids(ids: SemanticIds, fmt: str, out: Path, numbering: str = "id",
     """Write the collision-free IDs of ``ids`` to ``out`` in ``fmt``, keyed by item id or row."""
     if fmt not in WRITERS:
         raise ConfigError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    check_template(template)
     keys = ids.item_ids if numbering == "id" else np.arange(len(ids.item_ids))
     WRITERS[fmt](Path(out), keys, "item_id" if numbering == "id" else "row", ids.unique_codes,
                  template)
     return Path(out)
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _refuse_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+MAX_CODE = 2**31 - 1  # codes are stored as 32-bit integers
+
+
+def _code(tok: object) -> int | None:
+    """The code a token holds: its last run of digits (``<c_201>`` -> 201, ``201`` -> 201),
+    when that run is a whole number of its own (not ``-7`` or the ``5`` of ``1.5``)."""
+    if isinstance(tok, bool) or not isinstance(tok, (str, int)):
+        return None
+    text = str(tok)
+    match = _LAST_INTEGER.search(text)
+    if match is None or (match.start() and text[match.start() - 1] in "-+."):
+        return None
+    value = int(match.group(1))
+    return value if value <= MAX_CODE else None
+
+
 def read_index_json(path: Path, item_ids: np.ndarray, numbering: str = "id") -> np.ndarray:
     """(n, levels) codes of ``item_ids``, in their order, from an ``.index.json``.
 
-    A token's code is the last integer in it (``<c_201>`` -> 201, ``201`` -> 201). Every item
-    must have one entry, every entry one item, and every ID as many tokens as the others.
+    A token is a string (or a whole number) whose code is its last run of digits
+    (``<c_201>`` -> 201, ``201`` -> 201); a negative or fractional number, a list or an object
+    is refused. Keys are integers written plainly (``"1"``, never ``"01"`` beside it), each
+    once. Every item must have one entry, every entry one item, and every ID as many tokens as
+    the others: one line names the file, the key and what was found.
     """
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text(), object_pairs_hook=_refuse_duplicates)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except _DuplicateKey as exc:
+        raise DataError(f"{path}: key {str(exc)!r} appears twice; each item has one ID") \
+            from None
+    except RecursionError:
+        raise DataError(f"{path}: nested too deeply to be an index (a mapping of item -> "
+                        "list of ID tokens)") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise DataError(f"{path}: not a readable JSON index ({exc})") from None
     if not isinstance(data, dict) or not data:
@@ -119,24 +194,30 @@ def read_index_json(path: Path, item_ids: np.ndarray, numbering: str = "id") -> 
         try:
             number = int(key)
         except ValueError:
+            number = None
+        if number is None or str(number) != key:
             raise DataError(f"{path}: key {key!r}: expected an integer item "
-                            f"{'id' if numbering == 'id' else 'row'}") from None
+                            f"{'id' if numbering == 'id' else 'row'} written plainly (e.g. "
+                            f"{'42' if number is None else number})")
         row = row_of.get(number) if numbering == "id" else (number if 0 <= number < n else None)
         if row is None:
             raise DataError(f"{path}: key {key!r}: no such item {numbering} in the item file "
                             f"(were the IDs made for it? --numbering {numbering})")
         if not isinstance(tokens, list) or not tokens:
-            raise DataError(f"{path}: key {key!r}: expected a list of ID tokens")
+            raise DataError(f"{path}: key {key!r}: expected a list of ID tokens, got "
+                            f"{type(tokens).__name__}")
         if codes is None:
             codes = np.full((n, len(tokens)), -1, np.int64)
         if len(tokens) != codes.shape[1]:
             raise DataError(f"{path}: key {key!r}: {len(tokens)} tokens, the first ID has "
                             f"{codes.shape[1]}")
         for level, tok in enumerate(tokens):
-            match = _LAST_INTEGER.search(str(tok))
-            if match is None:
-                raise DataError(f"{path}: key {key!r}: token {tok!r} holds no code number")
-            codes[row, level] = int(match.group(1))
+            code = _code(tok)
+            if code is None:
+                raise DataError(f"{path}: key {key!r}: token {tok!r} holds no code: expected "
+                                f"a string ending in a whole number from 0 to {MAX_CODE} "
+                                "(e.g. <a_12>)")
+            codes[row, level] = code
     assert codes is not None
     missing = np.flatnonzero(codes[:, 0] < 0)
     if len(missing):

@@ -8,8 +8,8 @@ training task) and ``floors`` (``mostpop`` and ``lastitem_nn``, registered by th
 """
 
 from rqf.ranking.examples import (Examples, catalogue_positions, dedup_history, eval_examples,
-                                  monitored_examples, right_align, sequence_rows, sequence_table,
-                                  train_examples)
+                                  monitored_examples, parse_history, right_align, sequence_rows,
+                                  sequence_table, train_examples)
 from rqf.ranking.floors import LastItemNNModel, MostPopModel, fit_floors
 from rqf.ranking.metrics import KS, ranking_metrics
 from rqf.ranking.ranker import FLOORS, HISTORY, TOP_K, NextItemModel, Ranking, RankingTask
@@ -20,7 +20,7 @@ __all__ = [
     "NextItemModel", "RankingTask", "Ranking", "HISTORY", "TOP_K", "FLOORS",
     # next-item examples and histories
     "Examples", "eval_examples", "train_examples", "sequence_rows", "sequence_table",
-    "monitored_examples", "right_align", "dedup_history", "catalogue_positions",
+    "monitored_examples", "right_align", "dedup_history", "catalogue_positions", "parse_history",
     # judging a ranking
     "ranking_metrics", "KS", "MostPopModel", "LastItemNNModel", "fit_floors",
     # the recommendations.h5 contract

@@ -5,13 +5,14 @@ A history is (n, H) item ids, left-aligned and -1 padded, unless a function says
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from rqf.data import SequenceView, missing_members
-from rqf.errors import ConfigError, RqfError
+from rqf.errors import ConfigError, DataError, RqfError
 from rqf.interfaces import Dataset
 
 
@@ -140,3 +141,19 @@ def catalogue_positions(catalogue: np.ndarray, items: np.ndarray
     missing = (items >= 0) & (catalogue[pos] != items)
     return pos, np.unique(items[missing])
 
+
+
+def parse_history(text: str, where: str) -> list[int]:
+    """The item ids of a history written ``12,7,33``, oldest first (spaces around the commas
+    allowed), or a one-line refusal naming ``where``: an id is a whole number from 0 (-1 is
+    the padding of histories and recommendations.h5, never an item)."""
+    parts = [part.strip() for part in text.split(",")]
+    if parts == [""]:
+        raise DataError(f"{where}: an empty history; give at least one item id, e.g. 12,7,33")
+    for part in parts:
+        if not re.fullmatch(r"\d{1,18}", part):
+            hint = (" (ids are separated by commas, a user's name from them by a tab)"
+                    if any(c.isspace() for c in part) else "")
+            raise DataError(f"{where}: {part[:40]!r} is not an item id{hint}; expected "
+                            "comma-separated whole numbers from 0, e.g. 12,7,33")
+    return [int(part) for part in parts]

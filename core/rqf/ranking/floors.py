@@ -28,6 +28,9 @@ class MostPopModel(NextItemModel):
         self.ranking = ids[np.argsort(-counts, kind="stable")]
         return {"items": int(len(ids))}
 
+    def known_items(self) -> np.ndarray:
+        return np.sort(self.ranking)  # what it was fit on: the items of the training sequences
+
     def recommend(self, history: np.ndarray, k: int, users: np.ndarray | None = None
                   ) -> np.ndarray:
         top = np.full(k, -1, np.int64)

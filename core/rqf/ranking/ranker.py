@@ -79,6 +79,9 @@ class NextItemModel(Model):
         examples, history = len(table.item_ids), self.config["history"]
         require_memory("model.history", examples * history * 8 * 3,
                        f"histories of {history} items for up to {examples:,} examples")
+        users, top_k = len(table), self.config["top_k"]
+        require_memory("model.top_k", users * top_k * 8 * 3,
+                       f"the top {top_k:,} items of up to {users:,} users")
 
     def recommend(self, history: np.ndarray, k: int, users: np.ndarray | None = None
                   ) -> np.ndarray:
@@ -98,6 +101,8 @@ class NextItemModel(Model):
         k = self.config["top_k"] if k is None else int(k)
         if k < 1:
             raise ConfigError(f"k: expected a positive number of items, got {k}")
+        require_memory("k", len(histories) * k * 8 * 4,
+                       f"{k:,} items for each of {len(histories):,} histories")
         width = self.config["history"]
         rows = np.full((len(histories), width), -1, np.int64)
         known = self.known_items()
@@ -105,6 +110,9 @@ class NextItemModel(Model):
             items = [int(x) for x in items][-width:]
             if not items:
                 raise DataError(f"history {i + 1} is empty; give at least one item id")
+            if min(items) < 0:
+                raise DataError(f"history {i + 1}: item {min(items)} is not an item id (ids "
+                                "are whole numbers from 0; -1 is padding)")
             if known is not None:
                 unknown = np.setdiff1d(items, known)
                 if len(unknown):

@@ -25,8 +25,9 @@ def recsys() -> None:
               help="(n,) .npy: the item id of each embedding row (default: row number); "
                    "string ids are numbered 0..n-1 and kept as item_keys.")
 @click.option("--delimiter", default=None, help="Column separator (default: detected).")
-@click.option("--time-column", default=2, show_default=True,
-              help="0-based column of the timestamp (user and item are columns 0 and 1).")
+@click.option("--time-column", default=None,
+              help="The time column: a name of the header row, or a 0-based number (default: "
+                   "the header's timestamp or time column; without a header, column 2).")
 @click.option("--no-timestamps", is_flag=True, help="The file has no timestamp column.")
 @click.option("--drop-unknown-items", is_flag=True,
               help="Drop interactions whose item has no embedding instead of failing.")
@@ -34,15 +35,18 @@ def recsys() -> None:
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def from_interactions_cmd(interactions: Path, out_dir: Path, items_file: Path | None,
                           embeddings: Path | None,
-                          item_ids: Path | None, delimiter: str | None, time_column: int, no_timestamps: bool,
+                          item_ids: Path | None, delimiter: str | None, time_column: str | None,
+                          no_timestamps: bool,
                           drop_unknown_items: bool, force: bool, debug: bool) -> None:
-    """Build sequence.h5 (and item_data.h5) from a CSV/TSV of user, item[, timestamp]."""
+    """Build sequence.h5 (and item_data.h5) from a CSV/TSV of user, item[, timestamp]: columns
+    by the header's names (user_id, item_id or parent_asin, timestamp or time), else by
+    position."""
     from rqf_h5_recsys.writer import from_interactions
 
     written = from_interactions(interactions, out_dir, embeddings, item_ids, delimiter,
-                                time_col=None if no_timestamps else time_column,
+                                time_col=None if no_timestamps else (time_column or "auto"),
                                 drop_unknown_items=drop_unknown_items, items_file=items_file,
-                                force=force)
+                                force=force, echo=lambda msg: click.echo(msg, err=True))
     for kind, path in written.items():
         click.echo(f"wrote {kind}: {path}")
 

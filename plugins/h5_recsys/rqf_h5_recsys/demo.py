@@ -7,7 +7,33 @@ from pathlib import Path
 
 import numpy as np
 
+from rqf import RqfError
 from rqf_h5_recsys.writer import write_item_data, write_sequence_data
+
+DEMO_SOURCE = "rqf demo"  # the files' "source" attribute: what rqf demo may replace unasked
+FILES = ("item_data.h5", "sequence.h5", "sequence_no_time.h5")
+
+
+def check_demo(directory: Path, force: bool) -> None:
+    """Refuse to replace a file of the demo's names that rqf demo did not write (unless
+    ``force``); a folder of such a name is never replaced."""
+    import h5py
+
+    for name in FILES:
+        path = Path(directory) / name
+        if path.is_dir() or path.is_symlink():
+            raise RqfError(f"{path}: a folder or link where rqf demo writes a file; choose "
+                           "another folder for the demo data")
+        if not path.exists() or force:
+            continue
+        try:
+            with h5py.File(path, "r") as f:
+                ours = f.attrs.get("source") == DEMO_SOURCE
+        except OSError:
+            ours = False
+        if not ours:
+            raise RqfError(f"{path}: exists and is not demo data rqf wrote; pass --force to "
+                           "replace it, or choose another folder")
 
 
 def make_demo(directory: Path, seed: int = 0, n_items: int = 4000, n_users: int = 1500,
@@ -42,10 +68,12 @@ def make_demo(directory: Path, seed: int = 0, n_items: int = 4000, n_users: int 
     directory = Path(directory)
     return {
         "item_data": write_item_data(directory / "item_data.h5", item_ids, emb.astype(np.float32),
-                                     features.astype(np.int32), np.full(n_items, 2, np.int32)),
+                                     features.astype(np.int32), np.full(n_items, 2, np.int32),
+                                     attrs={"source": DEMO_SOURCE}),
         "sequences": write_sequence_data(directory / "sequence.h5", users, sequences, times,
-                                         total_items=n_items),
+                                         total_items=n_items, attrs={"source": DEMO_SOURCE}),
         # the same users without timestamps, as Amazon-style benchmarks ship them
         "sequences_without_time": write_sequence_data(directory / "sequence_no_time.h5", users,
-                                                      sequences, None, total_items=n_items),
+                                                      sequences, None, total_items=n_items,
+                                                      attrs={"source": DEMO_SOURCE}),
     }

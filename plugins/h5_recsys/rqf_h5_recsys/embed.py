@@ -29,6 +29,9 @@ def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}: line {lineno}: not a JSON object ({exc.msg})") from None
+            except RecursionError:
+                raise DataError(f"{path}: line {lineno}: nested too deeply to be an item "
+                                "record") from None
             if not isinstance(record, dict):
                 raise DataError(f"{path}: line {lineno}: expected a JSON object, got "
                                 f"{type(record).__name__}")
@@ -41,7 +44,7 @@ def _csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         sample = fh.read(4096)
         fh.seek(0)
         delimiter = "\t" if "\t" in sample.partition("\n")[0] else ","
-        reader = csv.reader(fh, delimiter=delimiter)
+        reader = csv.reader(fh, delimiter=delimiter, strict=True)  # an unclosed quote: refused
         header = [h.split(":")[0].strip() for h in next(reader, [])]
         for lineno, row in enumerate(reader, start=2):
             if row:
@@ -63,6 +66,7 @@ def read_item_texts(path: str | Path, text_fields: Sequence[str], id_field: str 
     keys: list[str] = []
     texts: list[str] = []
     seen: dict[str, int] = {}
+    lineno = 1
     try:
         for lineno, record in records:
             if id_field is None:
@@ -74,9 +78,17 @@ def read_item_texts(path: str | Path, text_fields: Sequence[str], id_field: str 
             if missing:
                 raise DataError(f"{path}: line {lineno}: no field {missing[0]!r} "
                                 f"(fields: {', '.join(record)})")
-            key = str(record[id_field]).strip()
+            value = record[id_field]
+            if value is None or isinstance(value, (bool, list, dict, float)):
+                raise DataError(f"{path}: line {lineno}: {id_field} is "
+                                f"{'null' if value is None else type(value).__name__}; "
+                                "expected a string or a whole number")
+            key = str(value).strip()
             if not key:
                 raise DataError(f"{path}: line {lineno}: {id_field} is empty")
+            if key.startswith("-") and key[1:].isdigit():
+                raise DataError(f"{path}: line {lineno}: item {key}: ids are whole numbers "
+                                "from 0 (-1 is the padding of histories)")
             if key in seen:
                 raise DataError(f"{path}: line {lineno}: item {key!r} was already on line "
                                 f"{seen[key]}")
@@ -86,7 +98,7 @@ def read_item_texts(path: str | Path, text_fields: Sequence[str], id_field: str 
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except csv.Error as exc:
-        raise DataError(f"{path}: not readable as CSV ({exc})") from None
+        raise DataError(f"{path}: near line {lineno + 1}: not readable as CSV ({exc})") from None
     if not keys:
         raise DataError(f"{path}: no items found")
     return keys, texts, str(id_field)

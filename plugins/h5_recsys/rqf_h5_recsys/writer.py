@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import h5py
 import numpy as np
@@ -80,7 +80,8 @@ def write_sequence_data(path: str | Path, user_ids: Sequence[str],
                         sequences: Sequence[Sequence[int]],
                         timestamps: Sequence[Sequence[int]] | None = None,
                         total_items: int | None = None,
-                        item_keys: Sequence[str] | None = None) -> Path:
+                        item_keys: Sequence[str] | None = None,
+                        attrs: dict[str, Any] | None = None) -> Path:
     """Write a sequence file: per-user item id lists in order, optional per-item timestamps,
     and ``item_keys`` (string id of item id i) when the ids were numbered from strings."""
     path = Path(path)
@@ -117,6 +118,8 @@ def write_sequence_data(path: str | Path, user_ids: Sequence[str],
         f.attrs["avg_sequence_length"] = float(lengths.mean()) if len(seqs) else 0.0
         f.attrs["order_preserved"] = True
         _write_keys(f, item_keys)
+        for key, value in (attrs or {}).items():
+            f.attrs[key] = value
     return path
 
 
@@ -126,65 +129,118 @@ def _ragged(rows: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-HEADER_WORDS = {"user", "user_id", "userid", "item", "item_id", "itemid", "asin",
-                "parent_asin", "timestamp", "time", "rating"}
+# column names, as logs write them (RecBole's ``name:type`` is read as ``name``), by role
+USER_NAMES = ("user_id", "userid", "user", "reviewerid", "customer_id")
+ITEM_NAMES = ("item_id", "itemid", "item", "parent_asin", "asin", "movie_id", "product_id")
+TIME_NAMES = ("timestamp", "time", "ts", "unix_time", "unixreviewtime")
+HEADER_WORDS = {*USER_NAMES, *ITEM_NAMES, *TIME_NAMES, "rating", "label"}
+MAX_TIME = 2.0**62  # seconds (or any unit) an int64 holds with room to spare
 
 
 def read_interactions(path: str | Path, delimiter: str | None = None, user_col: int = 0,
-                      item_col: int = 1, time_col: int | None = 2,
+                      item_col: int = 1, time_col: int | str | None = "auto",
                       ) -> tuple[list[str], list[str], np.ndarray | None]:
-    """Read user, item[, time] columns from a CSV/TSV; a header row is detected and skipped.
+    """Read user, item[, time] columns from a CSV/TSV.
 
-    Users and items are kept as strings (ids such as ASINs); times must be numbers.
+    A first row of column names picks the columns by name (``user_id``, ``item_id`` or
+    ``parent_asin``, ``timestamp`` or ``time``; RecBole's ``name:type`` too), whatever their
+    order; without one, the columns are ``user_col``, ``item_col`` and ``time_col`` ("auto":
+    2). ``time_col`` may name a column; None: the file has no times. Users and items are kept
+    as strings (ids such as ASINs), never empty; an item that is a negative integer is refused
+    (-1 is the padding of histories). Times are finite numbers kept exactly (float64), so
+    fractional times order the interactions as they are. Every refusal names file and line.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: interactions file not found")
-    with open(path, newline="", encoding="utf-8") as fh:
-        sample = fh.read(4096)
-        fh.seek(0)
-        if delimiter is None:
-            delimiter = "\t" if "\t" in sample else ("," if "," in sample else " ")
-        reader = csv.reader(fh, delimiter=delimiter, skipinitialspace=True)
-        users, items, times = [], [], []
-        need = max(c for c in (user_col, item_col, time_col) if c is not None)
-        try:
+    users, items, times = [], [], []
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            sample = fh.read(4096)
+            fh.seek(0)
+            if delimiter is None:
+                delimiter = "\t" if "\t" in sample else ("," if "," in sample else " ")
+            reader = csv.reader(fh, delimiter=delimiter, skipinitialspace=True, strict=True)
+            cols: tuple[int, int, int | None] | None = None
+            lineno = 0
             for lineno, row in enumerate(reader, start=1):
                 if not row or row[0].startswith("#"):
                     continue
+                if cols is None:
+                    cols, header = _columns(path, row, user_col, item_col, time_col)
+                    if header:
+                        continue
+                u, i, t = cols
+                need = max(c for c in cols if c is not None)
                 if len(row) <= need:
                     raise DataError(f"{path}: line {lineno}: expected at least {need + 1} "
                                     f"columns, found {len(row)}")
-                if not users and _is_header(row, (user_col, item_col, time_col)):
-                    continue
-                try:
-                    t = int(float(row[time_col])) if time_col is not None else 0
-                except ValueError:
-                    raise DataError(f"{path}: line {lineno}: column {time_col} (the time) must "
-                                    f"be a number, got {row[time_col]!r}") from None
-                users.append(row[user_col].strip())
-                items.append(row[item_col].strip())
-                times.append(t)
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from None
+                user, item = row[u].strip(), row[i].strip()
+                if not user or not item:
+                    raise DataError(f"{path}: line {lineno}: the {'user' if not user else 'item'}"
+                                    " is empty")
+                if item.lstrip("-").isdigit() and item.startswith("-"):
+                    raise DataError(f"{path}: line {lineno}: item {item}: ids are whole numbers "
+                                    "from 0 (-1 is the padding of histories)")
+                users.append(user)
+                items.append(item)
+                if t is not None:
+                    times.append(_time(path, lineno, row[t]))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except csv.Error as exc:
+        raise DataError(f"{path}: line {reader.line_num}: not readable as CSV ({exc})") from None
     if not users:
         raise DataError(f"{path}: no interactions found")
-    return users, items, (np.array(times, np.int64) if time_col is not None else None)
+    return users, items, (np.array(times, np.float64) if cols and cols[2] is not None else None)
 
 
-def _is_header(row: list[str], cols: tuple[int | None, ...]) -> bool:
-    """A first row of column names: a known name (RecBole's ``name:type`` too), or a time
-    that is not a number."""
-    names = [row[c].split(":")[0].strip().lower() for c in cols if c is not None]
-    if any(name in HEADER_WORDS for name in names):
-        return True
-    if cols[2] is None:
-        return False
+def _time(path: Path, lineno: int, text: str) -> float:
     try:
-        float(row[cols[2]])
+        value = float(text)
     except ValueError:
-        return True
-    return False
+        raise DataError(f"{path}: line {lineno}: the time must be a number, got "
+                        f"{text[:40]!r}") from None
+    if not np.isfinite(value) or abs(value) > MAX_TIME:
+        raise DataError(f"{path}: line {lineno}: the time {text[:40]!r} is not a finite number "
+                        f"within +-{MAX_TIME:.3g}")
+    return value
+
+
+def _columns(path: Path, row: list[str], user_col: int, item_col: int,
+             time_col: int | str | None) -> tuple[tuple[int, int, int | None], bool]:
+    """(user, item, time) columns and whether ``row`` is a header naming them."""
+    names = [cell.split(":")[0].strip().lower() for cell in row]
+    if not any(name in HEADER_WORDS for name in names):
+        if isinstance(time_col, str) and time_col != "auto":
+            raise DataError(f"{path}: --time-column {time_col!r} names a column, but the file "
+                            "has no header row")
+        time = None if time_col is None else (2 if time_col == "auto" else int(time_col))
+        return (user_col, item_col, time), False
+
+    def find(choices: Sequence[str], what: str) -> int:
+        for choice in choices:
+            if choice in names:
+                return names.index(choice)
+        raise DataError(f"{path}: the header ({', '.join(row)}) has no {what} column "
+                        f"(one of {', '.join(choices)})")
+
+    user, item = find(USER_NAMES, "user"), find(ITEM_NAMES, "item")
+    if time_col is None:
+        return (user, item, None), True
+    if time_col == "auto":
+        found = [n for n in TIME_NAMES if n in names]
+        if not found:
+            raise DataError(f"{path}: the header ({', '.join(row)}) has no time column (one of "
+                            f"{', '.join(TIME_NAMES)}); name it with --time-column, or pass "
+                            "--no-timestamps")
+        return (user, item, names.index(found[0])), True
+    if isinstance(time_col, str) and not time_col.isdigit():
+        if time_col.lower() not in names:
+            raise DataError(f"{path}: --time-column {time_col!r} is not in the header "
+                            f"({', '.join(row)})")
+        return (user, item, names.index(time_col.lower())), True
+    return (user, item, int(time_col)), True
 
 
 def read_item_keys(path: str | Path) -> tuple[np.ndarray, list[str]]:
@@ -230,10 +286,10 @@ def _catalogue(items_file: str | Path | None, embeddings: str | Path | None,
 
 def from_interactions(interactions: str | Path, out_dir: str | Path,
                       embeddings: str | Path | None = None, item_ids: str | Path | None = None,
-                      delimiter: str | None = None, time_col: int | None = 2,
+                      delimiter: str | None = None, time_col: int | str | None = "auto",
                       drop_unknown_items: bool = False,
-                      items_file: str | Path | None = None, force: bool = False
-                      ) -> dict[str, Path]:
+                      items_file: str | Path | None = None, force: bool = False,
+                      echo: Callable[[str], None] | None = None) -> dict[str, Path]:
     """Build sequence.h5 (and item_data.h5 from an embeddings .npy) from an interaction file.
 
     Interactions are ordered by time per user with a stable sort, so ties keep file order.
@@ -245,11 +301,16 @@ def from_interactions(interactions: str | Path, out_dir: str | Path,
     would write) is replaced only with ``force``, and never one of the files it reads.
     """
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"--out {out_dir}: a file; --out names the folder for sequence.h5")
     reads = [("is the file this command reads", Path(p))
              for p in (interactions, embeddings, item_ids, items_file) if p is not None]
     for name in ("sequence.h5", *(("item_data.h5",) if embeddings is not None else ())):
         check_output(out_dir / name, force, reads)
     users, raw_items, times = read_interactions(interactions, delimiter, time_col=time_col)
+    if times is not None and (times != np.floor(times)).any() and echo is not None:
+        echo(f"{interactions}: times with fractions order each user's items exactly; "
+             "sequence.h5 keeps them as whole numbers (its timestamps are int64)")
     known, written = _catalogue(items_file, embeddings, item_ids, out_dir)
     seq_keys = None
     if known is None:
@@ -303,7 +364,7 @@ def _write_sequences(path: Path, users: list[str], items: np.ndarray, times: np.
     times = times[order] if times is not None else None
     bounds = np.flatnonzero(np.diff(owner)) + 1
     seqs = np.split(items, bounds)
-    ts = np.split(times, bounds) if times is not None else None
+    ts = np.split(np.floor(times).astype(np.int64), bounds) if times is not None else None
     return write_sequence_data(path, [str(u) for u in user_order], seqs, ts,
                                total_items=total_items, item_keys=item_keys)
 

@@ -19,6 +19,7 @@ import gc
 import json
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -26,7 +27,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from rqf import DataError, atomic_path
+from rqf import DataError, atomic_path, disk_full
+from rqf_h5_speech.keyhash import hash_keys
 from rqf_h5_speech.keytable import KeyTable, encode_keys, first_bad_key
 
 INDEX_NAME = "hdf5_index.json"
@@ -78,15 +80,78 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def read_shard_keys(path: Path) -> list[str] | None:
-    """The keys an rqf shard recorded when it was committed (None: not an rqf shard)."""
+    """The keys an rqf shard recorded when it was committed (None: a shard of other tools,
+    which list none). A shard that cannot be read is an error, never a shard with no samples:
+    dropping it would drop its samples from the index."""
     try:
         with h5py.File(path, "r") as f:
             if KEYS_DATASET not in f:
                 return None
             return [k.decode() if isinstance(k, bytes) else str(k)
                     for k in f[KEYS_DATASET][()]]
-    except (OSError, KeyError):
-        return None
+    except (OSError, KeyError) as exc:
+        raise DataError(f"{path}: shard cannot be read ({str(exc).splitlines()[0][:120]}); it "
+                        "may be truncated or corrupted: restore it, or move it out of the "
+                        "cache to go on without its samples") from None
+
+
+def held_where_indexed(index: "CacheIndex", keys: list[str],
+                       listed: dict[int, set[str] | None]) -> list[bool]:
+    """For each key, whether the index lists it and the shard it names holds it (``listed``:
+    the keys of the shards read so far, by shard number, filled as shards are read)."""
+    out = []
+    for key in keys:
+        row = index.table.position(key)
+        if row < 0:
+            out.append(False)
+            continue
+        file_idx = int(index.table.file_idx[row])
+        path = index.directory / shard_name(file_idx)
+        if file_idx not in listed:
+            names = read_shard_keys(path) if path.exists() else []
+            listed[file_idx] = None if names is None else set(names)
+        held = listed[file_idx]
+        if held is None:  # another tool's shard: look the group up
+            with h5py.File(path, "r") as f:
+                out.append(index.table.group(row) in f)
+        else:
+            out.append(key in held)
+    return out
+
+
+def misplaced_samples(index: "CacheIndex") -> list[str]:
+    """Where the index names a shard that does not hold the sample: one line per shard, with
+    the shard that does where one lists it. An rqf shard is checked against the keys it lists
+    (by their hashes, a shard at a time: memory follows the shard, not the cache), another
+    tool's by looking its groups up."""
+    table, problems = index.table, []
+    fidx = np.asarray(table.file_idx)
+    order = np.argsort(fidx, kind="stable")
+    by_shard = fidx[order]
+    row_hash = table.hashes_unsorted()
+    for file_idx, path in index.shards_on_disk().items():
+        lo, hi = np.searchsorted(by_shard, [file_idx, file_idx + 1])
+        if lo == hi:
+            continue  # listed nowhere: the writer adopts or removes it
+        rows = order[lo:hi]
+        keys = read_shard_keys(path)
+        if keys is not None:
+            held = np.isin(row_hash[rows], hash_keys(*encode_keys(keys))) if keys else \
+                np.zeros(len(rows), bool)
+            missing = [table[int(r)] for r in rows[~held][:1]]
+            count = int((~held).sum())
+        else:
+            with h5py.File(path, "r") as f:
+                gone = [int(r) for r in rows if table.group(int(r)) not in f]
+            missing, count = [table[r] for r in gone[:1]], len(gone)
+        if count:
+            holder = next((p.name for p in index.shards_on_disk().values()
+                           if missing[0] in (read_shard_keys(p) or ())), None)
+            problems.append(f"{index.path}: puts {count} samples in {path.name} that it "
+                            f"does not hold (e.g. {missing[0]!r}"
+                            f"{f', which {holder} holds' if holder else ''}); the index "
+                            "disagrees with the shards: restore it")
+    return problems
 
 
 @dataclass
@@ -114,6 +179,21 @@ class CacheIndex:
     @classmethod
     def empty(cls, directory: Path, samples_per_file: int, use_float16: bool) -> "CacheIndex":
         return cls(Path(directory), KeyTable.empty(), samples_per_file, use_float16)
+
+    @classmethod
+    def from_shards(cls, directory: Path, samples_per_file: int,
+                    use_float16: bool) -> "CacheIndex":
+        """The index of a cache without index files, from the keys its shards list (every
+        shard rqf commits lists them); refused when a shard lists none (the original tools'),
+        whose samples it would leave out."""
+        index = cls.empty(directory, samples_per_file, use_float16)
+        index.read_journal()
+        foreign = [p.name for i, p in index.shards_on_disk().items() if i not in index.journal]
+        if foreign:
+            raise DataError(f"{index.path}: missing, and {len(foreign)} shards list no keys "
+                            f"(e.g. {foreign[0]}, written by other tools): their samples "
+                            "cannot be indexed from them; restore the index")
+        return index
 
     @classmethod
     def load(cls, directory: Path) -> "CacheIndex":
@@ -222,8 +302,17 @@ class CacheIndex:
         """Write the seed's JSON index, then rqf's arrays stamped with it (both atomically).
 
         A crash between the two leaves a complete JSON that no longer matches the stamp, so
-        the JSON is read; the shards of the journal are in both.
+        the JSON is read; the shards of the journal are in both. Both are sized first: a disk
+        without room for them is refused before either is begun (HDF5 that meets a full disk
+        half-way fails in its destructors, not in one line).
         """
+        table = self.table
+        keys_bytes = len(table.blob) + (len(table.groups[0]) if table.groups is not None else 0)
+        need = 2 * keys_bytes + len(table) * (40 + 8 * 4) + (1 << 16)
+        free = shutil.disk_usage(self.directory).free
+        if need > free:
+            raise disk_full(f"{self.path} and {KEYS_INDEX_NAME} (about {need / 1e6:.1f} MB "
+                            f"needed, {free / 1e6:.1f} MB free)")
         with atomic_path(self.path) as tmp:
             with open(tmp, "w") as fh:
                 self._write_json(fh)

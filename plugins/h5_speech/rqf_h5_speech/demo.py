@@ -11,7 +11,35 @@ from pathlib import Path
 
 import numpy as np
 
+from rqf import RqfError
+from rqf_h5_speech.cache import SHARD_PATTERN
 from rqf_h5_speech.writer import ShardedCacheWriter
+
+DEMO_SOURCE = "rqf demo"  # the shards' "source" attribute
+
+
+def check_demo(directory: Path) -> None:
+    """The demo cache goes only into a new or empty folder, or the demo's own cache: never
+    into another cache, whatever --force says (it would add samples to it)."""
+    directory = Path(directory)
+    if not directory.exists():
+        return
+    if not directory.is_dir():
+        raise RqfError(f"{directory}: a file where rqf demo writes its speech cache; choose "
+                       "another folder for the demo data")
+    shards = sorted(p for p in directory.iterdir() if SHARD_PATTERN.match(p.name))
+    ours = False
+    if shards:
+        try:
+            import h5py
+
+            with h5py.File(shards[0], "r") as f:
+                ours = f.attrs.get("source") == DEMO_SOURCE
+        except OSError:
+            ours = False
+    if not ours and any(directory.iterdir()):
+        raise RqfError(f"{directory}: holds files rqf demo did not write; the demo cache goes "
+                       "only into a new folder or its own: choose another folder")
 
 
 def make_demo(directory: Path, seed: int = 0, speakers: int = 8, utterances_per_speaker: int = 10,
@@ -23,7 +51,7 @@ def make_demo(directory: Path, seed: int = 0, speakers: int = 8, utterances_per_
     with ShardedCacheWriter(directory, samples_per_file=32, use_float16=True,
                             compression="none", num_workers=2, on_duplicate="replace",
                             attrs={"layer": 17, "sample_rate": 16000, "hop_length": 320,
-                                   "source": "rqf demo"}) as writer:
+                                   "source": DEMO_SOURCE}) as writer:
         for s in range(speakers):
             speaker = 100 + s
             voice = 0.3 * rng.normal(size=dim).astype(np.float32)

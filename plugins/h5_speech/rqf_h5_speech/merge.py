@@ -15,10 +15,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+import h5py
+
 from rqf import DataError, FolderLock, disk_full, is_disk_full
-from rqf_h5_speech.cache import CacheIndex, _fsync_dir, shard_name, shard_problems
+from rqf_h5_speech.cache import (INDEX_NAME, LOCK_NAME, PARTIAL_SUFFIX, CacheIndex, _fsync_dir,
+                                 misplaced_samples, shard_name, shard_problems)
 from rqf_h5_speech.keytable import KeyTable
-from rqf_h5_speech.cache import LOCK_NAME, PARTIAL_SUFFIX
 from rqf_h5_speech.writer import ShardedCacheWriter, remove_own_files
 
 
@@ -28,7 +30,16 @@ def finalize_cache(directory: Path | str) -> dict[str, Any]:
     directory = Path(directory)
     if not directory.is_dir():
         raise DataError(f"{directory}: cache directory not found")
-    # the cache's own settings (None): the index is read once, by the writer's recovery
+    # every refusal before the writer takes the folder: an index that disagrees with the
+    # shards, or none beside shards that list no keys
+    if (directory / INDEX_NAME).exists():
+        for problem in misplaced_samples(CacheIndex.load(directory)):
+            raise DataError(problem)
+    elif not CacheIndex.from_shards(directory, 20000, True).shards_on_disk():
+        raise DataError(f"{directory}: not a cache: no {INDEX_NAME} and no shards "
+                        "(features_NNNNN.h5); finalize brings an existing cache's index up to "
+                        "date")
+    # the cache's own settings (None): the writer's recovery adopts what the index lost
     with ShardedCacheWriter(directory, samples_per_file=None, use_float16=None,
                             num_workers=0) as writer:
         samples = len(writer.index.table)
@@ -53,6 +64,10 @@ def merge_caches(out: Path | str, parts: Sequence[Path | str]) -> dict[str, Any]
         raise DataError(f"{out}: already exists; merge writes a new cache")
     if len({p.resolve() for p in parts}) != len(parts):
         raise DataError("merge: a part is named twice")
+    for part in parts:  # the parts stay as they were: nothing is written into one
+        if part.resolve() in out.resolve().parents:
+            raise DataError(f"{out}: inside the part {part}; the merged cache goes beside "
+                            "its parts, never into one")
     locks = []
     try:
         for part in parts:
@@ -61,8 +76,9 @@ def merge_caches(out: Path | str, parts: Sequence[Path | str]) -> dict[str, Any]
             locks.append(FolderLock(part, "cache writer", LOCK_NAME).acquire())
         indexes = [CacheIndex.load(part) for part in parts]
         for index in indexes:
-            for problem in shard_problems(index):
+            for problem in shard_problems(index) + misplaced_samples(index):
                 raise DataError(problem)
+        _refuse_other_shapes(parts, indexes)
         precisions = {index.use_float16 for index in indexes}
         if len(precisions) > 1:
             which = ", ".join(f"{p} ({'float16' if i.use_float16 else 'float32'})"
@@ -71,14 +87,14 @@ def merge_caches(out: Path | str, parts: Sequence[Path | str]) -> dict[str, Any]
         tables, file_idx, links, next_idx = [], [], [], 1
         for part, index in zip(parts, indexes):
             counts = index.shard_counts()
-            lut = np.zeros(max(counts, default=0) + 1, np.int64)
-            for old in sorted(counts):
-                lut[old] = next_idx
-                links.append((part / shard_name(old), next_idx, counts[old]))
+            old = np.array(sorted(counts), np.int64)  # numbers may be sparse: 1, 2, 10**9
+            for number in old.tolist():
+                links.append((part / shard_name(number), next_idx, counts[number]))
                 next_idx += 1
+            new = np.arange(next_idx - len(old), next_idx, dtype=np.int64)
             tables.append(index.table)
-            file_idx.append(lut[np.asarray(index.table.file_idx)] if len(index.table)
-                            else np.zeros(0, np.int64))
+            file_idx.append(new[np.searchsorted(old, np.asarray(index.table.file_idx))]
+                            if len(index.table) else np.zeros(0, np.int64))
         table = KeyTable.concatenate(tables, file_idx)
         _refuse_duplicates(table, parts, indexes)
         extra = {}
@@ -93,6 +109,32 @@ def merge_caches(out: Path | str, parts: Sequence[Path | str]) -> dict[str, Any]
             lock.release()
     return {"cache": str(out), "parts": len(parts), "samples": len(table),
             "shards": len(links), "linked": True}
+
+
+def _shapes(part: Path, index: CacheIndex) -> dict[str, tuple[int, ...]]:
+    """The trailing dimensions of each array of the part's first sample (its width)."""
+    if not len(index.table):
+        return {}
+    path = part / shard_name(int(index.table.file_idx[0]))
+    with h5py.File(path, "r") as f:
+        group = f.get(index.table.group(0))
+        if not isinstance(group, h5py.Group):
+            return {}
+        return {name: tuple(ds.shape[-1:]) for name, ds in group.items()
+                if isinstance(ds, h5py.Dataset)}
+
+
+def _refuse_other_shapes(parts: list[Path], indexes: list[CacheIndex]) -> None:
+    """Parts whose samples have arrays of other widths (a 16-d part beside a 32-d one) would
+    make a cache no model reads whole."""
+    seen: dict[str, tuple[Path, tuple[int, ...]]] = {}
+    for part, index in zip(parts, indexes):
+        for name, shape in _shapes(part, index).items():
+            first = seen.setdefault(name, (part, shape))
+            if first[1] != shape:
+                raise DataError(f"merge: {name} is {first[1][0]}-wide in {first[0]} and "
+                                f"{shape[0]}-wide in {part}; the parts must hold the same "
+                                "features")
 
 
 def _refuse_duplicates(table: KeyTable, parts: list[Path], indexes: list[CacheIndex]) -> None:

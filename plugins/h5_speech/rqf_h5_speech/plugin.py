@@ -30,6 +30,15 @@ def register_commands(cli):
 
 
 @hookimpl
+def check_demo_data(directory, force):
+    from pathlib import Path
+
+    from rqf_h5_speech.demo import check_demo
+
+    check_demo(Path(directory) / "speech")
+
+
+@hookimpl
 def write_demo_data(directory, seed):
     from pathlib import Path
 

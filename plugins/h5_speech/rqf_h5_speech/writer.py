@@ -38,7 +38,7 @@ import numpy as np
 from rqf import DataError, FolderLock, RqfError, disk_full, is_disk_full
 from rqf_h5_speech.cache import (INDEX_NAME, KEYS_DATASET, KEYS_INDEX_NAME, LOCK_NAME,
                                  PARTIAL_SUFFIX, SHARD_PATTERN, CacheIndex, _fsync_dir, check_key,
-                                 read_shard_keys, shard_name)
+                                 held_where_indexed, read_shard_keys, shard_name)
 from rqf_h5_speech.codecs import CODECS, IN_LIBRARY_CODECS, chunk_compressor, plugin_filter
 
 FORMAT_VERSION = "rqf-sharded-cache-1"
@@ -148,12 +148,7 @@ class ShardedCacheWriter:
 
     # -- recovery -------------------------------------------------------------------------
     def _recover(self, samples_per_file: int | None, use_float16: bool | None) -> CacheIndex:
-        for partial in self.directory.glob(f"features_*.h5{PARTIAL_SUFFIX}"):
-            partial.unlink()  # uncommitted by definition
-        for tmp in self.directory.glob(f".{INDEX_NAME}.*.tmp"):
-            tmp.unlink()  # an index write cut off: the previous index stands
-        for tmp in self.directory.glob(f".{KEYS_INDEX_NAME}.*.tmp"):
-            tmp.unlink()
+        # every check first (reading only), then what recovery changes
         if (self.directory / INDEX_NAME).exists():
             index = CacheIndex.load(self.directory)  # with the journal: shards committed since
             if use_float16 is not None and index.use_float16 != use_float16:
@@ -164,21 +159,39 @@ class ShardedCacheWriter:
                               f"{index.samples_per_file} (asked for {samples_per_file})",
                               stacklevel=3)
         else:
-            index = CacheIndex.empty(self.directory, samples_per_file or 20000,
-                                     True if use_float16 is None else use_float16)
-            index.read_journal()  # shards committed before the first index was written
+            index = CacheIndex.from_shards(self.directory, samples_per_file or 20000,
+                                          True if use_float16 is None else use_float16)
         referenced = index.shard_counts()
-        stale = False
+        unlisted = {}
         for file_idx, path in index.shards_on_disk().items():
             if file_idx in referenced:
                 continue
-            if read_shard_keys(path) is None:
+            keys = read_shard_keys(path)  # an unreadable shard stops recovery here
+            if keys is None:
                 warnings.warn(f"{path}: shard is not in the index and was not written by this "
                               "writer; left as it is", stacklevel=3)
                 continue
-            path.unlink()  # rqf's, and every sample of it was replaced later: stale
+            unlisted[path] = (file_idx, keys)
+        for partial in self.directory.glob(f"features_*.h5{PARTIAL_SUFFIX}"):
+            partial.unlink()  # uncommitted by definition
+        for tmp in self.directory.glob(f".{INDEX_NAME}.*.tmp"):
+            tmp.unlink()  # an index write cut off: the previous index stands
+        for tmp in self.directory.glob(f".{KEYS_INDEX_NAME}.*.tmp"):
+            tmp.unlink()
+        stale = adopted = False
+        listed: dict[int, set[str] | None] = {}
+        for path, (file_idx, keys) in unlisted.items():
+            held = held_where_indexed(index, keys, listed)
+            lost = [k for k, ok in zip(keys, held) if not ok]
+            if lost:  # the index lost them (a hand edit, another tool): the shard says where
+                index.table = index.table.updated(lost, [file_idx] * len(lost))
+                adopted = True
+                warnings.warn(f"{path}: {len(lost)} samples the index did not list are listed "
+                              "again, from the keys the shard holds", stacklevel=3)
+                continue
+            path.unlink()  # rqf's, and every sample of it was written again later: stale
             stale = True
-        self.recovered = bool(index.journal or stale or not index.path.exists()
+        self.recovered = bool(index.journal or stale or adopted or not index.path.exists()
                               or index.source != "keys")
         if self.recovered:
             index.save()  # fold the journal in; a first empty index so readers find the cache

@@ -104,12 +104,15 @@ class TigerModel(NextItemModel):
         d, ff, layers = cfg["d_model"], cfg["ff"], cfg["layers"]
         positions = cfg["history"] * self.levels + self.levels + 1
         # encoder 4d^2 + 2d*ff, decoder 8d^2 + 2d*ff per layer; embeddings and the output head
-        params = layers * (12 * d * d + 4 * d * ff) \
-            + (2 * self.n_tokens + cfg["user_tokens"] + positions) * d
-        require_memory("model.d_model, model.ff, model.layers, model.history", params * 16,
+        network = layers * (12 * d * d + 4 * d * ff) + (2 * self.n_tokens + positions) * d
+        users = cfg["user_tokens"] * d
+        params = network + users
+        keys = "model.user_tokens, model.d_model" if users > network else \
+            "model.d_model, model.ff, model.layers, model.history"
+        require_memory(keys, params * 16,
                        f"a network of {params:.3g} parameters ({layers}+{layers} layers, d_model "
-                       f"{d}, ff {ff}, {self.n_tokens} ID tokens, {positions} positions) with "
-                       "its gradients and optimizer state")
+                       f"{d}, ff {ff}, {self.n_tokens} ID tokens, {cfg['user_tokens']:,} user "
+                       f"tokens, {positions} positions) with its gradients and optimizer state")
 
     # -- the vocabulary ---------------------------------------------------------------------
     def _load_ids(self, path: Path) -> None:

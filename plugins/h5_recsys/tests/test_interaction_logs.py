@@ -1,0 +1,89 @@
+"""Interaction logs and item files as they arrive: columns by their header's names, times in
+order to the fraction, and every bad value one line naming the file and line (real processes)."""
+
+from __future__ import annotations
+
+import h5py
+import pytest
+
+from rqf.testing import one_line_error, rqf_proc
+
+
+def sequences(path):
+    with h5py.File(path, "r") as f:
+        users = [u.decode() for u in f["user_ids"][()]]
+        times = {u: t.tolist() for u, t in zip(users, f["timestamps"][()])} \
+            if "timestamps" in f else None
+        return {u: s.tolist() for u, s in zip(users, f["sequences"][()])}, times
+
+
+def from_interactions(tmp_path, text, *args, name="log.csv"):
+    log = tmp_path / name
+    log.write_text(text)
+    return rqf_proc("recsys", "from-interactions", str(log), "--out", str(tmp_path / "out"),
+                    *args), log
+
+
+def test_amazon_column_order_takes_the_time_by_its_name_not_the_rating(tmp_path):
+    proc, _ = from_interactions(tmp_path, "user_id,parent_asin,rating,timestamp\n"
+                                          "u1,B2,5,1700000300\nu1,B1,1,1700000100\n"
+                                          "u1,B3,3,1700000200\n")
+    assert proc.returncode == 0, proc.stderr
+    seqs, times = sequences(tmp_path / "out" / "sequence.h5")
+    assert times == {"u1": [1700000100, 1700000200, 1700000300]}  # not the ratings
+    proc = rqf_proc("recsys", "from-interactions", str(tmp_path / "log.csv"), "--out",
+                    str(tmp_path / "out"), "--force", "--time-column", "rating")
+    assert proc.returncode == 0, proc.stderr  # a column named on purpose is taken
+
+
+def test_recbole_atomic_headers_are_read_by_name(tmp_path):
+    proc, _ = from_interactions(tmp_path, "user_id:token\titem_id:token\trating:float\t"
+                                          "timestamp:float\n196\t242\t3\t881250949\n"
+                                          "196\t302\t3\t881250000\n", name="ml.inter")
+    assert proc.returncode == 0, proc.stderr
+    seqs, times = sequences(tmp_path / "out" / "sequence.h5")
+    assert seqs == {"196": [302, 242]} and times == {"196": [881250000, 881250949]}
+
+
+def test_fractional_times_order_the_interactions_exactly(tmp_path):
+    proc, _ = from_interactions(tmp_path, "user,item,time\nu,1,1.7\nu,2,1.2\nu,3,1.5\n")
+    assert proc.returncode == 0, proc.stderr
+    assert sequences(tmp_path / "out" / "sequence.h5")[0] == {"u": [2, 3, 1]}
+    assert "times with fractions" in proc.stderr
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("user_id,item_id,rating\nu,1,5\n", "has no time column"),
+    ("user,item,time\nu,-1,5\n", "line 2: item -1: ids are whole numbers from 0"),
+    ("user,item,time\nu,,5\n", "line 2: the item is empty"),
+    ("user,item,time\nu,1,inf\n", "line 2: the time 'inf' is not a finite number"),
+    ("user,item,time\nu,1,1e30\n", "line 2: the time '1e30' is not a finite number"),
+    ('user,item,time\nu,"1,5\nu,2,6\n', "not readable as CSV"),
+    ("user,item,time\nu,1," + "9" * 200000 + "\n", "not readable as CSV (field larger"),
+])
+def test_bad_values_in_a_log_are_one_line_with_the_file_and_line(tmp_path, text, expected):
+    proc, log = from_interactions(tmp_path, text)
+    one_line_error(proc, str(log), expected)
+    assert not (tmp_path / "out" / "sequence.h5").exists()
+
+
+def test_a_log_that_is_not_utf8_names_the_file(tmp_path):
+    log = tmp_path / "log.csv"
+    log.write_bytes(b"user,item,time\nu,\xff\xfe,5\n")
+    one_line_error(rqf_proc("recsys", "from-interactions", str(log), "--out",
+                            str(tmp_path / "out")), f"{log}: not UTF-8 text")
+
+
+@pytest.mark.parametrize("name, text, expected", [
+    ("items.jsonl", '{"item_id": null, "title": "x"}\n', "line 1: item_id is null"),
+    ("items.jsonl", '{"item_id": -1, "title": "x"}\n', "line 1: item -1: ids are whole numbers"),
+    ("items.csv", 'item_id,title\n1,"unclosed\n2,b\n3,c\n', "not readable as CSV"),
+    ("items.jsonl", '{"item_id": 1, "title": ' + "[" * 100000 + "\n", "nested too deeply"),
+])
+def test_embed_refuses_ids_that_are_no_ids_and_unclosed_quotes(tmp_path, name, text, expected):
+    items = tmp_path / name
+    items.write_text(text)
+    out = tmp_path / "item_data.h5"
+    one_line_error(rqf_proc("recsys", "embed", str(items), "--text", "title", "--out", str(out)),
+                   str(items), expected)
+    assert not out.exists()
