@@ -95,3 +95,30 @@ def test_an_out_of_tree_ranker_is_judged_against_the_floors_and_writes_its_metri
                        "--device", "cuda")
         assert (cuda.returncode, cuda.stderr) == (2, "error: device: 'cuda' was asked for, "
                                                      "but no CUDA device is available\n")
+
+
+def test_metrics_are_read_at_the_models_own_k_too():
+    from rqf.ranking import MostPopModel
+
+    assert MostPopModel({}).ks == (5, 10)
+    wide = MostPopModel({}, top_k=20)
+    assert wide.ks == (5, 10, 20)
+    wide.ranking = np.arange(100, 0, -1)
+    items = wide.recommend(np.full((3, 2), -1), 20)
+    target = np.array([100, 85, 7])  # ranks 1, 16 and past the list
+    m = wide.evaluate(_Ranked(items, target), {"all": _ranking(items, target)})
+    assert (m["recall@10"], m["recall@20"]) == (pytest.approx(1 / 3), pytest.approx(2 / 3))
+    assert "R@20" in wide.summarize({"test": {**m}}).splitlines()[0]
+
+
+class _Ranked:
+    role = "all"
+
+    def __init__(self, items, target):
+        self.items, self.target = items, target
+
+
+def _ranking(items, target):
+    from rqf.ranking import Ranking
+
+    return Ranking(np.array(["u"] * len(target), dtype=object), items, target)

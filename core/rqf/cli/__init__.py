@@ -266,8 +266,10 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=args, prog_name="rqf", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
+    except click.ClickException as exc:  # a wrong option or value: one line, like any error
+        where = f"{exc.ctx.command_path}: " if getattr(exc, "ctx", None) else ""
+        _echo_err(f"error: {where}{' '.join(exc.format_message().split())} (--help lists "
+                  "the options)")
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, click.exceptions.Abort):  # click turns Ctrl-C into Abort
         if args[:1] == ["run"] and len(args) > 1:

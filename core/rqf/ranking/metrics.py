@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-KS = (5, 10)
+KS = (5, 10)  # read for every ranker, so runs compare; a ranker adds its own top_k
 
 
 def ranking_metrics(recommended: np.ndarray, target: np.ndarray, ks=KS) -> dict[str, float]:

@@ -13,7 +13,7 @@ from rqf.interfaces import Dataset, Model, RunContext
 from rqf.memory import require_memory
 from rqf.params import Param
 from rqf.ranking.examples import Examples, eval_examples, sequence_table
-from rqf.ranking.metrics import ranking_metrics
+from rqf.ranking.metrics import KS, ranking_metrics
 from rqf.ranking.recommendations import write_recommendations
 from rqf.training.loop import TrainingTask
 
@@ -41,7 +41,7 @@ class RankingTask(TrainingTask):
     def validation_metrics(self, module: Any) -> dict[str, float]:
         top_k = self.model.config["top_k"]
         m = ranking_metrics(self.model.recommend(self.valid.history, top_k, self.valid.user_ids),
-                            self.valid.target)
+                            self.valid.target, self.model.ks)
         return {f"valid_{k}": v for k, v in m.items() if k != "users"}
 
 
@@ -153,8 +153,8 @@ class NextItemModel(Model):
         ranking = (predictions or {}).get(role) or self.rank(data)
         if not len(ranking.target):
             return {"users": 0}
-        metrics: dict[str, Any] = ranking_metrics(ranking.items, ranking.target)
-        floors = {name: ranking_metrics(per[role].items, per[role].target)
+        metrics: dict[str, Any] = ranking_metrics(ranking.items, ranking.target, self.ks)
+        floors = {name: ranking_metrics(per[role].items, per[role].target, self.ks)
                   for name, per in (predictions or {}).get("floors", {}).items() if role in per}
         if floors:
             metrics["floors"] = {name: {k: v for k, v in m.items() if k != "users"}
@@ -191,13 +191,22 @@ class NextItemModel(Model):
                 {**self.export_attrs(), "split": "test"}))
         return artifacts
 
+    @property
+    def ks(self) -> tuple[int, ...]:
+        """The cut-offs metrics are read at: 5 and 10 (every ranker's, so runs compare), and
+        the model's own ``top_k`` when it ranks more."""
+        return tuple(sorted({*KS, self.config["top_k"]}))
+
     def summarize(self, metrics: Mapping[str, Any]) -> str:
-        lines = ["split   model         users    R@5     R@10    N@5     N@10"]
+        heads = [f"R@{k}" for k in self.ks] + [f"N@{k}" for k in self.ks]
+        lines = ["split   model         users  " + "".join(f"{h:>8}" for h in heads)]
         for role in ("valid", "test"):
             m = metrics.get(role) or {}
             if not m.get("users"):
                 continue
             for name, r in {self.name: m, **(m.get("floors") or {})}.items():
-                lines.append(f"{role:<7} {name:<12} {m['users']:6d}  {r['recall@5']:.4f}  "
-                             f"{r['recall@10']:.4f}  {r['ndcg@5']:.4f}  {r['ndcg@10']:.4f}")
+                values = [r.get(f"recall@{k}", float("nan")) for k in self.ks] + \
+                    [r.get(f"ndcg@{k}", float("nan")) for k in self.ks]
+                lines.append(f"{role:<7} {name:<12} {m['users']:6d}  "
+                             + "".join(f"{v:8.4f}" for v in values))
         return "\n".join(lines)
