@@ -5,18 +5,21 @@ README's example, installed as a plugin, ranks, is measured against the floors a
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
 import yaml
 
-from rqf.ranking import ranking_metrics, read_recommendations
+import rqf
+from rqf.ranking import dedup_history, ranking_metrics, read_recommendations, right_align
 from rqf.testing import needs
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -122,3 +125,68 @@ def _ranking(items, target):
     from rqf.ranking import Ranking
 
     return Ranking(np.array(["u"] * len(target), dtype=object), items, target)
+
+
+# --- the harness's pieces, and the floors as models of their own ------------------------------
+
+def test_ranking_metrics_on_hand_made_rankings():
+    ranked = np.array([[7, 3, 9, 1, 4, 5, 6, 8, 2, 0],    # target 7 at rank 1
+                       [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],   # target 6 at rank 6
+                       [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],   # target 11: a miss
+                       [5, 4, 3, 2, 1, 0, 9, 8, 7, 6]])   # target 2 at rank 4
+    m = ranking_metrics(ranked, np.array([7, 6, 11, 2]))
+    assert m["users"] == 4
+    assert m["recall@5"] == pytest.approx(2 / 4) and m["recall@10"] == pytest.approx(3 / 4)
+    assert m["ndcg@5"] == pytest.approx((1 + 1 / math.log2(5)) / 4)
+    assert m["ndcg@10"] == pytest.approx((1 + 1 / math.log2(7) + 1 / math.log2(5)) / 4)
+    with pytest.raises(ValueError, match="needs 10 recommendations"):
+        ranking_metrics(ranked[:, :5], np.array([7, 6, 11, 2]))
+
+
+def test_right_align_moves_each_history_to_the_newest_end():
+    left = np.array([[5, 6, -1, -1], [1, 2, 3, 4], [9, -1, -1, -1]])
+    assert right_align(left).tolist() == [[-1, -1, 5, 6], [1, 2, 3, 4], [-1, -1, -1, 9]]
+
+
+def test_dedup_history_keeps_each_item_at_its_latest_position():
+    history = np.array([[5, 6, 5, 7, -1], [1, 1, 1, -1, -1], [3, 4, 8, 9, 2], [-1] * 5])
+    assert dedup_history(history).tolist() == [[6, 5, 7, -1, -1], [1, -1, -1, -1, -1],
+                                               [3, 4, 8, 9, 2], [-1] * 5]
+
+
+def sequence_pipeline(files, out, model, **train):
+    from rqf_h5_recsys.testing import recsys_pipeline
+
+    config = recsys_pipeline(files, out, dataset={"type": "sequences"},
+                             splitter={"type": "leave_last_out"}, model=model)
+    config["train"] = {"progress": False, "checkpoint_every": 0, **train}
+    return config
+
+
+@needs("rqf_h5_recsys")
+def test_baselines_rank_as_they_say(tmp_path, recsys_files):
+    pop = rqf.run(sequence_pipeline(recsys_files, tmp_path / "pop", {"type": "mostpop"}))
+    users, items, attrs = read_recommendations(pop.run_dir / "recommendations.h5")
+    assert (items == items[0]).all() and len(set(items[0])) == 10  # one list, ten items
+    nn = rqf.run(sequence_pipeline(recsys_files, tmp_path / "nn", {"type": "lastitem_nn"}))
+    users, items, _ = read_recommendations(nn.run_dir / "recommendations.h5")
+    with h5py.File(recsys_files["items"]) as f:
+        ids, emb = f["item_ids"][()], f["embeddings"][()]
+    emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    with h5py.File(recsys_files["sequences"]) as f:
+        seqs = {u.decode(): s for u, s in zip(f["user_ids"][()], f["sequences"][()])}
+    last = seqs[users[0]][-2]  # the test history ends with the item before the target
+    sims = emb @ emb[list(ids).index(last)]
+    sims[list(ids).index(last)] = -np.inf
+    assert items[0].tolist() == ids[np.argsort(-sims)[:10]].tolist()
+
+
+@needs("rqf_h5_recsys")
+def test_a_baseline_run_is_refit_to_recommend(tmp_path, recsys_files):
+    result = rqf.run(sequence_pipeline(recsys_files, tmp_path / "nn", {"type": "lastitem_nn"}))
+    users, items, _ = read_recommendations(result.run_dir / "recommendations.h5")
+    with h5py.File(recsys_files["sequences"]) as f:
+        seqs = {u.decode(): s.tolist() for u, s in zip(f["user_ids"][()], f["sequences"][()])}
+    model = rqf.load(result.run_dir)
+    np.testing.assert_array_equal(model.recommend_histories([seqs[u][:-1] for u in users]),
+                                  items)

@@ -1,16 +1,14 @@
-"""The prefix trie of valid IDs, constrained beam search and ranking metrics (no data files)."""
+"""The prefix trie of valid IDs and constrained beam search (no data files)."""
 
 from __future__ import annotations
 
 import itertools
-import math
 
 import numpy as np
 import pytest
 import torch
 
 from rqf.codes import PrefixTrie
-from rqf.ranking import ranking_metrics
 from rqf_tiger.decode import constrained_beam_search
 
 CODES = np.array([[0, 1, 0], [0, 1, 1], [2, 0, 0], [0, 3, 0], [2, 2, 5]])
@@ -79,19 +77,3 @@ def test_beam_search_never_leaves_the_valid_ids_even_when_the_model_wants_to():
     found = nodes[nodes >= 0].numpy()
     assert sorted(trie.rows[found[:5]].tolist()) == [0, 1, 2, 3, 4]  # all five, once each
     assert (nodes[:, 5:] == -1).all() and torch.isinf(scores[:, 5:]).all()  # nothing invented
-
-
-# --- metrics ---------------------------------------------------------------------------------
-
-def test_ranking_metrics_on_hand_made_rankings():
-    ranked = np.array([[7, 3, 9, 1, 4, 5, 6, 8, 2, 0],    # target 7 at rank 1
-                       [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],   # target 6 at rank 6
-                       [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],   # target 11: a miss
-                       [5, 4, 3, 2, 1, 0, 9, 8, 7, 6]])   # target 2 at rank 4
-    m = ranking_metrics(ranked, np.array([7, 6, 11, 2]))
-    assert m["users"] == 4
-    assert m["recall@5"] == pytest.approx(2 / 4) and m["recall@10"] == pytest.approx(3 / 4)
-    assert m["ndcg@5"] == pytest.approx((1 + 1 / math.log2(5)) / 4)
-    assert m["ndcg@10"] == pytest.approx((1 + 1 / math.log2(7) + 1 / math.log2(5)) / 4)
-    with pytest.raises(ValueError, match="needs 10 recommendations"):
-        ranking_metrics(ranked[:, :5], np.array([7, 6, 11, 2]))

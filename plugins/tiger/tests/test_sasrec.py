@@ -11,7 +11,6 @@ import torch
 import rqf
 from rqf.testing import needs
 from rqf.ranking import ranking_metrics, read_recommendations
-from rqf.ranking import right_align
 from rqf_tiger.sasrec import PAD, SASRecModel, SASRecNet
 
 
@@ -30,11 +29,6 @@ def test_no_future_item_reaches_an_earlier_position():
     padded = seq.clone()
     padded[0, :2] = PAD
     torch.testing.assert_close(net(padded)[0, 2:], out[0, 2:])
-
-
-def test_right_align_moves_each_history_to_the_newest_end():
-    left = np.array([[5, 6, -1, -1], [1, 2, 3, 4], [9, -1, -1, -1]])
-    assert right_align(left).tolist() == [[-1, -1, 5, 6], [1, 2, 3, 4], [-1, -1, -1, 9]]
 
 
 def test_recommend_ranks_the_whole_catalogue_by_the_scores(monkeypatch):

@@ -10,14 +10,7 @@ import pytest
 import torch
 
 from rqf.codes import write_semantic_ids
-from rqf.ranking import dedup_history
 from rqf_tiger.model import TigerModel, TigerTask
-
-
-def test_dedup_history_keeps_each_item_at_its_latest_position():
-    history = np.array([[5, 6, 5, 7, -1], [1, 1, 1, -1, -1], [3, 4, 8, 9, 2], [-1] * 5])
-    assert dedup_history(history).tolist() == [[6, 5, 7, -1, -1], [1, -1, -1, -1, -1],
-                                               [3, 4, 8, 9, 2], [-1] * 5]
 
 
 @pytest.fixture
