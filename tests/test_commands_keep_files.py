@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -43,13 +44,17 @@ def test_a_killed_commands_temporary_file_is_removed_by_the_next_one(tmp_path, i
     out = tmp_path / "ids.index.json"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # a process id that is gone, as a killed command's is
-    left = tmp_path / f".{out.name}.{dead.pid}.abcd1234.tmp"
+    host = socket.gethostname()
+    left = tmp_path / f".{out.name}.{dead.pid}@{host}.abcd1234.tmp"
     left.write_text('{"1": ["<a_')  # what a kill mid-write leaves
-    alive = tmp_path / f".{out.name}.{os.getpid()}.efgh5678.tmp"  # a live writer's: kept
+    alive = tmp_path / f".{out.name}.{os.getpid()}@{host}.efgh5678.tmp"  # a live writer's
     alive.write_text("{")
+    elsewhere = tmp_path / f".{out.name}.{dead.pid}@another-host.ijkl9012.tmp"  # can't tell
+    elsewhere.write_text("{")
     assert rqf_proc("ids", "export", str(ids_file), "--format", "index-json", "--out",
                     str(out)).returncode == 0
-    assert not left.exists() and alive.exists() and json.loads(out.read_text())
+    assert not left.exists() and alive.exists() and elsewhere.exists()
+    assert json.loads(out.read_text())
 
 
 def test_a_file_over_the_size_limit_is_one_line_naming_it(tmp_path, ids_file):

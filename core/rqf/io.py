@@ -75,14 +75,20 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _writer_tag() -> str:
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
 def remove_stale_temporaries(path: Path) -> list[Path]:
     """Remove the temporary files ``atomic_path`` left for ``path`` in processes that are gone
-    (killed before their rename): each one's name holds its writer's pid, and a file whose
-    writer is alive, or whose writer it cannot tell, stays."""
-    removed = []
+    (killed before their rename): each one's name holds its writer's pid and host, and a file
+    whose writer is alive, runs on another host (a shared file system), or cannot be told,
+    stays."""
+    removed, host = [], socket.gethostname()
     for tmp in temporaries_of(path.parent, path.name):
-        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        tag = tmp.name[len(path.name) + 2:-len(".tmp")].rsplit(".", 1)[0]
+        pid, _, where = tag.partition("@")
+        if pid.isdigit() and where == host and not _pid_alive(int(pid)):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
@@ -94,15 +100,15 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
 
     The file gets the mode a plain ``open`` would give it (the umask's, or the mode of the
     file it replaces), not ``mkstemp``'s 0600, so others can read what rqf writes as they can
-    read what any program writes. Temporaries a killed process left for ``path`` are removed
-    first. A full disk ends in one ``DiskFullError`` naming ``path``, with the temporary file
+    read what any program writes. The temporary is named with its writer's pid and host, and
+    temporaries a killed process on this host left for ``path`` are removed first. A full disk ends in one ``DiskFullError`` naming ``path``, with the temporary file
     gone; a file over the process's size limit (``ulimit -f``) in one line naming it.
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp",
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_writer_tag()}.", suffix=".tmp",
                                    dir=path.parent)
     except OSError as exc:
         if is_disk_full(exc):
