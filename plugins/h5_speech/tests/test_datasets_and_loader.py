@@ -1,5 +1,7 @@
 """h5_speech: the speech datasets, the speaker split, batches and the utterance loader."""
 
+import re
+
 import h5py
 import numpy as np
 import pytest
@@ -213,3 +215,42 @@ def test_utterance_loader_workers_started_with_spawn(original_cache):
         for b in batches:
             np.testing.assert_array_equal(b["mel"].numpy(), _reference(data, b["keys"])["mel"])
         assert loader.counts["new_slot"] >= 1  # the slot memory crossed to this process
+
+
+@pytest.mark.parametrize("keys, params, speaker", [
+    # VCTK and LibriSpeech name utterances without a '/': by a separator and part, or a pattern
+    ([f"p{s}_{u:03d}" for s in (225, 226, 227, 228) for u in range(3)],
+     {"speaker_separator": "_", "speaker_level": 0}, lambda k: k.split("_")[0]),
+    ([f"{s}-121123-{u:04d}" for s in (84, 85, 86, 87) for u in range(3)],
+     {"speaker_pattern": r"^(\d+)-"}, lambda k: k.split("-")[0]),
+])
+def test_speaker_split_reads_the_speaker_of_keys_in_other_shapes(tmp_path, keys, params, speaker):
+    from rqf_h5_speech import ShardedCacheWriter
+
+    with ShardedCacheWriter(tmp_path / "c", samples_per_file=8, num_workers=0) as w:
+        for key in keys:
+            w.write(key, {"hidden_states": np.zeros((4, 8), np.float32)})
+    with H5ShardedStorage(str(tmp_path / "c")) as storage:
+        splitter = SpeakerSplitter(seed=0, test_ratio=0.25, valid_ratio=0.25, **params)
+        splits = splitter.split(UtterancesDataset(storage))
+        sets = {r: {speaker(k) for k in v.keys} for r, v in splits.items()}
+        assert [len(sets[r]) for r in ("train", "valid", "test")] == [2, 1, 1]
+        assert splitter.report["leakage_check"]["passed"]
+        assert sum(len(v) for v in splits.values()) == len(keys)
+
+
+def test_speaker_settings_that_cannot_name_a_speaker_are_refused(tmp_path):
+    from rqf_h5_speech import ShardedCacheWriter
+
+    with ShardedCacheWriter(tmp_path / "c", samples_per_file=8, num_workers=0) as w:
+        for key in ("p225_001", "p226_001"):
+            w.write(key, {"hidden_states": np.zeros((4, 8), np.float32)})
+    with H5ShardedStorage(str(tmp_path / "c")) as storage:
+        data = UtterancesDataset(storage)
+        for params, error, fragment in (
+                ({}, DataError, "no part 1 (split at '/')"),
+                ({"speaker_pattern": r"p\d+"}, rqf.ConfigError, "has 0 groups"),
+                ({"speaker_pattern": r"(p"}, rqf.ConfigError, "is not a regular expression"),
+                ({"speaker_pattern": r"^(s\d+)"}, DataError, "finds no speaker")):
+            with pytest.raises(error, match=re.escape(fragment)):
+                SpeakerSplitter(seed=0, **params).split(data)
