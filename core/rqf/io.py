@@ -28,8 +28,7 @@ def is_disk_full(exc: BaseException, directory: Path | str | None = None) -> boo
     """Whether ``exc`` (or what caused it) is the device running out of space."""
     if isinstance(exc, RqfError) and not isinstance(exc, DiskFullError):
         return False  # rqf's own refusal says what happened; never guess a full disk over it
-    seen: BaseException | None = exc
-    while seen is not None:
+    for seen in _chain(exc):
         if isinstance(seen, DiskFullError):
             return True
         if getattr(seen, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
@@ -37,7 +36,6 @@ def is_disk_full(exc: BaseException, directory: Path | str | None = None) -> boo
         text = str(seen)
         if "No space left on device" in text or "errno = 28" in text:
             return True
-        seen = seen.__cause__ or seen.__context__
     if directory is not None:
         try:
             st = os.statvfs(directory)
@@ -45,6 +43,14 @@ def is_disk_full(exc: BaseException, directory: Path | str | None = None) -> boo
             return False
         return st.f_bavail * st.f_frsize < _NEARLY_FULL
     return False
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what caused it, outermost first."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        yield seen
+        seen = seen.__cause__ or seen.__context__
 
 
 def disk_full(path: Path | str) -> DiskFullError:
@@ -101,8 +107,9 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     The file gets the mode a plain ``open`` would give it (the umask's, or the mode of the
     file it replaces), not ``mkstemp``'s 0600, so others can read what rqf writes as they can
     read what any program writes. The temporary is named with its writer's pid and host, and
-    temporaries a killed process on this host left for ``path`` are removed first. A full disk ends in one ``DiskFullError`` naming ``path``, with the temporary file
-    gone; a file over the process's size limit (``ulimit -f``) in one line naming it.
+    temporaries a killed process on this host left for ``path`` are removed first. A full
+    disk ends in one ``DiskFullError`` naming ``path``, with the temporary file gone; a file
+    over the process's size limit (``ulimit -f``) in one line naming it.
     """
     path = Path(path)
     try:
@@ -135,12 +142,8 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
 
 
 def _too_large(exc: BaseException) -> bool:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if getattr(seen, "errno", None) == errno.EFBIG or "File too large" in str(seen):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return any(getattr(seen, "errno", None) == errno.EFBIG or "File too large" in str(seen)
+               for seen in _chain(exc))
 
 
 @contextlib.contextmanager

@@ -162,16 +162,15 @@ def read_interactions(path: str | Path, delimiter: str | None = None, user_col: 
                 delimiter = "\t" if "\t" in sample else ("," if "," in sample else " ")
             reader = csv.reader(fh, delimiter=delimiter, skipinitialspace=True, strict=True)
             cols: tuple[int, int, int | None] | None = None
-            lineno = 0
             for lineno, row in enumerate(reader, start=1):
                 if not row or row[0].startswith("#"):
                     continue
                 if cols is None:
                     cols, header = _columns(path, row, user_col, item_col, time_col)
+                    u, i, t = cols
+                    need = max(c for c in cols if c is not None)
                     if header:
                         continue
-                u, i, t = cols
-                need = max(c for c in cols if c is not None)
                 if len(row) <= need:
                     raise DataError(f"{path}: line {lineno}: expected at least {need + 1} "
                                     f"columns, found {len(row)}")

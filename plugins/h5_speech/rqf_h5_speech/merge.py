@@ -132,9 +132,13 @@ def _refuse_other_shapes(parts: list[Path], indexes: list[CacheIndex]) -> None:
         for name, shape in _shapes(part, index).items():
             first = seen.setdefault(name, (part, shape))
             if first[1] != shape:
-                raise DataError(f"merge: {name} is {first[1][0]}-wide in {first[0]} and "
-                                f"{shape[0]}-wide in {part}; the parts must hold the same "
+                raise DataError(f"merge: {name} is {_width(first[1])} in {first[0]} and "
+                                f"{_width(shape)} in {part}; the parts must hold the same "
                                 "features")
+
+
+def _width(shape: tuple[int, ...]) -> str:
+    return f"{shape[0]}-wide" if shape else "a scalar"
 
 
 def _refuse_duplicates(table: KeyTable, parts: list[Path], indexes: list[CacheIndex]) -> None:
