@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from rqf.testing import one_line_error, pipeline_file, rqf_proc
+from rqf.testing import on_small_disk, one_line_error, pipeline_file, rqf_proc, small_disk_works
 from rqf_h5_recsys.testing import recsys_pipeline
 from rqf_h5_speech.testing import speech_pipeline
 
@@ -196,25 +194,8 @@ def test_ctrl_c_says_how_to_continue_and_resume_finishes_the_run(tmp_path, recsy
 
 # --- a full disk: one line, no half file, nothing committed lost ----------------------------
 
-def _small_disk_works() -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
-                            "d=$(mktemp -d) && mount -t tmpfs -o size=64k tmpfs $d && umount $d"],
-                           capture_output=True)
-    return probe.returncode == 0
-
-
-needs_small_disk = pytest.mark.skipif(not _small_disk_works(),
+needs_small_disk = pytest.mark.skipif(not small_disk_works(),
                                       reason="cannot mount a small tmpfs (user namespaces)")
-
-
-def on_small_disk(mount: Path, size: str, script: str) -> subprocess.CompletedProcess:
-    """Run ``script`` (sh) with a ``size`` tmpfs mounted on ``mount``, in a private namespace."""
-    mount.mkdir(exist_ok=True)
-    return subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
-                           f"mount -t tmpfs -o size={size} tmpfs {mount} && {script}"],
-                          capture_output=True, text=True, timeout=300)
 
 
 @needs_small_disk

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -212,3 +214,21 @@ def pipeline_file(tmp_path: Path, config: dict, name: str = "pipeline.yaml") -> 
     path = tmp_path / name
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def small_disk_works() -> bool:
+    """Whether a small tmpfs can be mounted in a private namespace (for full-disk tests)."""
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                            "d=$(mktemp -d) && mount -t tmpfs -o size=64k tmpfs $d && umount $d"],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+def on_small_disk(mount: Path, size: str, script: str) -> subprocess.CompletedProcess:
+    """Run ``script`` (sh) with a ``size`` tmpfs mounted on ``mount``, in a private namespace."""
+    mount.mkdir(exist_ok=True)
+    return subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                           f"mount -t tmpfs -o size={size} tmpfs {mount} && {script}"],
+                          capture_output=True, text=True, timeout=300)
