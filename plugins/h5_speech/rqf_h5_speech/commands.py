@@ -78,3 +78,60 @@ def finalize_cmd(cache: Path, debug: bool) -> None:
     from rqf_h5_speech.merge import finalize_cache
 
     click.echo(json.dumps(finalize_cache(cache)))
+
+
+@speech.command("extract")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--model", required=True, metavar="NAME_OR_FOLDER",
+              help="A speech model transformers loads, e.g. facebook/w2v-bert-2.0 (or its "
+                   "folder).")
+@click.option("--layer", default=17, show_default=True,
+              help="Which hidden state: 0 is the input projection, N the N-th layer's output.")
+@click.option("--batch-seconds", default=120.0, show_default=True,
+              help="Padded audio per batch; utterances are batched by length.")
+@click.option("--device", default="auto", show_default=True,
+              help="auto: this rank's GPU when there is one, else cpu.")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]),
+              default="auto", show_default=True, help="auto: float16 on a GPU, float32 on cpu.")
+@click.option("--workers", type=int, default=None,
+              help="Processes reading and resampling audio while the model runs (0: none; "
+                   "default: none on a CPU, where the model needs every core, else up to 4).")
+@click.option("--save-workers", default=2, show_default=True,
+              help="Threads compressing what is written (num_save_workers).")
+@click.option("--samples-per-file", default=20000, show_default=True)
+@click.option("--compression", type=click.Choice(CODECS), default="gzip", show_default=True,
+              help="gzip (level 4) is what the original tools write; none reads fastest.")
+@click.option("--stats", default="sample", show_default=True, metavar="sample|all|none|FILE",
+              help="Normalisation statistics kept with the cache: from a sample of "
+                   "utterances, from all of them, none, or copied from FILE (.npz, or "
+                   "MaskGCT's .pt with mean and var).")
+@click.option("--stats-utterances", default=2000, show_default=True,
+              help="Utterances in the sample for --stats sample.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def extract_cmd(source: Path, out: Path, model: str, layer: int, batch_seconds: float,
+                device: str, dtype: str, workers: int | None, save_workers: int,
+                samples_per_file: int, compression: str, stats: str, stats_utterances: int,
+                no_progress: bool, debug: bool) -> None:
+    """Audio files in SOURCE (a folder, a list of paths, or a Lhotse manifest) to a feature
+    cache in OUT: one layer's hidden states and an 80-bin mel per utterance, keyed by the
+    path relative to SOURCE without extension.
+
+    Started again, it extracts only the keys not yet committed. Under torchrun each rank
+    writes a share into OUT.parts/ and rank 0 builds OUT from them.
+    """
+    from rqf import RqfError
+    from rqf_h5_speech.extract import extract
+
+    for name, value in (("--batch-seconds", batch_seconds), ("--samples-per-file",
+                                                             samples_per_file),
+                        ("--stats-utterances", stats_utterances)):
+        if value <= 0:
+            raise RqfError(f"{name}: expected a positive number, got {value}")
+    report = extract(source, out, model, layer, batch_seconds=batch_seconds, device=device,
+                     dtype=dtype, workers=workers, save_workers=save_workers,
+                     samples_per_file=samples_per_file, compression=compression, stats=stats,
+                     stats_utterances=stats_utterances, progress=not no_progress)
+    if report is not None:  # rank 0 reports for every rank
+        click.echo(json.dumps(report))

@@ -10,18 +10,20 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from rqf import (DataError, Dataset, KeyedArrays, Param, SequenceVectors,
-                 atomic_path, require)
+from rqf import DataError, Dataset, KeyedArrays, Param, SequenceVectors, require
 from rqf_h5_speech.shards import SampleArrays
 from rqf_h5_speech.inspection import sample_problems, spread
 from rqf_h5_speech.cache import PARTIAL_SUFFIX
+from rqf_h5_speech.featstats import RunningStats, read_stats, save_stats, stored_stats
 from rqf_h5_speech.writer import ShardedCacheWriter
 
 COMMON_PARAMS = (
     Param("feature", str, "hidden_states", "array of each sample to learn from"),
     Param("normalize", bool, False, "standardise features with per-dimension mean/std"),
-    Param("stats_file", "path", None, "where the mean/std statistics are kept (.npz): read "
-          "when present, computed in one pass and saved when not (null: computed in memory)",
+    Param("stats_file", "path", None, "where the mean/std statistics are kept (.npz, or a "
+          "torch .pt with mean and var): read when present, computed in one pass and saved "
+          "when not (null: the cache's own feature_stats.npz when it has one, else computed "
+          "in memory)",
           nullable=True),
 )
 
@@ -107,30 +109,19 @@ class SpeechDataset(Dataset):
     def _load_or_compute_stats(self, stats_file: str | None) -> tuple[np.ndarray, np.ndarray]:
         path = Path(stats_file) if stats_file else None
         if path is not None and path.exists():
-            try:
-                with np.load(path) as z:
-                    mean, std = z["mean"].astype(np.float32), z["std"].astype(np.float32)
-            except (OSError, KeyError, ValueError) as exc:
-                raise DataError(f"{path}: not a statistics file with mean and std ({exc})") from None
-            if mean.shape != (self._dim,) or std.shape != (self._dim,):
-                raise DataError(f"{path}: statistics are for {mean.shape} features, the cache has "
-                                f"{self._dim}")
-            return mean, std
-        total = np.zeros(self._dim, np.float64)
-        total_sq = np.zeros(self._dim, np.float64)
-        count = 0
+            return read_stats(path, self._dim)  # .npz (mean, std or var) or MaskGCT's .pt
+        directory = getattr(self.storage, "directory", None)
+        if path is None and directory is not None:  # what `rqf speech extract` stored
+            kept = stored_stats(directory, self.feature, self._dim)
+            if kept is not None:
+                return kept
+        running = RunningStats()
         for key in self.storage.keys:  # one streaming pass, one sample in memory at a time
-            x = self.features(key, as_float32=False).astype(np.float64)
-            total += x.sum(0)
-            total_sq += (x * x).sum(0)
-            count += len(x)
-        mean = total / max(count, 1)
-        std = np.sqrt(np.maximum(total_sq / max(count, 1) - mean * mean, 1e-12))
-        stats = (mean.astype(np.float32), std.astype(np.float32))
+            running.add(self.features(key, as_float32=False))
+        mean, var = running.mean_var()
+        stats = (mean.astype(np.float32), np.sqrt(var).astype(np.float32))
         if path is not None:
-            with atomic_path(path) as tmp:
-                with open(tmp, "wb") as fh:
-                    np.savez(fh, mean=stats[0], std=stats[1], frames=count)
+            save_stats(path, running, feature=self.feature)
         return stats
 
     def __len__(self) -> int:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 
 from rqf import DataError, InspectReport
 from rqf_h5_speech.cache import KEYS_DATASET, CacheIndex, shard_problems
+from rqf_h5_speech.featstats import STATS_NAME
 from rqf_h5_speech.shards import SampleArrays
 
 T_TOLERANCE = 2  # mel is about one frame longer than the semantic features
@@ -17,6 +19,7 @@ FEATURE = "hidden_states"
 MEL = "mel_spectrogram"
 MEL_BINS = 80
 CODES = "semantic_codes"
+PROVENANCE = ("model", "layer", "sample_rate", "hop_length", "normalization")  # extract's
 INSPECT_SAMPLES = 2000  # samples ``rqf inspect`` reads without --full, evenly spread
 
 
@@ -81,6 +84,8 @@ class _Seen:
     dtypes: set[str] = field(default_factory=set)
     codecs: set[str] = field(default_factory=set)
     dim: int | None = None
+    shapes: dict[str, set[str]] = field(default_factory=dict)  # per array, T written as T
+    made_by: dict[str, Any] = field(default_factory=dict)  # a shard's provenance attributes
 
 
 def inspect_cache(directory: Path, full: bool = False) -> InspectReport:
@@ -121,6 +126,19 @@ def inspect_cache(directory: Path, full: bool = False) -> InspectReport:
         _inspect_shard(path, by_shard.get(file_idx, []), chosen, report, seen)
     report.lines.append(f"dtypes: {', '.join(sorted(seen.dtypes)) or '-'}; compression: "
                         f"{', '.join(sorted(seen.codecs)) or '-'}")
+    if seen.shapes:
+        report.lines.append("arrays: " + ", ".join(
+            f"{name} {' or '.join(sorted(shapes)[:3])}"
+            + (f" (and {len(shapes) - 3} more shapes)" if len(shapes) > 3 else "")
+            for name, shapes in sorted(seen.shapes.items())))
+    made_by = {k: v for k, v in seen.made_by.items() if k in PROVENANCE}
+    if made_by:
+        report.lines.append("made by: " + ", ".join(f"{k} {made_by[k]}" for k in PROVENANCE
+                                                    if k in made_by))
+    stats = directory / STATS_NAME
+    if stats.is_file():
+        report.lines.append(f"normalisation statistics: {STATS_NAME} (applied by the speech "
+                            "datasets with normalize: true)")
     if seen.lengths:
         q = np.percentile(seen.lengths, [0, 50, 90, 100])
         report.lines.append("frames per sample (T): min {:.0f}, median {:.0f}, p90 {:.0f}, "
@@ -143,6 +161,8 @@ def _inspect_shard(path: Path, listed: list[tuple[str, str]], chosen: set[str],
                                f"({str(exc).splitlines()[0]})")
         return
     with f:
+        if not seen.made_by:
+            seen.made_by = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
         if KEYS_DATASET in f:
             stored = {k.decode() if isinstance(k, bytes) else k for k in f[KEYS_DATASET][()]}
             missing = {k for k, _ in listed} - stored
@@ -159,7 +179,13 @@ def _inspect_shard(path: Path, listed: list[tuple[str, str]], chosen: set[str],
                 continue
             problems = sample_problems(arrays, dim=seen.dim)
             report.problems += problems
+            t = arrays.shape(FEATURE)[0] if FEATURE in arrays else None
             for name in arrays.datasets:
+                dims = arrays.shape(name)
+                time_axis = max(len(dims) - 2, 0)  # (T, dim) and (1, T, 80)
+                shape = tuple(str(n) if a != time_axis or t is None or abs(n - t) > T_TOLERANCE
+                              else "T" if n == t else f"T{n - t:+d}" for a, n in enumerate(dims))
+                seen.shapes.setdefault(name, set()).add(f"({', '.join(shape)})")
                 seen.dtypes.add(str(arrays.dtype(name)))
                 seen.codecs.add(f[group][name].compression or "none")
             if not problems and FEATURE in arrays:
