@@ -251,6 +251,13 @@ def extract(source: Path, out: Path, model: str, layer: int = 17, *,
     encoder = Encoder(model, layer, device, dtype)
     if stats_file is not None:
         read_stats(stats_file, encoder.width)
+    shortest = 2 * encoder.hop / encoder.rate  # what gives the model one frame, with margin
+    short = [item for item in items if item.seconds < shortest]
+    if short:
+        raise DataError(f"{short[0].path}: {short[0].key!r} lasts {short[0].seconds:.3f} s, "
+                        f"under the {shortest:.3f} s that give one frame"
+                        + (f" ({len(short)} such files)" if len(short) > 1 else "")
+                        + "; leave them out with a list of paths")
     mel = LogMel(encoder.rate, encoder.hop)
     if workers is None:  # on a GPU audio is read beside the model; on a CPU the model needs
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # every core

@@ -248,7 +248,8 @@ def test_examples_speech_maskgct_trains_on_an_extracted_cache(tmp_path, tiny_mod
     assert len(tokens.keys) == 12
 
 
-@pytest.mark.parametrize("case", ["corrupt", "layer", "not_a_cache", "same_key", "other_layer"])
+@pytest.mark.parametrize("case", ["corrupt", "layer", "not_a_cache", "same_key", "other_layer",
+                                  "too_short"])
 def test_bad_input_is_refused_in_one_line_before_anything_is_written(tmp_path, tiny_model,
                                                                       capsys, case):
     write_corpus(tmp_path / "audio")
@@ -262,6 +263,9 @@ def test_bad_input_is_refused_in_one_line_before_anything_is_written(tmp_path, t
         out_dir.mkdir()
         (out_dir / "notes.txt").write_text("mine")
         expect = "a folder that is not a feature cache"
+    elif case == "too_short":
+        soundfile.write(tmp_path / "audio" / "p226" / "p226_009.wav", tone(0.01, 16000, 1), 16000)
+        expect = "'p226/p226_009' lasts 0.010 s, under the 0.040 s that give one frame"
     elif case == "same_key":
         soundfile.write(tmp_path / "audio" / "p225" / "p225_000.flac", tone(0.5, 16000, 1), 16000)
         expect = "would both be stored as 'p225/p225_000'"
@@ -298,6 +302,25 @@ def test_a_list_of_paths_and_a_lhotse_manifest_are_read_as_they_are(tmp_path, ti
     storage = H5ShardedStorage(str(tmp_path / "c2")).open()
     assert len(storage.keys) == len(made)
     assert all(storage.read(k)["hidden_states"].shape[1] == WIDTH for k in storage.keys)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_float16_features_agree_with_the_cpus(tmp_path, tiny_model):
+    from rqf_h5_speech.extract import extract
+
+    write_corpus(tmp_path / "audio")
+    for device in ("cpu", "cuda"):
+        report = extract(tmp_path / "audio", tmp_path / device, str(tiny_model), LAYER,
+                         device=device, progress=False)
+        assert report["device"].startswith(device)
+    cpu = H5ShardedStorage(str(tmp_path / "cpu")).open()
+    gpu = H5ShardedStorage(str(tmp_path / "cuda")).open()
+    assert list(cpu.keys) == list(gpu.keys)
+    for key in cpu.keys:
+        a = cpu.read(key)["hidden_states"].astype(np.float32)
+        b = gpu.read(key)["hidden_states"].astype(np.float32)
+        assert a.shape == b.shape and np.allclose(a, b, atol=5e-2 * np.abs(a).max())
 
 
 def test_batches_by_length_pad_little_and_rank_shares_are_disjoint_and_balanced():
