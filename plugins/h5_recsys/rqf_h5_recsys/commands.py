@@ -38,8 +38,9 @@ def from_interactions_cmd(interactions: Path, out_dir: Path, items_file: Path | 
                           item_ids: Path | None, delimiter: str | None, time_column: str | None,
                           no_timestamps: bool,
                           drop_unknown_items: bool, force: bool, debug: bool) -> None:
-    """Build sequence.h5 (and item_data.h5) from a CSV/TSV of user, item[, timestamp]: columns
-    by the header's names (user_id, item_id or parent_asin, timestamp or time), else by
+    """Build sequence.h5 (and item_data.h5) from a log of user, item[, timestamp]: CSV/TSV,
+    JSON lines (Amazon Reviews 2023) or Parquet, gzipped or not. Columns by their names
+    (user_id, item_id or parent_asin, timestamp or time; RecBole's name:type), else by
     position."""
     from rqf_h5_recsys.writer import from_interactions
 

@@ -6,7 +6,6 @@ never leaves a half file and never replaces a good one.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -140,9 +139,9 @@ MAX_TIME = 2.0**62  # seconds (or any unit) an int64 holds with room to spare
 def read_interactions(path: str | Path, delimiter: str | None = None, user_col: int = 0,
                       item_col: int = 1, time_col: int | str | None = "auto",
                       ) -> tuple[list[str], list[str], np.ndarray | None]:
-    """Read user, item[, time] columns from a CSV/TSV.
+    """Read user, item[, time] columns from a CSV/TSV, JSON lines or Parquet, gzipped or not.
 
-    A first row of column names picks the columns by name (``user_id``, ``item_id`` or
+    A first row of column names (the fields of JSON lines and Parquet) picks the columns by name (``user_id``, ``item_id`` or
     ``parent_asin``, ``timestamp`` or ``time``; RecBole's ``name:type`` too), whatever their
     order; without one, the columns are ``user_col``, ``item_col`` and ``time_col`` ("auto":
     2). ``time_col`` may name a column; None: the file has no times. Users and items are kept
@@ -153,42 +152,34 @@ def read_interactions(path: str | Path, delimiter: str | None = None, user_col: 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: interactions file not found")
+    from rqf_h5_recsys.records import table_rows
+
     users, items, times = [], [], []
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            sample = fh.read(4096)
-            fh.seek(0)
-            if delimiter is None:
-                delimiter = "\t" if "\t" in sample else ("," if "," in sample else " ")
-            reader = csv.reader(fh, delimiter=delimiter, skipinitialspace=True, strict=True)
-            cols: tuple[int, int, int | None] | None = None
-            for lineno, row in enumerate(reader, start=1):
-                if not row or row[0].startswith("#"):
-                    continue
-                if cols is None:
-                    cols, header = _columns(path, row, user_col, item_col, time_col)
-                    u, i, t = cols
-                    need = max(c for c in cols if c is not None)
-                    if header:
-                        continue
-                if len(row) <= need:
-                    raise DataError(f"{path}: line {lineno}: expected at least {need + 1} "
-                                    f"columns, found {len(row)}")
-                user, item = row[u].strip(), row[i].strip()
-                if not user or not item:
-                    raise DataError(f"{path}: line {lineno}: the {'user' if not user else 'item'}"
-                                    " is empty")
-                if item.lstrip("-").isdigit() and item.startswith("-"):
-                    raise DataError(f"{path}: line {lineno}: item {item}: ids are whole numbers "
-                                    "from 0 (-1 is the padding of histories)")
-                users.append(user)
-                items.append(item)
-                if t is not None:
-                    times.append(_time(path, lineno, row[t]))
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except csv.Error as exc:
-        raise DataError(f"{path}: line {reader.line_num}: not readable as CSV ({exc})") from None
+    cols: tuple[int, int, int | None] | None = None
+    for lineno, row in table_rows(path, delimiter):
+        if not row or row[0].startswith("#"):
+            continue
+        if cols is None:
+            # line 0: the field names of JSON lines or Parquet, a header whatever they are
+            cols, header = _columns(path, row, user_col, item_col, time_col, lineno == 0)
+            u, i, t = cols
+            need = max(c for c in cols if c is not None)
+            if header:
+                continue
+        if len(row) <= need:
+            raise DataError(f"{path}: line {lineno}: expected at least {need + 1} "
+                            f"columns, found {len(row)}")
+        user, item = row[u].strip(), row[i].strip()
+        if not user or not item:
+            raise DataError(f"{path}: line {lineno}: the {'user' if not user else 'item'}"
+                            " is empty")
+        if item.lstrip("-").isdigit() and item.startswith("-"):
+            raise DataError(f"{path}: line {lineno}: item {item}: ids are whole numbers "
+                            "from 0 (-1 is the padding of histories)")
+        users.append(user)
+        items.append(item)
+        if t is not None:
+            times.append(_time(path, lineno, row[t]))
     if not users:
         raise DataError(f"{path}: no interactions found")
     return users, items, (np.array(times, np.float64) if cols and cols[2] is not None else None)
@@ -207,10 +198,12 @@ def _time(path: Path, lineno: int, text: str) -> float:
 
 
 def _columns(path: Path, row: list[str], user_col: int, item_col: int,
-             time_col: int | str | None) -> tuple[tuple[int, int, int | None], bool]:
-    """(user, item, time) columns and whether ``row`` is a header naming them."""
+             time_col: int | str | None, named: bool = False
+             ) -> tuple[tuple[int, int, int | None], bool]:
+    """(user, item, time) columns and whether ``row`` is a header naming them (``named``:
+    it is, whatever the names)."""
     names = [cell.split(":")[0].strip().lower() for cell in row]
-    if not any(name in HEADER_WORDS for name in names):
+    if not named and not any(name in HEADER_WORDS for name in names):
         if isinstance(time_col, str) and time_col != "auto":
             raise DataError(f"{path}: --time-column {time_col!r} names a column, but the file "
                             "has no header row")

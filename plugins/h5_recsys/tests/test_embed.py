@@ -95,11 +95,38 @@ def test_interactions_with_string_ids_and_no_item_file_are_numbered_and_kept(tmp
     assert seqs == [[1, 0], [0]]
 
 
+def test_embed_reads_gzipped_and_parquet_items_and_takes_a_missing_field_as_empty(tmp_path):
+    import gzip
+
+    from rqf_h5_recsys.embed import read_item_texts
+
+    records = ITEMS[:3] + [{"asin": "B00X9", "title": "Hair clip"}]  # Amazon: no description
+    with gzip.open(tmp_path / "meta.jsonl.gz", "wt") as fh:
+        fh.write("\n".join(json.dumps(r) for r in records) + "\n")
+    keys, texts, used, lacking = read_item_texts(tmp_path / "meta.jsonl.gz",
+                                                 ["title", "description"])
+    assert keys == ["B00X1", "B00X2", "B00X3", "B00X9"] and used == "asin"
+    assert texts[3] == "Hair clip" and lacking == {"description": 1}
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    pq.write_table(pa.table({"parent_asin": ["P1", "P2"], "title": ["a", None]}),
+                   tmp_path / "meta.parquet")
+    assert read_item_texts(tmp_path / "meta.parquet", ["title"])[:2] == (["P1", "P2"], ["a", ""])
+    out = tmp_path / "items.h5"
+    proc = rqf_proc("recsys", "embed", str(tmp_path / "meta.jsonl.gz"), "--text",
+                    "title,description", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "1 have no description (taken as empty)" in proc.stderr
+
+
 def test_embed_input_mistakes_are_one_line(tmp_path):
-    items = write_jsonl(tmp_path / "meta.jsonl", ITEMS[:2] + [{"asin": "B00X1", "title": "x"}])
+    items = write_jsonl(tmp_path / "meta.jsonl", ITEMS[:2])
     out = str(tmp_path / "item_data.h5")
     one_line_error(rqf_proc("recsys", "embed", str(items), "--text", "title,brand", "--out", out),
-                   "meta.jsonl: line 1: no field 'brand'")
+                   "meta.jsonl: no record has the field 'brand' (fields: asin, title, "
+                   "description)")
+    items = write_jsonl(tmp_path / "meta.jsonl", ITEMS[:2] + [{"asin": "B00X1", "title": "x"}])
     one_line_error(rqf_proc("recsys", "embed", str(items), "--text", "title", "--out", out),
                    "meta.jsonl: line 3: item 'B00X1' was already on line 1")
     write_jsonl(items, [{"sku": 1, "title": "x"}])

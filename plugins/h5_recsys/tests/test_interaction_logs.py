@@ -87,3 +87,66 @@ def test_embed_refuses_ids_that_are_no_ids_and_unclosed_quotes(tmp_path, name, t
     one_line_error(rqf_proc("recsys", "embed", str(items), "--text", "title", "--out", str(out)),
                    str(items), expected)
     assert not out.exists()
+
+
+AMAZON_2023 = [  # Amazon Reviews 2023 review records, fields in the published order
+    {"rating": 5.0, "title": "Great", "text": "ok", "images": [], "asin": "B0A", "parent_asin": "P2",
+     "user_id": "AGX", "timestamp": 1588687728923, "helpful_vote": 0, "verified_purchase": True},
+    {"rating": 4.0, "title": "Fine", "text": "", "images": [], "asin": "B0B", "parent_asin": "P1",
+     "user_id": "AGX", "timestamp": 1588615855070, "helpful_vote": 1, "verified_purchase": True},
+    {"rating": 3.0, "title": "Meh", "text": "x", "images": [], "asin": "B0C", "parent_asin": "P3",
+     "user_id": "AHZ", "timestamp": 1600000000000, "helpful_vote": 0, "verified_purchase": False},
+]
+
+
+@pytest.mark.parametrize("name", ["reviews.jsonl", "reviews.jsonl.gz", "reviews.parquet",
+                                  "reviews.csv.gz"])
+def test_amazon_review_logs_in_any_format_become_sequences_in_time_order(tmp_path, name):
+    import gzip
+    import json
+
+    path = tmp_path / name
+    if name.endswith(".parquet"):
+        pa = pytest.importorskip("pyarrow")
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(AMAZON_2023), path)
+    else:
+        text = "\n".join(json.dumps(r) for r in AMAZON_2023) + "\n" if ".jsonl" in name else \
+            "user_id,parent_asin,rating,timestamp\n" + "".join(
+                f"{r['user_id']},{r['parent_asin']},{r['rating']},{r['timestamp']}\n"
+                for r in AMAZON_2023)
+        with (gzip.open(path, "wt") if name.endswith(".gz") else open(path, "w")) as fh:
+            fh.write(text)
+    proc = rqf_proc("recsys", "from-interactions", str(path), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    seqs, times = sequences(tmp_path / "out" / "sequence.h5")
+    with h5py.File(tmp_path / "out" / "sequence.h5") as f:
+        keys = [k.decode() for k in f["item_keys"][()]]
+    assert {u: [keys[i] for i in s] for u, s in seqs.items()} == {"AGX": ["P1", "P2"],
+                                                                  "AHZ": ["P3"]}
+    assert times["AGX"] == [1588615855070, 1588687728923]
+
+
+@pytest.mark.parametrize("name, content, expected", [
+    ("log.jsonl.gz", b"not gzip at all", "named .gz but not a gzip file"),
+    ("log.jsonl", b'{"uid": "a", "iid": "b"}\n', "has no user column"),
+    ("log.jsonl", b'{"user_id": "a", "item_id": "b", "timestamp": 1}\n[1, 2]\n',
+     "line 2: expected a JSON object, got list"),
+    ("log.parquet", b"PAR1 not really", "not a readable Parquet file"),
+])
+def test_a_broken_log_of_any_format_is_one_line(tmp_path, name, content, expected):
+    path = tmp_path / name
+    path.write_bytes(content)
+    one_line_error(rqf_proc("recsys", "from-interactions", str(path), "--out",
+                            str(tmp_path / "out")), name, expected)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_gzip_stream_cut_short_is_one_line(tmp_path):
+    import gzip
+
+    path = tmp_path / "log.csv.gz"
+    path.write_bytes(gzip.compress(b"user_id,item_id,timestamp\n" + b"u,i,1\n" * 5000)[:-40])
+    one_line_error(rqf_proc("recsys", "from-interactions", str(path), "--out",
+                            str(tmp_path / "out")), "log.csv.gz: the gzip stream is cut short")
