@@ -70,6 +70,15 @@ def register_splitters(register):
 
 
 @hookimpl
+def register_trackers(register):
+    from rqf.tracking import MLflowTracker, TensorBoardTracker, WandbTracker
+
+    register(TensorBoardTracker)
+    register(MLflowTracker)
+    register(WandbTracker)
+
+
+@hookimpl
 def register_models(register):
     from rqf.ranking.floors import LastItemNNModel, MostPopModel  # torch: only when asked
 

@@ -216,8 +216,10 @@ class PipelineConfig:
     def section(self, name: str) -> dict[str, Any]:
         return dict(self.data.get(name) or {})
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.data, sort_keys=False, default_flow_style=None)
+    def to_yaml(self, without: tuple[str, ...] = ()) -> str:
+        """The resolved pipeline as YAML, less the top-level sections ``without`` names."""
+        data = {k: v for k, v in self.data.items() if k not in without}
+        return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
 
 
 def validate_config(raw: Mapping[str, Any], registry: Registry, base_dir: Path,
@@ -260,6 +262,11 @@ def validate_config(raw: Mapping[str, Any], registry: Registry, base_dir: Path,
         train = train_section(raw, model) if model is not None else dict(_section(raw, "train"))
         resolved["train"] = validate_params(TRAIN_PARAMS, train, "train", base_dir,
                                             errors=errors)
+        if "trackers" in resolved["train"]:
+            from rqf.tracking import resolve_trackers
+
+            resolved["train"]["trackers"] = resolve_trackers(resolved["train"]["trackers"],
+                                                             registry, errors)
         if resolved["train"].get("epochs", 0) is None and not resolved["train"].get("max_steps"):
             errors.append("train: set epochs or max_steps (both are null)")
         export = _section(raw, "export")

@@ -27,6 +27,11 @@ def register_models(register):
 
 
 @hookspec
+def register_trackers(register):
+    """Register Tracker subclasses (``rqf.tracking.Tracker``): where runs report as they go."""
+
+
+@hookspec
 def register_commands(cli):
     """Add click commands or groups to the ``rqf`` command line."""
 

@@ -16,8 +16,9 @@ from rqf.interfaces import Dataset, ItemVectors, Model, RunContext, Splitter, St
 from rqf.io import check_output, write_json_atomic, write_text_atomic
 from rqf.plugins import Plugins, get_plugins
 from rqf.rundir import FINISHED_MARKER, MODEL_FILE, RunFolder, read_run_config
+from rqf.threads import ENV as THREADS_ENV, apply_threads
+from rqf.tracking import build_trackers
 from rqf.training import TrainConfig, init_distributed, resolve_device, seed_everything
-
 
 
 def resolve_config(config: str | Path | Mapping[str, Any], overrides: Iterable[str] = (),
@@ -92,7 +93,7 @@ def run_outputs(cfg: PipelineConfig, plugins: Plugins | None = None) -> tuple[st
     registry = (plugins or get_plugins()).registry
     cls = registry.get("model", cfg["model"]["type"])
     storage = registry.get("storage", cfg["storage"]["type"])
-    names = _claimed(cls, cfg["export"], (storage,))
+    names = _claimed(cls, cfg["export"], (storage,)) + tracker_outputs(cfg, plugins)
     for name in names:
         parts = name.split("/") if isinstance(name, str) else [None]
         if len(parts) > 2 or any(not isinstance(part, str) or not part or part in (".", "..")
@@ -112,7 +113,15 @@ def known_outputs(plugins: Plugins | None = None) -> tuple[str, ...]:
             names += _claimed(entry.cls, entry.cls.resolve_export({}), storages)
         except Exception:  # a plugin's declaration is its own; an odd one claims nothing
             continue
-    return tuple(names)
+    return tuple(names) + tuple(name for entry in registry.entries("tracker")
+                                for name in entry.cls.outputs)
+
+
+def tracker_outputs(cfg: PipelineConfig, plugins: Plugins | None = None) -> tuple[str, ...]:
+    """What the run's trackers write in its folder (kept when it is resumed)."""
+    registry = (plugins or get_plugins()).registry
+    return tuple(name for entry in (cfg["train"].get("trackers") or [])
+                 for name in registry.get("tracker", entry["type"], "train.trackers").outputs)
 
 
 def _claimed(model: type[Model], export: Mapping[str, Any], storages: Sequence[type]
@@ -196,13 +205,18 @@ def run(config: str | Path | Mapping[str, Any], overrides: Iterable[str] = (),
     train_cfg = TrainConfig(**cfg["train"])
     info = init_distributed(train_cfg.device)
     out = Path(cfg["output_dir"])
-    folder = RunFolder(out, run_outputs(cfg), known_outputs())
+    folder = RunFolder(out, run_outputs(cfg), known_outputs(), kept=tracker_outputs(cfg))
     if info.is_main:
         folder.check(force, resume, cfg)  # before anything is read or written
+    if train_cfg.threads is not None and not os.environ.get(THREADS_ENV):
+        apply_threads(train_cfg.threads)  # rqf --threads N (or RQF_THREADS) outranks it
     seed_everything(cfg["seed"])
     parts = build(cfg)
+    trackers = build_trackers(train_cfg.trackers if info.is_main else [], out,
+                              get_plugins().registry, echo)  # built before any change
     started = time.perf_counter()
     prepared: list[bool] = []
+    box: dict[str, Any] = {}
 
     def prepare() -> None:
         """The folder's first change: --force has cleared it, --resume clears what goes stale
@@ -210,7 +224,11 @@ def run(config: str | Path | Mapping[str, Any], overrides: Iterable[str] = (),
         if info.is_main and not prepared:
             if resume:
                 folder.begin_resume()
-            write_text_atomic(out / "config.yaml", cfg.to_yaml())
+            # a model that does not train keeps no train section: nothing in it meant anything
+            write_text_atomic(out / "config.yaml",
+                              cfg.to_yaml(("train",) if parts.model.gradient_free else ()))
+            trackers.start(cfg["name"], cfg.data, getattr(box.get("trainer"), "resumed_from",
+                                                          None))
         prepared.append(True)
 
     try:
@@ -224,6 +242,8 @@ def run(config: str | Path | Mapping[str, Any], overrides: Iterable[str] = (),
         ctx = _context(cfg, train_cfg, parts.model, out, resume, info, echo)
         if ctx.trainer is not None:
             ctx.trainer.on_start = prepare
+            ctx.trainer.trackers = trackers
+            box["trainer"] = ctx.trainer
         counts = {role: len(view) for role, view in parts.splits.items()}
         ctx.echo(f"{cfg['name']}: {parts.dataset.name} over {parts.storage.name}, split by "
                  f"{parts.splitter.name} {counts}, model {parts.model.name}")
@@ -242,8 +262,12 @@ def run(config: str | Path | Mapping[str, Any], overrides: Iterable[str] = (),
 
             result.artifacts["report"] = str(write_report(out))
             result.summary = parts.model.summarize(result.metrics)
+            trackers.finish_run(out, result.metrics, (fit or {}).get("steps"))
         _barrier(info)
         return result
+    except BaseException:
+        trackers.fail()
+        raise
     finally:
         folder.close()
         parts.storage.close()

@@ -27,6 +27,7 @@ _HOOKS = {
     "dataset": "register_datasets",
     "splitter": "register_splitters",
     "model": "register_models",
+    "tracker": "register_trackers",
 }
 
 

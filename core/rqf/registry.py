@@ -8,12 +8,14 @@ from typing import Iterator
 from rqf.errors import ConfigError, PluginError
 from rqf.interfaces import Component, Dataset, Model, Splitter, Storage
 from rqf.params import closest
+from rqf.tracking import Tracker
 
 KINDS: dict[str, type[Component]] = {
     "storage": Storage,
     "dataset": Dataset,
     "splitter": Splitter,
     "model": Model,
+    "tracker": Tracker,
 }
 
 

@@ -257,8 +257,13 @@ def compare_runs(*runs: Path) -> str:
     loaded = [_load_run(Path(r)) for r in runs]
     names = [Path(r).name for r in runs]
     configs = [flatten(_config(text, Path(r))) for (text, _), r in zip(loaded, runs)]
+    # a section a run lacks (train, for a model that does not train) means nothing for it:
+    # such a key is compared among the runs that have the section
+    sections = [{k.split(".")[0] for k in c} for c in configs]
     differ = [k for k in dict.fromkeys(k for c in configs for k in c)
-              if k not in ("name", "output_dir") and len({json.dumps(c.get(k)) for c in configs}) > 1]
+              if k not in ("name", "output_dir") and len({json.dumps(c.get(k)) for c, has in
+                                                          zip(configs, sections)
+                                                          if k.split(".")[0] in has}) > 1]
     lines = [f"# {' vs '.join(names)}", "", "## What differs in their configs", ""]
     lines += _table(["key", *names], [[k, *(c.get(k, "-") for c in configs)] for k in differ]) \
         if differ else ["Nothing: the runs were configured alike (seed, data and model)."]

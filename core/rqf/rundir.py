@@ -36,7 +36,7 @@ RESULTS = ("metrics.json", "report.md", "training_curves.png")
 # runs, not what one step computes. The budget (epochs, max_steps) may only grow.
 RESUME_MAY_CHANGE = ("epochs", "max_steps", "device", "compile", "progress", "log_every",
                      "eval_every", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints",
-                     "num_workers")
+                     "num_workers", "trackers", "threads")
 SAME_ON_RESUME = ("seed", "storage", "dataset", "splitter", "model")
 
 
@@ -54,10 +54,12 @@ class RunFolder:
     """One run's output folder, checked before a run writes into it."""
 
     def __init__(self, path: Path | str, outputs: Iterable[str] = (),
-                 known: Iterable[str] = ()) -> None:
+                 known: Iterable[str] = (), kept: Iterable[str] = ()) -> None:
         """``outputs``: what this run's model writes; ``known``: what any installed model may
-        write, so a marker left by a run of another model is honoured."""
+        write, so a marker left by a run of another model is honoured; ``kept``: outputs a
+        resume goes on writing (a tracker's log) instead of removing."""
         self.path = Path(path)
+        self.kept = frozenset(kept)
         self.claims = tuple(dict.fromkeys((*CORE_OUTPUTS, *outputs)))
         self.known = frozenset((*self.claims, *known))
         self.lock = FolderLock(self.path, "rqf run", LOCK_NAME)
@@ -178,9 +180,9 @@ class RunFolder:
     def begin_resume(self) -> None:
         """Remove what going on with training makes stale (results, exports, temporaries);
         called once every check of the resume passed (its checkpoint loaded)."""
-        self._remove([p for p in self.owned() if p.name in RESULTS or
-                      (p.name not in CORE_OUTPUTS and p.name.removesuffix(".partial")
-                       in self.claims) or p.name.endswith(".tmp")])
+        self._remove([p for p in self.owned() if p.name not in self.kept and (
+            p.name in RESULTS or (p.name not in CORE_OUTPUTS and p.name.removesuffix(".partial")
+                                  in self.claims) or p.name.endswith(".tmp"))])
         self._write_marker()
 
     def _write_marker(self) -> None:

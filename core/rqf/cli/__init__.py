@@ -17,8 +17,21 @@ EXIT_USER_ERROR = 2
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="rqf")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def cli(debug: bool) -> None:
+@click.option("--threads", default=None, envvar="RQF_THREADS", metavar="N|auto",
+              help="CPU threads of torch for this command (env RQF_THREADS; default auto: the "
+                   "cores other running processes leave; outranks a pipeline's train.threads).")
+def cli(debug: bool, threads: str | None) -> None:
     """Train residual-quantized autoencoders on HDF5 embeddings and export discrete codes."""
+    import os
+
+    from rqf.threads import ENV, apply_threads, parse_threads
+
+    n = parse_threads(threads, "--threads")
+    if n is None:
+        os.environ.pop(ENV, None)  # auto: a pipeline's own train.threads may still decide
+    else:
+        os.environ[ENV] = str(n)
+    apply_threads(n)
 
 
 def _echo_err(message: str) -> None:
@@ -43,6 +56,29 @@ def run(pipeline: Path, overrides: tuple[str, ...], force: bool, resume: bool, d
         click.echo(f"run directory: {result.run_dir}")
         for name, path in result.artifacts.items():
             click.echo(f"  {name}: {path}")
+
+
+@cli.command()
+@click.argument("pipeline", type=click.Path(path_type=Path))
+@click.option("--grid", "grid", multiple=True, metavar="KEY.PATH=V1,V2",
+              help="Values to try for one key (repeatable: every combination runs).")
+@click.option("--seeds", default=1, show_default=True,
+              help="Runs per combination, with seeds seed, seed+1, ...")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="The sweep folder (default: the pipeline's output_dir + _sweep).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+              help="Override a value of the pipeline for every run (repeatable).")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def sweep(pipeline: Path, grid: tuple[str, ...], seeds: int, out: Path | None,
+          overrides: tuple[str, ...], debug: bool) -> None:
+    """Run PIPELINE for every combination of --grid values, one after another, each into its
+    own folder under the sweep folder, and write the sweep's report.md (every metric side by
+    side, mean ± sd over seeds). Started again, it keeps finished runs."""
+    from rqf.sweep import sweep as run_sweep
+
+    report = run_sweep(pipeline, grid, seeds, out, overrides, echo=_echo_err)
+    click.echo(report.read_text())
+    click.echo(f"sweep report: {report}")
 
 
 @cli.command()

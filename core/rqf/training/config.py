@@ -47,6 +47,11 @@ TRAIN_PARAMS = (
           "samples (rqf.LoaderBatches); models that train from one tensor in memory (rqvae, "
           "tiger) start none", min=0),
     Param("progress", bool, True, "show a progress bar with the live loss"),
+    Param("trackers", list, [], "where the run also reports as it goes: tensorboard, mlflow, "
+          "wandb or a plugin's tracker, by name or as {type: name, ...its parameters}"),
+    Param("threads", int, None, "CPU threads of torch (null: the cores that other running "
+          "processes leave, every core on an idle machine; rqf --threads N overrides)",
+          nullable=True, min=1),
     Param("compile", bool, None, "torch.compile the model (null: only on CUDA)", nullable=True),
 )
 
@@ -57,6 +62,8 @@ def _from_mapping(cls, values: Mapping[str, Any] | None) -> "TrainConfig":
 
 # the train section as attributes; its fields and defaults are TRAIN_PARAMS, declared once
 TrainConfig = make_dataclass(
-    "TrainConfig", [(p.name, Any, field(default=p.default)) for p in TRAIN_PARAMS],
+    "TrainConfig", [(p.name, Any, field(default_factory=lambda d=p.default: list(d))
+                     if isinstance(p.default, list) else field(default=p.default))
+                    for p in TRAIN_PARAMS],
     namespace={"from_mapping": classmethod(_from_mapping),
                "__doc__": "The validated train section of a pipeline (see TRAIN_PARAMS)."})

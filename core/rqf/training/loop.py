@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,6 +193,9 @@ class Trainer:
         # called once the resume state is loaded and checked, before the first step: the
         # pipeline prepares a resumed run folder only then, so a refused resume changes nothing
         self.on_start: Callable[[], None] | None = None
+        self.resumed_from: int | None = None  # known once fit has loaded its checkpoint
+        self.trackers: Any = None  # rqf.tracking.Trackers: where losses and validations go
+        self._latest: dict[str, str] = {}  # the last validation, shown beside the loss
         if cfg.precision == "bf16" and self.device.type == "cuda" \
                 and not torch.cuda.is_bf16_supported():
             raise RqfError("train.precision: this GPU does not support bf16; use fp16 or fp32")
@@ -232,6 +236,7 @@ class Trainer:
         train_module, ddp = self._wrap(module)
         best = BestWeights(cfg.monitor, cfg.monitor_mode, self.checkpoint_dir,
                            self.info.is_main, resume=progress.resumed_from is not None)
+        self.resumed_from = progress.resumed_from
         if self.on_start is not None:
             self.on_start()
         bar = _progress_bar(total, progress.step, enabled=cfg.progress and self.info.is_main)
@@ -341,7 +346,10 @@ class Trainer:
                                "(try train.precision=fp32 or a lower train.lr)")
             shown = {"loss": mean, **{k: float(v) for k, v in logs.items()}}
             progress.losses.append({"step": step, **shown})
-            bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
+            bar.set_postfix({**{k: f"{v:.4g}" for k, v in shown.items()}, **self._latest},
+                            refresh=False)
+            if self.trackers:
+                self.trackers.log_losses(step, shown)
         bar.update(1)
         due = (cfg.eval_every and step % cfg.eval_every == 0) \
             or (not cfg.eval_every and step % per_epoch == 0) or step == total
@@ -353,6 +361,30 @@ class Trainer:
             module.train()
             progress.history.append(record)
             best.offer(record, module)
+            self._report_validation(record, total, best, bar)
+
+    def _report_validation(self, record: Mapping[str, Any], total: int, best: BestWeights,
+                           bar) -> None:
+        """One line per validation (step, seconds, the monitored metric and the best so far,
+        or the first metrics), the latest value beside the loss, and the trackers."""
+        monitor = self.cfg.monitor
+        values = {k: v for k, v in record.items() if k not in ("step", "seconds")
+                  and isinstance(v, (int, float))}
+        shown = {monitor: values[monitor]} if monitor in values else dict(list(values.items())[:3])
+        line = (f"validation at step {record['step']}/{total} ({record['seconds']:.0f} s): "
+                + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
+        if monitor in values and best.step is not None:
+            line += f" (best {best.value:.4g} at step {best.step})"
+        self._latest = {k: f"{v:.4g}" for k, v in shown.items()}
+        if self.info.is_main:
+            if getattr(bar, "disable", True):
+                self.echo(line)
+            else:
+                from tqdm.auto import tqdm
+
+                tqdm.write(line, file=sys.stderr)
+        if self.trackers:
+            self.trackers.log_validation(int(record["step"]), record)
 
     # -- checkpoints --------------------------------------------------------------------------
     def _due_for_checkpoint(self, step: int, total: int, last_save: float) -> bool:
