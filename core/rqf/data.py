@@ -276,8 +276,9 @@ class ItemRows(Dataset):
 
 def all_items(storage: ItemSource) -> ItemVectors:
     """Every item of ``storage``, whatever the view or split: what semantic IDs are made for."""
+    keys = getattr(storage, "item_keys", None)  # a Storage's; a bare ItemSource has none
     return ItemVectors(ids=np.asarray(storage.item_ids).copy(), read=storage.read_embedding_range,
-                       read_rows=storage.read_embeddings)
+                       read_rows=storage.read_embeddings, keys=keys() if keys else None)
 
 
 def input_positions(view: SequenceView) -> np.ndarray:

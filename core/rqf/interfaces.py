@@ -63,6 +63,11 @@ class Storage(Component, ABC):
     def describe(self) -> dict[str, Any]:
         return {}
 
+    def item_keys(self) -> list[str] | None:
+        """The items' own string keys (ASINs) in the order of ``item_ids``; None where the
+        data has none (its ids are its keys)."""
+        return None
+
     def __enter__(self) -> "Storage":
         return self.open()
 
@@ -113,6 +118,8 @@ class ItemVectors:
     read: Callable[[int, int], np.ndarray]  # rows [start, stop) as float32 (n, d)
     # chosen rows, any order (None: the source reads slices only)
     read_rows: Callable[[np.ndarray], np.ndarray] | None = None
+    # the items' own string keys (ASINs) in the order of ids, where the data has them
+    keys: Sequence[str] | None = None
 
 
 @dataclass

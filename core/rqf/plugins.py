@@ -164,6 +164,12 @@ def reset_plugins(plugins: Plugins | None = None) -> None:
 
 def item_ids_of(path: Path) -> np.ndarray:
     """The item ids, in row order, of an item file any installed storage reads on its own."""
+    return item_source_of(path)[0]
+
+
+def item_source_of(path: Path) -> tuple[np.ndarray, list[str] | None]:
+    """The item ids, in row order, of an item file any installed storage reads on its own,
+    and the items' own keys where it has them."""
     from rqf.data import ItemSource, missing_members
 
     kind = get_plugins().storage_for(path)
@@ -176,4 +182,4 @@ def item_ids_of(path: Path) -> np.ndarray:
         if missing_members(storage, ItemSource):
             raise RqfError(f"{path}: holds no item ids (storage {storage.name!r} reads it, "
                            "but not as an item file)")
-        return np.asarray(storage.item_ids, np.int64)
+        return np.asarray(storage.item_ids, np.int64), storage.item_keys()

@@ -23,8 +23,11 @@ def ids() -> None:
               help="index-json: LC-Rec / LETTER / MiniOneRec's .index.json; recbole: an atomic "
                    "file; parquet needs pyarrow.")
 @click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--numbering", type=click.Choice(["id", "row"]), default="id", show_default=True,
-              help="Key each ID by item id, or by 0-based row of the item file.")
+@click.option("--numbering", type=click.Choice(["id", "row", "key"]), default="id",
+              show_default=True,
+              help="Key each ID by item id, by 0-based row of the item file, or by the items' "
+                   "own keys (ASINs). An .index.json of items with keys gets X.item2id beside "
+                   "it (KEY<TAB>number lines).")
 @click.option("--token", default="<{letter}_{code}>", show_default=True,
               help="Token template of index-json and recbole: {letter} (a, b, c… by level), "
                    "{level}, {code}.")
@@ -34,13 +37,16 @@ def export(run: Path, fmt: str, out: Path, numbering: str, token: str, force: bo
            debug: bool) -> None:
     """Write the semantic IDs of RUN (a run folder or a semantic_ids.h5) for another tool."""
     from rqf.codes import SemanticIds
-    from rqf.codes.interchange import check_template, export_ids
+    from rqf.codes.interchange import check_template, export_ids, item2id_path
     from rqf.io import check_output
 
     check_template(token)
     path = _ids_file(run)
     ids = SemanticIds(path)  # checked whole before anything is written
     check_output(out, force, [("is the file this command reads", path)])
+    if fmt == "index-json" and ids.keys.has_keys:
+        check_output(item2id_path(out), force, [("is the file this command reads", path),
+                                                ("is the --out file", out)])
     click.echo(f"wrote {export_ids(ids, fmt, out, numbering, token)}")
 
 
@@ -51,8 +57,10 @@ def export(run: Path, fmt: str, out: Path, numbering: str, token: str, force: bo
                    "e.g. item_data.h5): every item must have one.")
 @click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False),
               help="semantic_ids.h5 to write (what tiger's model.semantic_ids reads).")
-@click.option("--numbering", type=click.Choice(["id", "row"]), default="id", show_default=True,
-              help="The index's keys are item ids, or 0-based rows of the item file.")
+@click.option("--numbering", type=click.Choice(["id", "row", "key"]), default="id",
+              show_default=True,
+              help="The index's keys are item ids, 0-based rows of the item file, or the "
+                   "items' own keys (ASINs, the item file's item_keys).")
 @click.option("--force", is_flag=True, help="Replace an existing --out file.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def import_(index: Path, items: Path, out: Path, numbering: str, force: bool,
@@ -60,18 +68,23 @@ def import_(index: Path, items: Path, out: Path, numbering: str, force: bool,
     """Turn another tool's .index.json (LC-Rec, LETTER, MiniOneRec) into semantic_ids.h5."""
     from rqf.codes.interchange import import_ids
     from rqf.io import check_output
-    from rqf.plugins import item_ids_of
+    from rqf.plugins import item_source_of
 
     check_output(out, force, [("is the file this command reads", p) for p in (index, items)])
-    click.echo(f"wrote {import_ids(index, item_ids_of(items), out, numbering)}")
+    ids, keys = item_source_of(items)
+    if numbering == "key" and keys is None:
+        raise RqfError(f"--items {items}: has no item keys (its items have whole-number ids); "
+                       "--numbering id")
+    click.echo(f"wrote {import_ids(index, ids, out, numbering, keys)}")
 
 
 @ids.command("lookup")
 @click.argument("semantic_ids", type=click.Path(path_type=Path))
-@click.option("--item", "item_id", type=int, help="Print the semantic ID of this item id.")
+@click.option("--item", "item_id", help="Print the semantic ID of this item (its key, e.g. an "
+              "ASIN, or its id).")
 @click.option("--code", help="Print the item with this semantic ID, e.g. 12,7,201,0.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def lookup(semantic_ids: Path, item_id: int | None, code: str | None, debug: bool) -> None:
+def lookup(semantic_ids: Path, item_id: str | None, code: str | None, debug: bool) -> None:
     """Map an item id to its semantic ID, or a semantic ID back to its item (SEMANTIC_IDS: a
     semantic_ids.h5 or the run folder that holds one)."""
     from rqf.codes import SemanticIds
@@ -80,13 +93,15 @@ def lookup(semantic_ids: Path, item_id: int | None, code: str | None, debug: boo
         raise RqfError("lookup: give --item ID or --code C1,C2,...")
     ids_ = SemanticIds(_ids_file(semantic_ids))
     if item_id is not None:
-        click.echo(",".join(str(int(c)) for c in ids_.of_item(item_id)))
+        found = ids_.keys.id_of(item_id, "--item")
+        click.echo(",".join(str(int(c)) for c in ids_.of_item(found)))
     if code is not None:
         try:
             parts = [int(c) for c in code.split(",")]
         except ValueError:
             raise RqfError(f"--code: expected comma-separated integers, got {code!r}") from None
-        click.echo(ids_.item_of(parts))
+        item = ids_.item_of(parts)
+        click.echo(f"{item}\t{ids_.keys.key_of(item)}" if ids_.keys.has_keys else item)
 
 
 def _ids_file(path: Path) -> Path:

@@ -24,7 +24,7 @@ from rqf.codes.statistics import unique_codes
 from rqf.errors import ConfigError, DataError
 from rqf.io import atomic_path, write_text_atomic
 
-NUMBERINGS = ("id", "row")
+NUMBERINGS = ("id", "row", "key")
 DEFAULT_TOKEN = "<{letter}_{code}>"
 _LAST_INTEGER = re.compile(r"(\d+)\D*$")
 
@@ -76,9 +76,14 @@ def token(template: str, level: int, code: int) -> str:
                           f"{{code}} ({exc})") from None
 
 
+def _key(k: object) -> str | int:
+    """An item's key as written: an item id or row as a whole number, an item key as text."""
+    return k if isinstance(k, str) else int(k)  # type: ignore[call-overload]
+
+
 def _index_json(out: Path, keys: np.ndarray, key_name: str, codes: np.ndarray,
                 template: str) -> None:
-    data = {str(int(k)): [token(template, level, int(c)) for level, c in enumerate(row)]
+    data = {str(_key(k)): [token(template, level, int(c)) for level, c in enumerate(row)]
             for k, row in zip(keys, codes)}
     write_text_atomic(out, json.dumps(data) + "\n")
 
@@ -87,14 +92,15 @@ def _csv(out: Path, keys: np.ndarray, key_name: str, codes: np.ndarray, template
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow([key_name] + [f"level_{i + 1}" for i in range(codes.shape[1])])
-    writer.writerows([[int(k), *map(int, row)] for k, row in zip(keys, codes)])
+    writer.writerows([[_key(k), *map(int, row)] for k, row in zip(keys, codes)])
     write_text_atomic(out, text.getvalue())
 
 
 def _recbole(out: Path, keys: np.ndarray, key_name: str, codes: np.ndarray,
              template: str) -> None:
-    lines = [f"{key_name}:token\tsemantic_id:token_seq"]
-    lines += [f"{int(k)}\t" + " ".join(token(template, level, int(c))
+    # RecBole's item_id:token is text: an item key (an ASIN) is its item_id there
+    lines = [f"{'item_id' if key_name == 'item_key' else key_name}:token\tsemantic_id:token_seq"]
+    lines += [f"{_key(k)}\t" + " ".join(token(template, level, int(c))
                                        for level, c in enumerate(row))
               for k, row in zip(keys, codes)]
     write_text_atomic(out, "\n".join(lines) + "\n")
@@ -108,7 +114,8 @@ def _parquet(out: Path, keys: np.ndarray, key_name: str, codes: np.ndarray,
     except ImportError:
         raise ConfigError("--format parquet needs pyarrow (pip install 'rqf[parquet]')") \
             from None
-    columns = {key_name: pa.array(np.asarray(keys, np.int64))}
+    columns = {key_name: pa.array([str(k) for k in keys]) if key_name == "item_key"
+               else pa.array(np.asarray(keys, np.int64))}
     columns.update({f"level_{i + 1}": pa.array(codes[:, i].astype(np.int64))
                     for i in range(codes.shape[1])})
     with atomic_path(out) as tmp:
@@ -125,14 +132,32 @@ FORMATS = tuple(WRITERS)
 
 def export_ids(ids: SemanticIds, fmt: str, out: Path, numbering: str = "id",
                template: str = DEFAULT_TOKEN) -> Path:
-    """Write the collision-free IDs of ``ids`` to ``out`` in ``fmt``, keyed by item id or row."""
+    """Write the collision-free IDs of ``ids`` to ``out`` in ``fmt``, keyed by item id, row or
+    the items' own key; an ``.index.json`` of items with keys gets its ``item2id`` map beside
+    it (``item2id_path``: ``KEY<TAB>number`` lines, the number the index is keyed by; for
+    ``key`` numbering, the item id), as LC-Rec ships its datasets."""
     if fmt not in WRITERS:
         raise ConfigError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     check_template(template)
-    keys = ids.item_ids if numbering == "id" else np.arange(len(ids.item_ids))
-    WRITERS[fmt](Path(out), keys, "item_id" if numbering == "id" else "row", ids.unique_codes,
-                 template)
+    if numbering == "key" and not ids.keys.has_keys:
+        raise DataError(f"{ids.path}: holds no item keys (the data's items had whole-number "
+                        "ids); --numbering id")
+    keys: np.ndarray = ids.item_ids if numbering == "id" else np.arange(len(ids.item_ids)) \
+        if numbering == "row" else np.array(ids.keys.keys, dtype=object)
+    name = {"id": "item_id", "row": "row", "key": "item_key"}[numbering]
+    WRITERS[fmt](Path(out), keys, name, ids.unique_codes, template)
+    if fmt == "index-json" and ids.keys.has_keys:
+        numbers = ids.item_ids if numbering == "key" else keys
+        write_text_atomic(item2id_path(Path(out)), "".join(
+            f"{k}\t{int(n)}\n" for k, n in zip(ids.keys.keys or [], numbers)))
     return Path(out)
+
+
+def item2id_path(out: Path) -> Path:
+    """Where an ``.index.json``'s item2id map goes: ``X.index.json`` -> ``X.item2id``."""
+    name = out.name
+    stem = name[: -len(".index.json")] if name.endswith(".index.json") else name
+    return out.with_name(stem + ".item2id")
 
 
 class _DuplicateKey(ValueError):
@@ -164,7 +189,8 @@ def _code(tok: object) -> int | None:
     return value if value <= MAX_CODE else None
 
 
-def read_index_json(path: Path, item_ids: np.ndarray, numbering: str = "id") -> np.ndarray:
+def read_index_json(path: Path, item_ids: np.ndarray, numbering: str = "id",
+                    item_keys: list[str] | None = None) -> np.ndarray:
     """(n, levels) codes of ``item_ids``, in their order, from an ``.index.json``.
 
     A token is a string (or a whole number) whose code is its last run of digits
@@ -189,17 +215,25 @@ def read_index_json(path: Path, item_ids: np.ndarray, numbering: str = "id") -> 
         raise DataError(f"{path}: expected a mapping of item -> list of ID tokens")
     n = len(item_ids)
     row_of = {int(i): r for r, i in enumerate(item_ids)}
+    if numbering == "key" and item_keys is None:
+        raise DataError(f"{path}: --numbering key: the item file has no item keys to match")
+    row_of_key = {k: r for r, k in enumerate(item_keys or [])}
     codes: np.ndarray | None = None
     for key, tokens in data.items():
         try:
             number = int(key)
         except ValueError:
             number = None
-        if number is None or str(number) != key:
+        if numbering == "key":
+            row = row_of_key.get(key)
+        elif number is None or str(number) != key:
             raise DataError(f"{path}: key {key!r}: expected an integer item "
                             f"{'id' if numbering == 'id' else 'row'} written plainly (e.g. "
-                            f"{'42' if number is None else number})")
-        row = row_of.get(number) if numbering == "id" else (number if 0 <= number < n else None)
+                            f"{'42' if number is None else number}; --numbering key reads "
+                            "keys such as ASINs)")
+        else:
+            row = row_of.get(number) if numbering == "id" else \
+                (number if 0 <= number < n else None)
         if row is None:
             raise DataError(f"{path}: key {key!r}: no such item {numbering} in the item file "
                             f"(were the IDs made for it? --numbering {numbering})")
@@ -226,17 +260,19 @@ def read_index_json(path: Path, item_ids: np.ndarray, numbering: str = "id") -> 
     return codes
 
 
-def import_ids(index: Path, item_ids: np.ndarray, out: Path, numbering: str = "id") -> Path:
+def import_ids(index: Path, item_ids: np.ndarray, out: Path, numbering: str = "id",
+               item_keys: list[str] | None = None) -> Path:
     """``semantic_ids.h5`` for ``item_ids`` from an ``.index.json``.
 
     When the last token only numbers the items that share the others (0, 1, 2… in item order,
     as rqf's own export and the usual collision level do), it becomes the extra level of
     ``unique_codes`` and the rest are the ``codes``; otherwise every token is a code.
     """
-    tokens = read_index_json(index, np.asarray(item_ids), numbering)
+    tokens = read_index_json(index, np.asarray(item_ids), numbering, item_keys)
     codes = tokens
     if tokens.shape[1] > 1 and (unique_codes(tokens[:, :-1])[:, -1] == tokens[:, -1]).all():
         codes = tokens[:, :-1]
     attrs = {"levels": codes.shape[1], "codebook_size": int(codes.max()) + 1,
              "collision_handling": "imported", "tokenizer": "imported", "source": str(index)}
-    return write_semantic_ids(out, np.asarray(item_ids, np.int64), codes, None, attrs)
+    return write_semantic_ids(out, np.asarray(item_ids, np.int64), codes, None, attrs,
+                              item_keys=item_keys)

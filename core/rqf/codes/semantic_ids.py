@@ -13,13 +13,15 @@ import torch
 from rqf.errors import DataError
 from rqf.io import atomic_h5, stored_outside
 from rqf.codes.statistics import TupleOrder, unique_codes
+from rqf.keys import ItemKeys, read_keys, write_keys
 
 FORMAT = "rqf-semantic-ids-1"
 
 
 def write_semantic_ids(path: Path, item_ids: np.ndarray, codes: np.ndarray,
                        codebooks: np.ndarray | None, attrs: dict[str, Any],
-                       raw_codes: np.ndarray | None = None) -> Path:
+                       raw_codes: np.ndarray | None = None,
+                       item_keys: Sequence[str] | None = None) -> Path:
     """Write ``semantic_ids.h5`` atomically: item_ids, codes, unique_codes, lookup_order.
 
     ``codes`` are the IDs after collision handling; ``raw_codes``, when given and different,
@@ -42,6 +44,7 @@ def write_semantic_ids(path: Path, item_ids: np.ndarray, codes: np.ndarray,
             f.create_dataset("raw_codes", data=np.asarray(raw_codes).astype(np.int32))
         if codebooks is not None:
             f.create_dataset("codebooks", data=codebooks.astype(np.float32))
+        write_keys(f, item_keys)
         f.attrs["format"] = FORMAT
         f.attrs["suffix_size"] = suffix_size
         for k, v in attrs.items():
@@ -81,6 +84,7 @@ class SemanticIds:
                                         "inside the file")
                     arrays[name] = f[name][()]
                 self.attrs = dict(f.attrs)
+                item_keys = read_keys(f, len(arrays["item_ids"]), path)
         except OSError as exc:
             raise DataError(f"{path}: not a readable semantic_ids.h5 file ({exc})") from None
         self.item_ids = arrays["item_ids"]
@@ -89,6 +93,7 @@ class SemanticIds:
         self.lookup_order = arrays["lookup_order"]
         self._check(path)
         self._row = {int(i): r for r, i in enumerate(self.item_ids)}
+        self.keys = ItemKeys(self.item_ids, item_keys, str(path))  # ids <-> the data's keys
 
     def _check(self, path: Path) -> None:
         n = len(self.item_ids)

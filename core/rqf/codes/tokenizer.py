@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 
@@ -40,6 +40,7 @@ class CodedItems:
     raw_codes: np.ndarray      # each row's nearest codes
     codes: np.ndarray          # after collision handling: the IDs that are exported
     per_row: dict[str, np.ndarray]
+    keys: Sequence[str] | None = None  # the items' own keys (ASINs), where the data has them
 
     def rows(self, rows: np.ndarray) -> "CodedItems":
         return CodedItems(None if self.ids is None else self.ids[rows], self.raw_codes[rows],
@@ -90,7 +91,7 @@ class ItemTokenizer(Model):
         if not isinstance(source, ItemVectors):
             return None
         coded = self.code_rows(source.read, len(source.ids))
-        coded.ids = source.ids
+        coded.ids, coded.keys = source.ids, source.keys
         return coded
 
     def evaluate(self, data: Dataset, predictions: CodedItems | None = None) -> dict[str, Any]:
@@ -176,14 +177,14 @@ class ItemTokenizer(Model):
     def export_items(self, source: ItemVectors, path: Path) -> Path:
         """Semantic IDs of every item of ``source`` (new data, e.g. ``rqf encode``)."""
         coded = self.code_rows(source.read, len(source.ids))
-        coded.ids = source.ids
+        coded.ids, coded.keys = source.ids, source.keys
         return self.write_ids(coded, path)
 
     def write_ids(self, coded: CodedItems, path: Path) -> Path:
         attrs = {"levels": self.config["levels"], "codebook_size": self.config["codebook_size"],
                  "collision_handling": self.collision_handling, "tokenizer": self.name}
         return write_semantic_ids(path, coded.ids, coded.codes, self.codebooks_array(), attrs,
-                                  raw_codes=coded.raw_codes)
+                                  raw_codes=coded.raw_codes, item_keys=coded.keys)
 
     def summarize(self, metrics: Mapping[str, Any]) -> str:
         items = self.makes_item_ids

@@ -10,7 +10,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from rqf import DataError, InspectReport, Param, Storage, read_rows
+from rqf import (KEYS_DATASET, DataError, InspectReport, Param, Storage, decode_keys, read_keys,
+                 read_rows)
 from rqf_h5_recsys.formats import (ItemMeta, Problems, SequenceTable, add_value_problems,
                                    bad_values, check_item_file, check_known_items, open_h5,
                                    read_sequence_file, rows_of)
@@ -128,6 +129,22 @@ class H5RecsysStorage(Storage):
         return state
 
     # -- reading --------------------------------------------------------------------------
+    def item_keys(self) -> list[str] | None:
+        """``item_keys`` of the item file, else those sequence.h5 kept when it numbered string
+        ids (key i is item id i); None when neither has keys."""
+        if "_keys" not in self.__dict__:
+            ids = self.item_ids
+            with open_h5(self.items_path) as f:
+                keys = read_keys(f, len(ids), self.items_path)
+            if keys is None and self.sequences_path is not None:
+                with open_h5(self.sequences_path) as f:
+                    if KEYS_DATASET in f:
+                        numbered = decode_keys(f[KEYS_DATASET][()])
+                        if len(ids) and ids.min() >= 0 and ids.max() < len(numbered):
+                            keys = [numbered[i] for i in ids.tolist()]
+            self._keys = keys
+        return self._keys
+
     @property
     def item_ids(self) -> np.ndarray:
         return self._meta().item_ids
