@@ -1,6 +1,6 @@
 """The ranking harness (``rqf.ranking``) serves a ranker written outside the repository: the
-README's example, installed as a plugin, ranks, is measured against the floors and writes
-``recommendations.h5`` whose hits are its metrics."""
+plugin guide's example ranker (docs/writing-plugins.md), installed as a plugin, ranks, is
+measured against the floors and writes ``recommendations.h5`` whose hits are its metrics."""
 
 from __future__ import annotations
 
@@ -22,15 +22,15 @@ import rqf
 from rqf.ranking import dedup_history, ranking_metrics, read_recommendations, right_align
 from rqf.testing import needs
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "writing-plugins.md"
 
 
-def readme_block(first_line: str) -> str:
-    """The README's python block that opens with ``first_line``."""
-    for block in re.findall(r"```python\n(.*?)```", README.read_text(), re.S):
+def guide_block(first_line: str) -> str:
+    """The plugin guide's python block that opens with ``first_line``."""
+    for block in re.findall(r"```python\n(.*?)```", GUIDE.read_text(), re.S):
         if block.startswith(first_line):
             return block
-    raise AssertionError(f"no README block starts with {first_line!r}")
+    raise AssertionError(f"no block of {GUIDE.name} starts with {first_line!r}")
 
 
 def install_plugin(tmp_path: Path, module: str, source: str) -> dict[str, str]:
@@ -52,7 +52,7 @@ def rqf_cli(env, *args):
 
 
 def test_readme_ranker_imports_only_the_cores_faces():
-    source = readme_block("# rqf_highest_ids.py")
+    source = guide_block("# rqf_highest_ids.py")
     modules = set(re.findall(r"^(?:from|import) ([\w.]+)", source, re.M))
     assert modules == {"numpy", "rqf", "rqf.ranking"}
     assert len(source.splitlines()) <= 35
@@ -63,7 +63,7 @@ def test_an_out_of_tree_ranker_is_judged_against_the_floors_and_writes_its_metri
         tmp_path, recsys_files):
     from rqf_h5_recsys.testing import recsys_pipeline
 
-    env = install_plugin(tmp_path, "rqf_highest_ids", readme_block("# rqf_highest_ids.py"))
+    env = install_plugin(tmp_path, "rqf_highest_ids", guide_block("# rqf_highest_ids.py"))
     config = recsys_pipeline(recsys_files, tmp_path / "run", dataset={"type": "sequences"},
                              splitter={"type": "leave_last_out"},
                              model={"type": "highest_ids", "top_k": 10})

@@ -103,7 +103,7 @@ class SASRecModel(NextItemModel):
               "the best weights (0: all)", min=0),
         Param("eval_batch_size", int, 1024, "users ranked at once", min=1),
     )
-    # measured on beauty (22,363 users) with the 2-core CPU: see the README's reference table
+    # measured on beauty (22,363 users) with the 2-core CPU: see the reference table in docs/retrieval.md
     train_defaults = {"epochs": None, "max_steps": 3000, "batch_size": 128, "lr": 1e-3,
                       "weight_decay": 0.0, "warmup_steps": 100, "scheduler": "constant",
                       "eval_every": 500, "monitor": "valid_ndcg@10", "monitor_mode": "max"}
