@@ -3,7 +3,9 @@
 # Each process draws a disjoint share of every epoch; rank 0 alone writes the run directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NPROC=${NPROC:-$(python3 -c "import torch; print(max(torch.cuda.device_count(), 1))")}
-exec torchrun --standalone --nproc_per_node="$NPROC" --no-python \
-  rqf run examples/quickstart.yaml --set output_dir=../runs/quickstart_ddp \
+PY=${PYTHON:-.venv/bin/python}
+NPROC=${NPROC:-$("$PY" -c "import torch; print(max(torch.cuda.device_count(), 1))")}
+# the run goes in runs/ of this checkout (a --set path is relative to the working directory)
+exec "$PY" -m torch.distributed.run --standalone --nproc_per_node="$NPROC" -m rqf \
+  run examples/quickstart.yaml --set output_dir=runs/quickstart_ddp \
   --set train.precision=bf16 "$@"

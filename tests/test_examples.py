@@ -71,7 +71,8 @@ def test_amazon_example_falls_back_to_index(workspace):
     assert result.metrics["split"]["counts"] == {"train": 1200, "test": 300}
 
 
-def test_multi_gpu_example_uses_torchrun():
+def test_multi_gpu_example_uses_torchrun_and_writes_inside_the_checkout():
     script = (EXAMPLES / "multi_gpu.sh").read_text()
-    assert "torchrun --standalone" in script and "--no-python" in script
+    assert "torch.distributed.run --standalone" in script and "-m rqf" in script
     assert "examples/quickstart.yaml" in script
+    assert "output_dir=runs/" in script and "../" not in script
