@@ -15,7 +15,7 @@ TORCH_SPEC=${RQF_TORCH_SPEC:-torch==2.13.0}
 # audio and manifests with, so their tests run too; rqvae with
 # matplotlib for the code-usage plot every run writes; the core with pyarrow for Parquet export;
 # h5_recsys with sentence-transformers and an offline all-MiniLM-L6-v2 for rqf recsys embed.
-.venv/bin/python -m pip install --quiet -e ".[parquet,trackers,docs]" -e "plugins/h5_recsys[embed,parquet]" -e "plugins/rqvae[plots]" \
+.venv/bin/python -m pip install --quiet -e ".[parquet,trackers,wandb,docs]" -e "plugins/h5_recsys[embed,parquet]" -e "plugins/rqvae[plots]" \
   -e "plugins/h5_speech[codecs,extract,lhotse]" \
   -e plugins/rqkmeans -e plugins/tiger pytest pytest-xdist
 echo "rqf installed in .venv: $(.venv/bin/rqf --version)"

@@ -221,3 +221,62 @@ def test_threads_are_set_by_the_pipeline_unless_the_command_line_says_otherwise(
     bad = rqf_proc("--threads", "none", "plugins")
     assert bad.returncode == 2 and bad.stderr.strip() == (
         "error: --threads: expected auto or a positive whole number, got 'none'")
+
+
+def wandb_records(path: Path) -> list:
+    """The records of an offline W&B run file (LevelDB-style log: 32 KiB blocks of
+    checksum, length, type, data), as W&B's own protobuf messages."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    buf, pos, out, chunk = path.read_bytes(), 7, [], b""  # 7: the ":W&B" file header
+    while pos + 7 <= len(buf):
+        left = 32768 - pos % 32768
+        kind = buf[pos + 6] if left >= 7 else 0
+        if kind == 0:  # a block's zero padding
+            pos += left
+            continue
+        length = int.from_bytes(buf[pos + 4:pos + 6], "little")
+        chunk += buf[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a whole record, or the last part of one
+            record = pb.Record()
+            record.ParseFromString(chunk)
+            out.append(record)
+            chunk = b""
+    return out
+
+
+def test_wandb_offline_holds_what_metrics_json_holds(tmp_path, recsys_files):
+    pytest.importorskip("wandb")
+    import os
+    import subprocess
+    import sys
+
+    _, path = tracked_run(tmp_path, recsys_files, ["wandb"])
+    proc = subprocess.run([sys.executable, "-m", "rqf", "run", str(path)], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "WANDB_MODE": "offline",
+                                                       "WANDB_SILENT": "true"})
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((tmp_path / "runs" / "tracked" / "metrics.json").read_text())
+    [run_file] = (tmp_path / "runs" / "wandb").glob("offline-run-*/run-*.wandb")
+    records = wandb_records(run_file)
+    logged: dict[tuple[str, int], float] = {}
+    summary: dict[str, float] = {}
+    for record in records:
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            items = {i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                     for i in record.history.item}
+            for key, value in items.items():
+                if not key.startswith("_"):
+                    logged[key, items["_step"]] = value
+        elif kind == "summary":
+            summary.update({i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                            for i in record.summary.update})
+    for row in metrics["fit"]["losses"]:
+        assert logged["train/loss", row["step"]] == pytest.approx(row["loss"], rel=1e-6)
+    for row in metrics["fit"]["history"]:
+        assert logged["valid/valid_recon_mse", row["step"]] == \
+            pytest.approx(row["valid_recon_mse"], rel=1e-6)
+    for key, value in final_metrics(tmp_path / "runs" / "tracked").items():
+        assert summary[key] == pytest.approx(value, rel=1e-6), key

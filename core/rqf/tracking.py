@@ -311,7 +311,7 @@ class WandbTracker(Tracker):
     def start(self, name, config, resumed_from):
         self.run = self.wandb.init(project=self.config["project"] or name,
                                    name=self.run_dir.name, dir=str(self.run_dir.resolve().parent),
-                                   config=flat_config(config), reinit=True)
+                                   config=flat_config(config))
 
     def log_losses(self, step, values):
         self.run.log({f"train/{k}": v for k, v in values.items()}, step=step)
