@@ -52,6 +52,13 @@ class Encoder:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()  # a failed load is this command's one line, not a log
+        try:
+            from huggingface_hub.utils import logging as hub_logging
+
+            hub_logging.set_verbosity_error()
+        except ImportError:
+            pass
         try:
             self.features = AutoFeatureExtractor.from_pretrained(name)
             model = AutoModel.from_pretrained(name)
