@@ -136,6 +136,8 @@ def test_amazon_review_logs_in_any_format_become_sequences_in_time_order(tmp_pat
     ("log.parquet", b"PAR1 not really", "not a readable Parquet file"),
 ])
 def test_a_broken_log_of_any_format_is_one_line(tmp_path, name, content, expected):
+    if name.endswith(".parquet"):
+        pytest.importorskip("pyarrow", reason="Parquet is read with pyarrow")
     path = tmp_path / name
     path.write_bytes(content)
     one_line_error(rqf_proc("recsys", "from-interactions", str(path), "--out",
@@ -150,3 +152,16 @@ def test_a_gzip_stream_cut_short_is_one_line(tmp_path):
     path.write_bytes(gzip.compress(b"user_id,item_id,timestamp\n" + b"u,i,1\n" * 5000)[:-40])
     one_line_error(rqf_proc("recsys", "from-interactions", str(path), "--out",
                             str(tmp_path / "out")), "log.csv.gz: the gzip stream is cut short")
+
+
+def test_parquet_without_pyarrow_says_what_to_install(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "log.parquet").write_bytes(b"PAR1")
+    probe = ("import sys; sys.modules['pyarrow'] = None; sys.modules['pyarrow.parquet'] = None\n"
+             "from rqf.cli import main; sys.argv = ['rqf'] + sys.argv[1:]; main()")
+    proc = subprocess.run([sys.executable, "-c", probe, "recsys", "from-interactions",
+                           str(tmp_path / "log.parquet"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120)
+    one_line_error(proc, "log.parquet: reading Parquet needs pyarrow: pip install pyarrow")
