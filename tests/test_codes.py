@@ -98,7 +98,7 @@ def test_placement_in_rounds_gives_the_one_at_a_time_greedy(n, k, prefixes, favo
     np.testing.assert_array_equal(handle_collisions(codes, d, "balanced"), expected)
 
 
-@pytest.mark.parametrize("mode", ["reassign", "balanced", "suffix"])
+@pytest.mark.parametrize("mode", ["reassign", "balanced", "suffix", "optimal"])
 @pytest.mark.parametrize("budget_rows", [10**9, 300, 1])
 def test_collisions_from_the_movers_rows_in_parts_give_the_same_ids(mode, budget_rows):
     """Rows asked for only where needed (sorted, each once), in parts of bounded size."""
@@ -238,3 +238,49 @@ def test_kmeans_over_several_chunks_uses_every_code(monkeypatch):
 
 
 # --- an initialisation that survives the first step ------------------------------------------
+
+
+def brute_force_least_cost(d: np.ndarray) -> float:
+    """The least total distance of any placement of every row on a distinct column."""
+    import itertools
+
+    m, k = d.shape
+    return min(sum(d[i, c] for i, c in enumerate(cols))
+               for cols in itertools.permutations(range(k), m))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_optimal_gives_distinct_ids_at_the_least_total_distance(seed):
+    rng = np.random.default_rng(seed)
+    k, m = 5, int(rng.integers(2, 6))  # one prefix of m items over k last-level codes
+    codes = np.zeros((m, 3), np.int64)
+    codes[:, 2] = rng.integers(0, 2, m)  # two favoured codes: the items collide
+    d = rng.random((m, k)).astype(np.float32) * 4 + 1
+    d[np.arange(m), codes[:, 2]] = rng.random(m).astype(np.float32)  # own code nearest
+    out = handle_collisions(codes, d, "optimal")
+    assert (out[:, :2] == 0).all() and len(set(out[:, 2])) == m  # the prefix kept, distinct
+    total = float(d[np.arange(m), out[:, 2]].sum())
+    assert total == pytest.approx(brute_force_least_cost(d.astype(np.float64)), abs=1e-5)
+    greedy = handle_collisions(codes, d, "reassign")
+    assert total <= float(d[np.arange(m), greedy[:, 2]].sum()) + 1e-5
+
+
+def test_optimal_beats_the_greedy_where_the_greedy_is_not_optimal():
+    # both items nearest code 0; the first is surest there, but its second choice is as good
+    # as its first while the second item's other codes are far: the greedy keeps the first
+    # on 0 and sends the second far, the assignment does the opposite
+    codes = np.array([[0, 0, 0], [0, 0, 0]])
+    d = np.array([[0.10, 0.11, 9.0], [0.20, 5.00, 6.0]], np.float32)
+    greedy = handle_collisions(codes, d, "reassign")
+    optimal = handle_collisions(codes, d, "optimal")
+    assert greedy[:, 2].tolist() == [0, 1] and optimal[:, 2].tolist() == [1, 0]
+    assert d[[0, 1], optimal[:, 2]].sum() == pytest.approx(0.31)  # against 5.10
+
+
+def test_optimal_leaves_prefixes_without_a_shared_tuple_and_overfull_ones_keep_the_rest():
+    codes = np.array([[0, 0, 0], [0, 0, 1],  # a prefix with no shared tuple: untouched
+                      [1, 0, 0], [1, 0, 0], [1, 0, 0]])  # 3 items, 2 codes: one keeps its own
+    d = np.array([[9, 9], [9, 9], [0, 1], [0, 2], [0, 3]], np.float32)
+    out = handle_collisions(codes, d, "optimal")
+    assert out[:2].tolist() == codes[:2].tolist()
+    assert sorted(out[2:, 2].tolist()) == [0, 0, 1] and out[4, 2] == 0  # the farthest from 1

@@ -9,7 +9,7 @@ import numpy as np
 from rqf.codes.clustering import BalancedScores
 from rqf.codes.statistics import group_codes
 
-COLLISION_MODES = ("suffix", "reassign", "balanced")
+COLLISION_MODES = ("suffix", "reassign", "balanced", "optimal")
 
 
 def handle_collisions(codes: np.ndarray, last_distances: np.ndarray | None,
@@ -21,7 +21,11 @@ def handle_collisions(codes: np.ndarray, last_distances: np.ndarray | None,
     last), items are placed most confident first (nearest to their own code), each on its best
     last-level code still free; an item with no free code left keeps its own (its suffix tells
     it apart). ``reassign`` places only the items of shared tuples, ``balanced`` every item by
-    its balanced (Sinkhorn) scores.
+    its balanced (Sinkhorn) scores. ``optimal`` gives every item of a prefix that holds a
+    shared tuple its last-level code by a minimum-cost assignment (scipy's
+    ``linear_sum_assignment`` over the prefix's items and the k codes): no two of them share a
+    code, and the sum of their distances to their codes is the least any such placement has.
+    A prefix of more than k items places k of them; the rest keep their own code.
 
     Prefixes do not compete for codes, so the greedy runs in rounds: round r places the r-th
     most confident item of every prefix at once. Only the rows of the items placed in a round
@@ -35,6 +39,8 @@ def handle_collisions(codes: np.ndarray, last_distances: np.ndarray | None,
     if last_distances is None or last_distances.shape[0] != len(codes):
         raise ValueError("collision handling: last-level distances are needed for every item")
     k = last_distances.shape[1]
+    if mode == "optimal":
+        return _optimal(codes, last_distances)
     if mode == "balanced":
         balanced = BalancedScores(last_distances)
         rows = balanced.rows
@@ -77,6 +83,37 @@ def handle_collisions(codes: np.ndarray, last_distances: np.ndarray | None,
     return out
 
 
+def _prefix_movers(codes: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each item's prefix group, and which items need last-level distances: those of shared
+    tuples (``reassign``), or every item of a prefix that holds one (``optimal``)."""
+    group, sizes = group_codes(codes)
+    shared = sizes[group] > 1
+    prefix, prefix_sizes = group_codes(codes[:, :-1])
+    if mode != "optimal":
+        return prefix, shared
+    affected = np.zeros(len(prefix_sizes), bool)
+    affected[prefix[shared]] = True
+    return prefix, affected[prefix]
+
+
+def _optimal(codes: np.ndarray, last_distances: Any) -> np.ndarray:
+    """``handle_collisions``'s ``optimal``: one minimum-cost assignment per affected prefix."""
+    from scipy.optimize import linear_sum_assignment
+
+    out = codes.copy()
+    prefix, movers = _prefix_movers(codes, "optimal")
+    items = np.flatnonzero(movers)
+    if not len(items):
+        return out
+    items = items[np.argsort(prefix[items], kind="stable")]
+    starts = np.r_[0, np.flatnonzero(np.diff(prefix[items])) + 1, len(items)]
+    for a, b in zip(starts[:-1], starts[1:]):
+        block = items[a:b]
+        rows, cols = linear_sum_assignment(np.asarray(last_distances[block], np.float64))
+        out[block[rows], -1] = cols
+    return out
+
+
 # bytes of last-level distance rows held at once by ``handle_collisions_streamed``: 512k rows
 # of 256 codes
 MOVER_ROWS_BUDGET = 1 << 29
@@ -106,7 +143,8 @@ def handle_collisions_streamed(codes: np.ndarray, mode: str, k: int,
 
     ``last_rows(items)`` gives the (len(items), k) last-level distances of the given items
     (sorted row numbers), e.g. by streaming the data once more. In ``reassign`` only the items
-    of shared tuples need them, and prefixes do not compete for codes, so the prefixes are
+    of shared tuples need them (in ``optimal``, every item of a prefix that holds one), and
+    prefixes do not compete for codes, so the prefixes are
     taken in parts of at most ``budget`` bytes of rows: the same IDs as ``handle_collisions``
     with all rows. ``balanced`` scores every item against every other and asks for all rows.
 
@@ -122,14 +160,12 @@ def handle_collisions_streamed(codes: np.ndarray, mode: str, k: int,
         out = handle_collisions(codes, rows, mode)
         final[:] = rows[np.arange(len(codes)), out[:, -1]]
         return out, final
-    group, sizes = group_codes(codes)
-    movers = sizes[group] > 1
+    prefix, movers = _prefix_movers(codes, mode)
     out = codes.copy()
     if not movers.any():
         return out, final
-    prefix, prefix_sizes = group_codes(codes[:, :-1])
     # parts of whole prefixes, each holding at most per_part movers (or one larger prefix)
-    per_prefix = np.bincount(prefix[movers], minlength=len(prefix_sizes))
+    per_prefix = np.bincount(prefix[movers], minlength=int(prefix.max()) + 1)
     per_part = max(budget // (4 * k), 1)
     part = (np.cumsum(per_prefix) - per_prefix) // per_part
     part_of_item = part[prefix]

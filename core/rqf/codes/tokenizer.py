@@ -56,7 +56,9 @@ class ItemTokenizer(Model):
     COLLISION_HANDLING = Param(
         "collision_handling", str, "reassign", "how items that share a code tuple get distinct "
         "IDs: suffix (an extra counter level only), reassign (nearest free last-level code "
-        "within the prefix) or balanced (Sinkhorn-balanced last level)", choices=COLLISION_MODES)
+        "within the prefix), balanced (Sinkhorn-balanced last level) or optimal (the last "
+        "level of a prefix holding a shared tuple by a minimum-cost assignment)",
+        choices=COLLISION_MODES)
     # beside the core's export keys (``plots``: here, the code-usage plot per level)
     export_params = (Param("semantic_ids", bool, True, "write semantic_ids.h5"),)
     # what the health check advises when codes go unused

@@ -61,7 +61,7 @@ def test_balanced_clusters_are_even_on_skewed_data(tmp_path):
     assert sizes[True].std() < 0.5 * sizes[False].std()
 
 
-@pytest.mark.parametrize("mode", ["reassign", "balanced"])
+@pytest.mark.parametrize("mode", ["reassign", "balanced", "optimal"])
 def test_coding_in_chunks_reads_only_the_movers_again_and_gives_the_full_matrix_ids(
         monkeypatch, mode):
     import torch
