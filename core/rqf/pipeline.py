@@ -310,13 +310,15 @@ def _evaluate_and_export(parts: Components, ctx: RunContext, result: RunResult,
 
 
 def encode(run_dir: str | Path, out: str | Path, overrides: Iterable[str] = (),
-           device: str = "auto", force: bool = False) -> Path:
+           device: str = "auto", force: bool = False, join: bool = False) -> Path:
     """Reopen a finished run and encode the data its pipeline names (after ``overrides``,
     e.g. ``storage.items=new.h5``) with its model, into ``out``; the model decides the format.
 
     Every check runs before ``out`` is written: ``--set`` may change only the data
     (``storage.*``, ``dataset.*``), ``out`` may not be a file or folder the pipeline reads
-    nor lie inside the run, and an existing ``out`` is replaced only with ``force``.
+    nor lie inside the run, and an existing ``out`` is replaced only with ``force``. ``join``:
+    ``out`` holds the run's own semantic IDs, unchanged, and the new items, each with an ID no
+    other item holds (``rqf.codes.join``).
     """
     run_dir, out = Path(run_dir), Path(out)
     plugins = get_plugins()
@@ -326,6 +328,8 @@ def encode(run_dir: str | Path, out: str | Path, overrides: Iterable[str] = (),
                        "there is nothing to encode with")
     model_path = _model_file(run_dir)
     _check_out(out, run_dir, cfg, plugins, force)
+    if join and not (run_dir / "semantic_ids.h5").is_file():
+        raise RqfError(f"--join: {run_dir} holds no semantic_ids.h5 to join the new items to")
     model = cls.load(model_path, device=device)
     storage, dataset = build_data(cfg["storage"], cfg["dataset"], plugins)
     with storage:
@@ -333,7 +337,18 @@ def encode(run_dir: str | Path, out: str | Path, overrides: Iterable[str] = (),
         if want is not None and got is not None and want != got:
             raise DataError(f"the data is {got}-d but the model in {run_dir} expects "
                             f"{want}-d input")
-        return Path(model.encode(dataset, out))
+        if not join:
+            return Path(model.encode(dataset, out))
+        from rqf.codes.join import join_semantic_ids
+
+        new = out.with_name(f".{out.name}.new.tmp")
+        try:
+            model.encode(dataset, new)
+            report = join_semantic_ids(run_dir / "semantic_ids.h5", new, out)
+        finally:
+            new.unlink(missing_ok=True)
+        print(f"joined: {report}", file=sys.stderr)
+        return out
 
 
 def load(run_dir: str | Path, device: str = "auto") -> Model:

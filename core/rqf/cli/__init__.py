@@ -160,13 +160,15 @@ def inspect(path: Path, full: bool, debug: bool) -> None:
               help="Point the run's pipeline at new data, e.g. storage.items=new_items.h5.")
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--force", is_flag=True, help="Replace an existing --out file.")
+@click.option("--join", is_flag=True, help="Write the run's own semantic IDs, unchanged, "
+              "with the new items added, each on an ID no other item holds.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def encode(run_dir: Path, out: Path, overrides: tuple[str, ...], device: str, force: bool,
-           debug: bool) -> None:
+           join: bool, debug: bool) -> None:
     """Encode data with the model trained in RUN_DIR (any model that makes codes)."""
     from rqf.pipeline import encode as encode_run
 
-    click.echo(f"wrote {encode_run(run_dir, out, overrides, device, force)}")
+    click.echo(f"wrote {encode_run(run_dir, out, overrides, device, force, join)}")
 
 
 @cli.command()

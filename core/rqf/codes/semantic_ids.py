@@ -85,6 +85,9 @@ class SemanticIds:
                     arrays[name] = f[name][()]
                 self.attrs = dict(f.attrs)
                 item_keys = read_keys(f, len(arrays["item_ids"]), path)
+                # optional: each item's nearest codes, and the codebooks (tiger starts from them)
+                self.raw_codes = f["raw_codes"][()] if "raw_codes" in f else None
+                self.codebooks = f["codebooks"][()] if "codebooks" in f else None
         except OSError as exc:
             raise DataError(f"{path}: not a readable semantic_ids.h5 file ({exc})") from None
         self.item_ids = arrays["item_ids"]
