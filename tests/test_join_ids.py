@@ -69,3 +69,39 @@ def test_join_needs_the_runs_ids_and_leaves_nothing_on_refusal(catalogue):
                    "--join: ", "holds no semantic_ids.h5")
     assert not (catalogue / "joined.h5").exists()
     assert not list(catalogue.glob(".joined.h5*"))
+
+
+def test_an_export_can_leave_out_the_extra_level_when_nothing_shares_a_tuple(catalogue):
+    import json
+
+    run = catalogue / "run"
+    ids = SemanticIds(run / "semantic_ids.h5")
+    extra_constant = (ids.unique_codes[:, -1] == 0).all()
+    out = catalogue / "x.index.json"
+    proc = rqf_proc("ids", "export", str(run), "--format", "index-json", "--out", str(out),
+                    "--skip-constant-levels")
+    assert proc.returncode == 0, proc.stderr
+    tokens = json.loads(out.read_text())["0"]
+    levels = ids.unique_codes.shape[1]
+    assert len(tokens) == (levels - 1 if extra_constant else levels)
+    from rqf.codes.interchange import trailing_constant_levels
+
+    assert trailing_constant_levels(np.array([[1, 2, 0], [3, 4, 0]])) == 1
+    assert trailing_constant_levels(np.array([[1, 2, 0], [3, 4, 1]])) == 0
+    assert trailing_constant_levels(np.array([[1, 0, 0]])) == 2  # one level always stays
+
+
+def test_the_extra_level_of_ids_that_never_collide_is_left_out(tmp_path):
+    import json
+
+    from rqf.codes import write_semantic_ids
+
+    codes = np.array([[0, 1], [1, 0], [2, 2]])
+    path = write_semantic_ids(tmp_path / "ids.h5", np.arange(3), codes, None,
+                              {"codebook_size": 4})
+    for skip, expected in ((False, ["<a_0>", "<b_1>", "<c_0>"]), (True, ["<a_0>", "<b_1>"])):
+        out = tmp_path / f"{skip}.index.json"
+        proc = rqf_proc("ids", "export", str(path), "--format", "index-json", "--out", str(out),
+                        *(["--skip-constant-levels"] if skip else []))
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(out.read_text())["0"] == expected

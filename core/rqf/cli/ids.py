@@ -31,10 +31,13 @@ def ids() -> None:
 @click.option("--token", default="<{letter}_{code}>", show_default=True,
               help="Token template of index-json and recbole: {letter} (a, b, c… by level), "
                    "{level}, {code}.")
+@click.option("--skip-constant-levels", is_flag=True,
+              help="Leave out levels at the end that are the same for every item (the extra "
+                   "level when no two items share a tuple).")
 @click.option("--force", is_flag=True, help="Replace an existing --out file.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def export(run: Path, fmt: str, out: Path, numbering: str, token: str, force: bool,
-           debug: bool) -> None:
+def export(run: Path, fmt: str, out: Path, numbering: str, token: str,
+           skip_constant_levels: bool, force: bool, debug: bool) -> None:
     """Write the semantic IDs of RUN (a run folder or a semantic_ids.h5) for another tool."""
     from rqf.codes import SemanticIds
     from rqf.codes.interchange import check_template, export_ids, item2id_path
@@ -47,7 +50,7 @@ def export(run: Path, fmt: str, out: Path, numbering: str, token: str, force: bo
     if fmt == "index-json" and ids.keys.has_keys:
         check_output(item2id_path(out), force, [("is the file this command reads", path),
                                                 ("is the --out file", out)])
-    click.echo(f"wrote {export_ids(ids, fmt, out, numbering, token)}")
+    click.echo(f"wrote {export_ids(ids, fmt, out, numbering, token, skip_constant_levels)}")
 
 
 @ids.command("import")

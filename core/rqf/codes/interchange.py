@@ -130,8 +130,19 @@ WRITERS: dict[str, Callable[[Path, np.ndarray, str, np.ndarray, str], None]] = {
 FORMATS = tuple(WRITERS)
 
 
+def trailing_constant_levels(unique: np.ndarray) -> int:
+    """How many levels at the end hold one value for every item (the extra level when no two
+    items share a tuple): tokens a language model would learn nothing from. One level stays."""
+    count = 0
+    for level in range(unique.shape[1] - 1, 0, -1):
+        if len(unique) and (unique[:, level] != unique[0, level]).any():
+            break
+        count += 1
+    return count
+
+
 def export_ids(ids: SemanticIds, fmt: str, out: Path, numbering: str = "id",
-               template: str = DEFAULT_TOKEN) -> Path:
+               template: str = DEFAULT_TOKEN, skip_constant: bool = False) -> Path:
     """Write the collision-free IDs of ``ids`` to ``out`` in ``fmt``, keyed by item id, row or
     the items' own key; an ``.index.json`` of items with keys gets its ``item2id`` map beside
     it (``item2id_path``: ``KEY<TAB>number`` lines, the number the index is keyed by; for
@@ -145,7 +156,10 @@ def export_ids(ids: SemanticIds, fmt: str, out: Path, numbering: str = "id",
     keys: np.ndarray = ids.item_ids if numbering == "id" else np.arange(len(ids.item_ids)) \
         if numbering == "row" else np.array(ids.keys.keys, dtype=object)
     name = {"id": "item_id", "row": "row", "key": "item_key"}[numbering]
-    WRITERS[fmt](Path(out), keys, name, ids.unique_codes, template)
+    codes = ids.unique_codes
+    if skip_constant:
+        codes = codes[:, :codes.shape[1] - trailing_constant_levels(codes)]
+    WRITERS[fmt](Path(out), keys, name, codes, template)
     if fmt == "index-json" and ids.keys.has_keys:
         numbers = ids.item_ids if numbering == "key" else keys
         write_text_atomic(item2id_path(Path(out)), "".join(
