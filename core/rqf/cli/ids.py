@@ -107,6 +107,33 @@ def lookup(semantic_ids: Path, item_id: str | None, code: str | None, debug: boo
         click.echo(f"{item}\t{ids_.keys.key_of(item)}" if ids_.keys.has_keys else item)
 
 
+@ids.command("judge")
+@click.argument("ids_files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--data", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="The folder holding item_data.h5 and sequence.h5 the IDs are for.")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default="runs/judge",
+              show_default=True, help="Where the runs and judge.md go.")
+@click.option("--steps", default=400, show_default=True, help="Training steps of each run.")
+@click.option("--model", default="tiger", show_default=True,
+              help="The generative retriever (any ranker that reads model.semantic_ids).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+              help="Override a value of every retriever's pipeline (repeatable).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def judge_cmd(ids_files: tuple[Path, ...], data: Path, out: Path, steps: int, model: str,
+              overrides: tuple[str, ...], seed: int, debug: bool) -> None:
+    """Judge sets of semantic IDs (IDS_FILES: semantic_ids.h5 files or the run folders that
+    hold them) by the retrieval they enable: the same retriever trained on each, the floors
+    beside them, one table with standard errors and a paired test against the first."""
+    from rqf.judge import judge
+
+    files = [_ids_file(p) for p in ids_files]
+    report = judge(files, data, out, steps, model, overrides, seed,
+                   echo=lambda m: click.echo(m, err=True))
+    click.echo(report.read_text())
+    click.echo(f"judge report: {report}")
+
+
 def _ids_file(path: Path) -> Path:
     """A run folder stands for the semantic_ids.h5 inside it."""
     return path / "semantic_ids.h5" if path.is_dir() else path
