@@ -243,7 +243,7 @@ def test_json_schema_describes_every_example_and_rejects_a_typo(tmp_path):
              if "properties" in v}
     assert model["rqvae"]["properties"]["codebook_size"]["default"] == 256
     assert model["rqvae"]["properties"]["collision_handling"]["enum"] == \
-        ["suffix", "reassign", "balanced"]
+        ["suffix", "reassign", "balanced", "optimal"]
     assert schema["properties"]["train"]["properties"]["lr"]["type"] == "number"
     examples = sorted(EXAMPLES.glob("*.yaml"))
     assert len(examples) >= 8
