@@ -302,6 +302,12 @@ def test_a_list_of_paths_and_a_lhotse_manifest_are_read_as_they_are(tmp_path, ti
     storage = H5ShardedStorage(str(tmp_path / "c2")).open()
     assert len(storage.keys) == len(made)
     assert all(storage.read(k)["hidden_states"].shape[1] == WIDTH for k in storage.keys)
+    recordings.to_file(tmp_path / "recordings.jsonl.gz")  # a recording manifest, as it is
+    code, out = run_cli(capsys, *extract_args(tmp_path / "recordings.jsonl.gz", tmp_path / "c3",
+                                              tiny_model))
+    assert code == 0, out.err
+    assert sorted(H5ShardedStorage(str(tmp_path / "c3")).open().keys) == \
+        sorted(f"rec{i}" for i in range(len(lines)))
 
 
 @pytest.mark.cuda
