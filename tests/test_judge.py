@@ -31,7 +31,7 @@ def test_the_judge_table_is_what_each_runs_recommendations_hold(tmp_path, recsys
     b = ids_run(tmp_path, recsys_files, "three_levels", 3)
     out = tmp_path / "judge"
     proc = rqf_proc("ids", "judge", str(a), str(b / "semantic_ids.h5"), "--data",
-                    str(recsys_files["dir"]), "--out", str(out), "--steps", "30",
+                    str(recsys_files["dir"]), "--out", str(out), "--steps", "5",
                     "--set", "model.d_model=32", timeout=600)
     assert proc.returncode == 0, proc.stderr
     table = (out / "judge.md").read_text()
@@ -55,7 +55,7 @@ def test_the_judge_table_is_what_each_runs_recommendations_hold(tmp_path, recsys
     assert 0 <= float(rows["three_levels"][4]) <= 1
     # started again, every finished run is kept
     again = rqf_proc("ids", "judge", str(a), str(b / "semantic_ids.h5"), "--data",
-                     str(recsys_files["dir"]), "--out", str(out), "--steps", "30",
+                     str(recsys_files["dir"]), "--out", str(out), "--steps", "5",
                      "--set", "model.d_model=32")
     assert again.returncode == 0 and again.stderr.count("kept the finished run") == 4
 
