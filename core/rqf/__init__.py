@@ -8,7 +8,7 @@ from rqf.errors import ConfigError, DataError, PluginError, RqfError
 from rqf.hookspecs import hookimpl
 from rqf.interfaces import (Dataset, InspectReport, ItemVectors, Model, RunContext,
                             SequenceVectors, Splitter, Storage)
-from rqf.keys import KEYS_DATASET, ItemKeys, decode_keys, read_keys, write_keys
+from rqf.keys import KEYS_DATASET, ItemKeys, check_keys, decode_keys, read_keys, write_keys
 from rqf.memory import require_memory
 from rqf.params import Param, validate_params
 
@@ -56,7 +56,7 @@ __all__ = [
     "KeyedArrays", "ArrayGroup", "ItemRows", "missing_members", "require", "read_rows",
     "rows_of", "flatten_rows", "all_items", "positions", "input_positions",
     # the items' own keys (ASINs) beside their ids
-    "ItemKeys", "KEYS_DATASET", "decode_keys", "read_keys", "write_keys",
+    "ItemKeys", "KEYS_DATASET", "check_keys", "decode_keys", "read_keys", "write_keys",
     # the training seam of torch models
     "Trainer", "TrainingTask", "TrainConfig", "FitResult", "BatchSource", "TensorBatches",
     "LoaderBatches", "to_device", "autocast", "resolve_device", "load_tensors",

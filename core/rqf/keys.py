@@ -25,7 +25,7 @@ def decode_keys(raw: Iterable[Any]) -> list[str]:
 
 def check_keys(keys: Sequence[str], n: int, where: str) -> list[str]:
     """``keys`` as a list of n distinct, non-empty strings, or a one-line refusal."""
-    keys = list(keys)
+    keys = [str(k) for k in keys]
     if len(keys) != n:
         raise DataError(f"{where}: {KEYS_DATASET} has {len(keys)} entries for {n} items")
     if any(not k for k in keys):
@@ -80,7 +80,7 @@ def write_keys(f: Any, keys: Sequence[str] | None) -> None:
         return
     import h5py
 
-    f.create_dataset(KEYS_DATASET, data=np.array(list(keys), dtype=object),
+    f.create_dataset(KEYS_DATASET, data=np.array([str(k) for k in keys], dtype=object),
                      dtype=h5py.string_dtype("utf-8"))
 
 

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import h5py
 import numpy as np
 
-from rqf import DataError, atomic_h5, check_output
+from rqf import DataError, atomic_h5, check_output, check_keys, write_keys
 
 
 def write_item_data(path: str | Path, item_ids: Sequence[int], embeddings: np.ndarray,
@@ -23,7 +23,8 @@ def write_item_data(path: str | Path, item_ids: Sequence[int], embeddings: np.nd
     """Write an item file: ``item_ids`` (n,), ``embeddings`` (n, d), optional feature tokens,
     and ``item_keys``: each item's original string id (an ASIN) where the ids were numbered."""
     path = Path(path)
-    _check_keys(path, item_keys, len(item_ids))
+    if item_keys is not None:
+        check_keys(item_keys, len(item_ids), f"{path}")
     ids = np.asarray(item_ids)
     emb = np.asarray(embeddings)
     if ids.ndim != 1 or ids.dtype.kind not in "iu":
@@ -54,25 +55,10 @@ def write_item_data(path: str | Path, item_ids: Sequence[int], embeddings: np.nd
         f.attrs["embedding_dim"] = emb.shape[1]
         f.attrs["max_feature_len"] = features.shape[1]
         f.attrs["original_order_preserved"] = True
-        _write_keys(f, item_keys)
+        write_keys(f, item_keys)
         for key, value in (attrs or {}).items():
             f.attrs[key] = value
     return path
-
-
-def _check_keys(path: Path, keys: Sequence[str] | None, n: int) -> None:
-    if keys is None:
-        return
-    if len(keys) != n:
-        raise DataError(f"{path}: item_keys: {len(keys)} keys for {n} items")
-    if len(set(keys)) != len(keys):
-        raise DataError(f"{path}: item_keys: keys must be unique")
-
-
-def _write_keys(f: h5py.File, keys: Sequence[str] | None) -> None:
-    if keys is not None:
-        f.create_dataset("item_keys", data=np.array([str(k) for k in keys], dtype=object),
-                         dtype=h5py.string_dtype())
 
 
 def write_sequence_data(path: str | Path, user_ids: Sequence[str],
@@ -85,7 +71,7 @@ def write_sequence_data(path: str | Path, user_ids: Sequence[str],
     and ``item_keys`` (string id of item id i) when the ids were numbered from strings."""
     path = Path(path)
     if item_keys is not None:
-        _check_keys(path, item_keys, len(item_keys))
+        check_keys(item_keys, len(item_keys), f"{path}")
     if len(user_ids) != len(sequences):
         raise DataError(f"{path}: {len(user_ids)} user ids for {len(sequences)} sequences")
     seqs = [np.asarray(s, dtype=np.int64) for s in sequences]
@@ -116,7 +102,7 @@ def write_sequence_data(path: str | Path, user_ids: Sequence[str],
                                      else len(np.unique(all_items)))
         f.attrs["avg_sequence_length"] = float(lengths.mean()) if len(seqs) else 0.0
         f.attrs["order_preserved"] = True
-        _write_keys(f, item_keys)
+        write_keys(f, item_keys)
         for key, value in (attrs or {}).items():
             f.attrs[key] = value
     return path
@@ -240,16 +226,9 @@ def read_item_keys(path: str | Path) -> tuple[np.ndarray, list[str]]:
     numbered from strings, else the ids written as text."""
     from rqf_h5_recsys.storage import H5RecsysStorage
 
-    with H5RecsysStorage(str(path)) as storage:
-        ids = np.asarray(storage.item_ids, np.int64)
-    with h5py.File(path, "r") as f:
-        if "item_keys" not in f:
-            return ids, [str(i) for i in ids]
-        raw = f["item_keys"][()]
-    keys = [k.decode() if isinstance(k, bytes) else str(k) for k in raw]
-    if len(keys) != len(ids) or len(set(keys)) != len(keys):
-        raise DataError(f"{path}: item_keys: expected {len(ids)} unique keys, one per item id")
-    return ids, keys
+    with H5RecsysStorage(str(path)) as storage:  # the storage's own checked item_keys
+        ids, keys = np.asarray(storage.item_ids, np.int64), storage.item_keys()
+    return ids, keys if keys is not None else [str(i) for i in ids]
 
 
 def _catalogue(items_file: str | Path | None, embeddings: str | Path | None,
