@@ -44,16 +44,11 @@ def id_statistics(path: Path) -> dict[str, float]:
 def per_user(run_dir: Path, targets: dict[str, int]) -> dict[str, np.ndarray]:
     """Each test user's hit@K and NDCG@K contribution, from the run's recommendations.h5."""
     from rqf.ranking import read_recommendations
+    from rqf.ranking.metrics import per_user_metrics
 
     users, items, _ = read_recommendations(run_dir / "recommendations.h5")
     target = np.array([targets[str(u)] for u in users])
-    hit = items == target[:, None]
-    rank = np.where(hit.any(1), hit.argmax(1), items.shape[1])
-    out = {"users": users}
-    for k in KS:
-        out[f"recall@{k}"] = (rank < k).astype(np.float64)
-        out[f"ndcg@{k}"] = np.where(rank < k, 1.0 / np.log2(rank + 2.0), 0.0)
-    return out
+    return {"users": users, **per_user_metrics(items, target, KS)}
 
 
 def test_targets(data: Path) -> dict[str, int]:
