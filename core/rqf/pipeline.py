@@ -136,6 +136,12 @@ def _params(section: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in section.items() if k != "type"}
 
 
+def open_storage(section: Mapping[str, Any], plugins: Plugins | None = None) -> Storage:
+    """The storage a validated pipeline section names, opened (the caller closes it)."""
+    registry = (plugins or get_plugins()).registry
+    return registry.get("storage", section["type"])(**_params(section)).open()
+
+
 def build_data(storage_section: Mapping[str, Any], dataset_section: Mapping[str, Any],
                plugins: Plugins | None = None) -> tuple[Storage, Dataset]:
     """Open the storage and build the dataset of two validated pipeline sections.
@@ -143,7 +149,7 @@ def build_data(storage_section: Mapping[str, Any], dataset_section: Mapping[str,
     The caller closes the storage; on failure here it is already closed.
     """
     registry = (plugins or get_plugins()).registry
-    storage = registry.get("storage", storage_section["type"])(**_params(storage_section)).open()
+    storage = open_storage(storage_section, plugins)
     try:
         dataset = registry.get("dataset", dataset_section["type"])(storage,
                                                                    **_params(dataset_section))
@@ -216,7 +222,7 @@ def run(config: str | Path | Mapping[str, Any], overrides: Iterable[str] = (),
                               get_plugins().registry, echo)  # built before any change
     started = time.perf_counter()
     prepared: list[bool] = []
-    box: dict[str, Any] = {}
+    trainer = None  # the run's Trainer, once built: a resume's step is known from it
 
     def prepare() -> None:
         """The folder's first change: --force has cleared it, --resume clears what goes stale
@@ -227,8 +233,7 @@ def run(config: str | Path | Mapping[str, Any], overrides: Iterable[str] = (),
             # a model that does not train keeps no train section: nothing in it meant anything
             write_text_atomic(out / "config.yaml",
                               cfg.to_yaml(("train",) if parts.model.gradient_free else ()))
-            trackers.start(cfg["name"], cfg.data, getattr(box.get("trainer"), "resumed_from",
-                                                          None))
+            trackers.start(cfg["name"], cfg.data, getattr(trainer, "resumed_from", None))
         prepared.append(True)
 
     try:
@@ -243,7 +248,7 @@ def run(config: str | Path | Mapping[str, Any], overrides: Iterable[str] = (),
         if ctx.trainer is not None:
             ctx.trainer.on_start = prepare
             ctx.trainer.trackers = trackers
-            box["trainer"] = ctx.trainer
+            trainer = ctx.trainer
         counts = {role: len(view) for role, view in parts.splits.items()}
         ctx.echo(f"{cfg['name']}: {parts.dataset.name} over {parts.storage.name}, split by "
                  f"{parts.splitter.name} {counts}, model {parts.model.name}")

@@ -80,13 +80,13 @@ def _run_items(run_dir: Path, needed: bool):
     pipeline names; (None, None) when that data cannot be opened and nothing here needs it."""
     from rqf.errors import DataError
     from rqf.keys import ItemKeys
-    from rqf.pipeline import _reopen, build_data
+    from rqf.pipeline import _reopen, open_storage
     from rqf.plugins import get_plugins
 
     plugins = get_plugins()
     cfg, _ = _reopen(Path(run_dir), plugins)
     try:
-        storage, _dataset = build_data(cfg["storage"], cfg["dataset"], plugins)
+        storage = open_storage(cfg["storage"], plugins)  # the items and sequences, no dataset
     except DataError:
         if needed:
             raise

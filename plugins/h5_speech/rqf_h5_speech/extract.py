@@ -165,8 +165,9 @@ def shares(items: Sequence[AudioItem], world: int) -> list[list[AudioItem]]:
 
 
 def _is_cache(directory: Path) -> bool:
-    return (directory / INDEX_NAME).exists() or any(SHARD_PATTERN.match(p.name)
-                                                    for p in directory.iterdir())
+    from rqf_h5_speech.storage import H5ShardedStorage
+
+    return H5ShardedStorage.recognizes(directory)
 
 
 def _cache_keys(directory: Path) -> set[str]:
