@@ -165,20 +165,73 @@ def sequence_pipeline(files, out, model, **train):
 
 @needs("rqf_h5_recsys")
 def test_baselines_rank_as_they_say(tmp_path, recsys_files):
+    """No user of this data repeats an item, so both floors leave the history out (auto)."""
+    with h5py.File(recsys_files["sequences"]) as f:
+        seqs = {u.decode(): s for u, s in zip(f["user_ids"][()], f["sequences"][()])}
     pop = rqf.run(sequence_pipeline(recsys_files, tmp_path / "pop", {"type": "mostpop"}))
     users, items, attrs = read_recommendations(pop.run_dir / "recommendations.h5")
-    assert (items == items[0]).all() and len(set(items[0])) == 10  # one list, ten items
+    ranking = rqf.load(pop.run_dir).ranking  # by training frequency
+    for user, row in zip(users, items):
+        history = set(seqs[user][:-1].tolist())
+        assert row.tolist() == [i for i in ranking if i not in history][:10]
     nn = rqf.run(sequence_pipeline(recsys_files, tmp_path / "nn", {"type": "lastitem_nn"}))
+    assert nn.metrics["test"]["history_excluded"]
     users, items, _ = read_recommendations(nn.run_dir / "recommendations.h5")
     with h5py.File(recsys_files["items"]) as f:
         ids, emb = f["item_ids"][()], f["embeddings"][()]
     emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
-    with h5py.File(recsys_files["sequences"]) as f:
-        seqs = {u.decode(): s for u, s in zip(f["user_ids"][()], f["sequences"][()])}
-    last = seqs[users[0]][-2]  # the test history ends with the item before the target
-    sims = emb @ emb[list(ids).index(last)]
-    sims[list(ids).index(last)] = -np.inf
-    assert items[0].tolist() == ids[np.argsort(-sims)[:10]].tolist()
+    for user, row in zip(users, items):
+        history = seqs[user][:-1]  # the test history ends with the item before the target
+        sims = emb @ emb[list(ids).index(history[-1])]
+        sims[[list(ids).index(i) for i in history]] = -np.inf
+        assert row.tolist() == ids[np.argsort(-sims, kind="stable")[:10]].tolist()
+
+
+@needs("rqf_h5_recsys")
+def test_history_exclusion_is_decided_from_repeats_and_the_floors_follow_it(tmp_path):
+    """Data where users come back to items keeps them in the lists (auto); ``always`` and
+    ``never`` are obeyed, by the model and by its floors alike, and recorded with the metrics."""
+    from rqf_h5_recsys.testing import write_seed_items, write_seed_sequences
+
+    rng = np.random.default_rng(0)
+    ids = np.arange(1, 41)
+    files = {"items": write_seed_items(tmp_path / "item_data.h5", ids,
+                                       rng.normal(size=(40, 8)).astype(np.float32))}
+    seqs = [rng.choice(ids, 8) for _ in range(50)]  # drawn with replacement: repeats
+    files["sequences"] = write_seed_sequences(tmp_path / "sequence.h5",
+                                              [f"u{i}" for i in range(50)], seqs)
+    auto = rqf.run(sequence_pipeline(files, tmp_path / "auto", {"type": "lastitem_nn"}))
+    test = auto.metrics["test"]
+    assert not test["history_excluded"] and test["training_repeats"] > 0.05
+    model = rqf.load(auto.run_dir)
+    assert model.recommend_histories([[3, 5]], k=39)[0].tolist().count(3) == 1  # 5: itself
+    for setting in ("always", "never"):
+        run = rqf.run(sequence_pipeline(files, tmp_path / setting,
+                                        {"type": "mostpop", "exclude_history": setting}))
+        assert run.metrics["test"]["history_excluded"] == (setting == "always")
+        model = rqf.load(run.run_dir)
+        top = model.recommend_histories([model.ranking[:3].tolist()], k=10)[0]
+        assert (top[:3].tolist() == model.ranking[:3].tolist()) == (setting == "never")
+        if setting == "always":  # a ranker's floors are measured by the ranker's protocol
+            ranker = rqf.run(sequence_pipeline(files, tmp_path / "sasrec", {
+                "type": "sasrec", "exclude_history": "always", "d_model": 8}, max_steps=2,
+                eval_every=0, monitor=None))
+            measured = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "coverage@10")
+            assert ranker.metrics["test"]["floors"]["mostpop"] == {
+                k: run.metrics["test"][k] for k in measured}
+
+
+def test_lists_without_history_and_masked_scores_on_hand_made_cases():
+    from rqf.ranking import coverage, mask_history, without_history
+
+    ranked = np.array([[5, 1, 7, 2, 9], [3, 4, 8, 6, -1]])
+    history = np.array([[7, 5, -1], [4, -1, -1]])
+    assert without_history(ranked, history, 3).tolist() == [[1, 2, 9], [3, 8, 6]]
+    assert without_history(ranked, history, 4).tolist() == [[1, 2, 9, -1], [3, 8, 6, -1]]
+    scores = torch.arange(12, dtype=torch.float32).reshape(2, 6)
+    masked = mask_history(scores.clone(), torch.tensor([[0, 5], [2, -1]]))
+    assert torch.isinf(masked).nonzero().tolist() == [[0, 0], [0, 5], [1, 2]]
+    assert coverage(ranked, 3, 20) == pytest.approx(6 / 20)  # 5,1,7 and 3,4,8
 
 
 @needs("rqf_h5_recsys")

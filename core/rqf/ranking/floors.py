@@ -12,16 +12,18 @@ import torch
 from rqf.errors import ConfigError, RqfError
 from rqf.interfaces import Dataset, ItemVectors, RunContext
 from rqf.ranking.examples import train_examples
-from rqf.ranking.ranker import HISTORY, TOP_K, NextItemModel
+from rqf.ranking.ranker import (EXCLUDE_HISTORY, HISTORY, TOP_K, NextItemModel, mask_history,
+                                without_history)
 
 
 class MostPopModel(NextItemModel):
     """Everyone gets the items most frequent in the training sequences."""
 
     name = "mostpop"
-    params = (HISTORY, TOP_K)
+    params = (HISTORY, TOP_K, EXCLUDE_HISTORY)
 
     def fit(self, train: Dataset, valid: Dataset | None, ctx: RunContext) -> dict[str, Any]:
+        self.decide_exclusion(train)
         ex = train_examples(train, 1)
         items = np.concatenate([ex.history[:, 0], ex.target])  # every training position
         ids, counts = np.unique(items[items >= 0], return_counts=True)
@@ -33,19 +35,22 @@ class MostPopModel(NextItemModel):
 
     def recommend(self, history: np.ndarray, k: int, users: np.ndarray | None = None
                   ) -> np.ndarray:
-        top = np.full(k, -1, np.int64)
-        top[:min(k, len(self.ranking))] = self.ranking[:k]
-        return np.tile(top, (len(history), 1))
+        extra = history.shape[1] if self.excludes_history else 0
+        top = np.full(k + extra, -1, np.int64)
+        top[:min(k + extra, len(self.ranking))] = self.ranking[:k + extra]
+        top = np.tile(top, (len(history), 1))
+        return without_history(top, history, k) if extra else top
 
 
 class LastItemNNModel(NextItemModel):
     """The items whose embeddings are nearest (cosine) to the user's last item, itself excluded."""
 
     name = "lastitem_nn"
-    params = (HISTORY, TOP_K)
+    params = (HISTORY, TOP_K, EXCLUDE_HISTORY)
     reads_vectors = True
 
     def fit(self, train: Dataset, valid: Dataset | None, ctx: RunContext) -> dict[str, Any]:
+        self.decide_exclusion(train)
         source = train.export_source()
         if not isinstance(source, ItemVectors):
             raise ConfigError("model.type: lastitem_nn needs item embeddings (an item file)")
@@ -66,10 +71,16 @@ class LastItemNNModel(NextItemModel):
         rows = self.order[np.minimum(pos, len(self.ids) - 1)]
         known = self.ids[rows] == last
         out = np.full((len(history), k), -1, np.int64)
+        if self.excludes_history:
+            at = self.order[np.minimum(np.searchsorted(self.ids[self.order], history),
+                                       len(self.ids) - 1)]
+            seen = torch.from_numpy(np.where(self.ids[at] == history, at, -1))
         for a in range(0, len(history), 4096):
             r = torch.from_numpy(rows[a:a + 4096])
             scores = self.vectors[r] @ self.vectors.T
             scores[torch.arange(len(r)), r] = -float("inf")  # not the item itself
+            if self.excludes_history:
+                mask_history(scores, seen[a:a + 4096])
             top = scores.topk(min(k, len(self.ids) - 1), dim=1).indices.numpy()
             out[a:a + len(r), :top.shape[1]] = self.ids[top]
         out[~known] = -1  # a last item without an embedding: nothing to be near
@@ -78,13 +89,15 @@ class LastItemNNModel(NextItemModel):
 
 def fit_floors(model: NextItemModel, train: Dataset) -> dict[str, NextItemModel]:
     """mostpop, and lastitem_nn where the items have embeddings, fitted on ``train`` with
-    ``model``'s history and top_k; none when ``model.floors`` is false."""
+    ``model``'s history, top_k and history exclusion (as decided for the model, so both are
+    measured by one protocol); none when ``model.floors`` is false."""
     if not model.config.get("floors"):
         return {}
     out: dict[str, NextItemModel] = {}
     for cls in (MostPopModel, LastItemNNModel):
         floor = cls(model.data_info, history=model.config["history"],
-                    top_k=model.config["top_k"])
+                    top_k=model.config["top_k"],
+                    exclude_history="always" if model.excludes_history else "never")
         try:
             floor.fit(train, None, None)  # type: ignore[arg-type]  # floors use no context
         except RqfError:

@@ -37,3 +37,9 @@ def ranking_metrics(recommended: np.ndarray, target: np.ndarray, ks=KS) -> dict[
                 for name, values in per_user_metrics(recommended, target, ks).items()})
     return out
 
+
+
+def coverage(recommended: np.ndarray, k: int, catalogue: int) -> float:
+    """Share of the ``catalogue``'s items that appear in at least one top-``k`` list."""
+    top = np.asarray(recommended)[:, :k]
+    return float(len(np.unique(top[top >= 0])) / catalogue) if catalogue else 0.0

@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import torch
 
 from rqf.errors import ConfigError, DataError
 from rqf.interfaces import Dataset, Model, RunContext
 from rqf.memory import require_memory
 from rqf.params import Param
-from rqf.ranking.examples import Examples, eval_examples, sequence_table
-from rqf.ranking.metrics import KS, ranking_metrics
+from rqf.ranking.examples import Examples, eval_examples, sequence_table, train_examples
+from rqf.ranking.metrics import KS, coverage, ranking_metrics
 from rqf.ranking.recommendations import write_recommendations
 from rqf.training.loop import TrainingTask
 
@@ -21,8 +22,13 @@ HISTORY = Param("history", int, 20, "most recent items of a user's history a mod
                 min=1)
 TOP_K = Param("top_k", int, 10, "items recommended per user (recommendations.h5 width)", min=10)
 FLOORS = Param("floors", bool, True, "also rank valid and test with mostpop and lastitem_nn "
-               "(seconds) and report them beside this model; the run is unhealthy below mostpop")
-
+               "(seconds) and report them beside this model; the run is unhealthy below them")
+REPEAT_LIMIT = 0.01  # under this share of repeated training next items, auto leaves history out
+EXCLUDE_HISTORY = Param(
+    "exclude_history", str, "auto", "leave the items of a user's own history out of its list: "
+    "always, never, or auto (always when under 1% of the training next items repeat an item "
+    "of their history, as where users never buy an item twice); the floors follow the model",
+    choices=("auto", "always", "never"))
 
 
 class RankingTask(TrainingTask):
@@ -86,8 +92,28 @@ class NextItemModel(Model):
     def recommend(self, history: np.ndarray, k: int, users: np.ndarray | None = None
                   ) -> np.ndarray:
         """(n, k) item ids, best first, for (n, H) histories left-aligned and -1 padded, of
-        ``users`` (their ids in sequence.h5; None: unknown users), which a model may read."""
+        ``users`` (their ids in sequence.h5; None: unknown users), which a model may read;
+        without the history's own items when ``excludes_history``."""
         raise NotImplementedError
+
+    # -- the history-exclusion protocol ------------------------------------------------------
+    exclusion: dict[str, Any] | None = None
+
+    def decide_exclusion(self, train: Dataset) -> dict[str, Any]:
+        """Whether lists leave out the user's own history (``exclude_history``), decided on
+        the training sequences (``auto``: when under 1% of their next items repeat an item of
+        their history); kept in ``exclusion`` and recorded with every split's metrics."""
+        setting = self.config.get("exclude_history", "never")
+        ex = train_examples(train, self.config["history"])
+        repeats = float((ex.history == ex.target[:, None]).any(1).mean()) if len(ex) else 0.0
+        exclude = setting == "always" or (setting == "auto" and repeats < REPEAT_LIMIT)
+        self.exclusion = {"history_excluded": bool(exclude), "exclude_history": setting,
+                          "training_repeats": round(repeats, 6)}
+        return self.exclusion
+
+    @property
+    def excludes_history(self) -> bool:
+        return bool(self.exclusion and self.exclusion["history_excluded"])
 
     def known_items(self) -> np.ndarray | None:
         """Item ids a history may hold (None: any); the fitted or loaded catalogue."""
@@ -153,23 +179,41 @@ class NextItemModel(Model):
         ranking = (predictions or {}).get(role) or self.rank(data)
         if not len(ranking.target):
             return {"users": 0}
-        metrics: dict[str, Any] = ranking_metrics(ranking.items, ranking.target, self.ks)
-        floors = {name: ranking_metrics(per[role].items, per[role].target, self.ks)
+        catalogue = self._catalogue_size(data)
+
+        def measured(r: Ranking) -> dict[str, Any]:
+            return {**ranking_metrics(r.items, r.target, self.ks),
+                    "coverage@10": coverage(r.items, 10, catalogue)}
+
+        metrics: dict[str, Any] = {**measured(ranking), **(self.exclusion or {})}
+        floors = {name: measured(per[role])
                   for name, per in (predictions or {}).get("floors", {}).items() if role in per}
         if floors:
             metrics["floors"] = {name: {k: v for k, v in m.items() if k != "users"}
                                  for name, m in floors.items()}
         return metrics
 
+    def _catalogue_size(self, data: Dataset) -> int:
+        """Items of the data's sequences (what coverage is a share of), or of the model's
+        catalogue when the view holds no sequence table."""
+        table = getattr(data, "table", None)
+        if table is not None:
+            return int(len(np.unique(table.item_ids)))
+        known = self.known_items()
+        return 0 if known is None else int(len(known))
+
     def health(self, metrics: Mapping[str, Any]) -> list[str] | None:
-        """Below mostpop on test is unhealthy; without floors nothing is checked."""
+        """Below a floor (mostpop, or lastitem_nn where the items have embeddings) on test
+        NDCG@10 is unhealthy; without floors nothing is checked."""
         test = metrics.get("test") or {}
-        floor = (test.get("floors") or {}).get("mostpop")
-        if floor is None:
+        floors = test.get("floors") or {}
+        if "mostpop" not in floors:
             return None
-        if test.get("ndcg@10", 0.0) < floor["ndcg@10"]:
-            return [f"{self.name} ranks below mostpop on test (NDCG@10 {test['ndcg@10']:.4f} < "
-                    f"{floor['ndcg@10']:.4f}): {self.below_floor_fix}"]
+        for name in ("mostpop", "lastitem_nn"):
+            floor = floors.get(name)
+            if floor is not None and test.get("ndcg@10", 0.0) < floor["ndcg@10"]:
+                return [f"{self.name} ranks below {name} on test (NDCG@10 "
+                        f"{test['ndcg@10']:.4f} < {floor['ndcg@10']:.4f}): {self.below_floor_fix}"]
         return []
 
     @classmethod
@@ -198,7 +242,7 @@ class NextItemModel(Model):
         return tuple(sorted({*KS, self.config["top_k"]}))
 
     def summarize(self, metrics: Mapping[str, Any]) -> str:
-        heads = [f"R@{k}" for k in self.ks] + [f"N@{k}" for k in self.ks]
+        heads = [f"R@{k}" for k in self.ks] + [f"N@{k}" for k in self.ks] + ["cov@10"]
         lines = ["split   model         users  " + "".join(f"{h:>8}" for h in heads)]
         for role in ("valid", "test"):
             m = metrics.get(role) or {}
@@ -206,7 +250,33 @@ class NextItemModel(Model):
                 continue
             for name, r in {self.name: m, **(m.get("floors") or {})}.items():
                 values = [r.get(f"recall@{k}", float("nan")) for k in self.ks] + \
-                    [r.get(f"ndcg@{k}", float("nan")) for k in self.ks]
+                    [r.get(f"ndcg@{k}", float("nan")) for k in self.ks] + \
+                    [r.get("coverage@10", float("nan"))]
                 lines.append(f"{role:<7} {name:<12} {m['users']:6d}  "
                              + "".join(f"{v:8.4f}" for v in values))
+        if self.exclusion:
+            done = "left out of" if self.excludes_history else "kept in"
+            lines.append(f"history items {done} every list (exclude_history: "
+                         f"{self.exclusion['exclude_history']}; "
+                         f"{self.exclusion['training_repeats']:.2%} of training next items "
+                         "repeat their history)")
         return "\n".join(lines)
+
+
+def without_history(ranked: np.ndarray, history: np.ndarray, k: int) -> np.ndarray:
+    """The first ``k`` items of each ranked row (n, >= k) that its history row (n, H) lacks,
+    order kept, -1 padded where too few are left."""
+    ranked = np.asarray(ranked)
+    seen = (ranked[:, :, None] == history[:, None, :]).any(2) | (ranked < 0)
+    order = np.argsort(seen, axis=1, kind="stable")[:, :k]
+    out = np.take_along_axis(ranked, order, 1)
+    return np.where(np.take_along_axis(seen, order, 1), -1, out)
+
+
+def mask_history(scores: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """``scores`` (n, items) with -inf in place at each row's history ``columns`` (n, H)
+    (-1: none), so a top-k over the catalogue never returns them."""
+    rows = torch.arange(len(scores), device=scores.device)[:, None].expand_as(columns)
+    keep = columns >= 0
+    scores[rows[keep], columns[keep]] = -float("inf")
+    return scores

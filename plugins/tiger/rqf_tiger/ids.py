@@ -38,6 +38,11 @@ class SemanticIdRanker(NextItemModel):
         # one row per item (sorted by id) and a last row of padding for an empty slot
         self.item_tokens = torch.from_numpy(np.vstack([tokens, np.full(self.levels, PAD)]))
         self.leaf_item = ids.item_ids[self.trie.rows].astype(np.int64)  # leaf -> item id
+        self.item_leaf = np.empty(len(self.item_ids) + 1, np.int64)  # item row -> leaf
+        self.item_leaf[np.searchsorted(self.item_ids, self.leaf_item)] = np.arange(
+            len(self.leaf_item))
+        self.item_leaf[-1] = -1  # the padding row
+        self.codebooks = ids.codebooks
 
     def check(self, dataset: Dataset, train: Any) -> None:
         """The IDs must be of this catalogue: an ID for every item of the storage, and none
@@ -96,14 +101,22 @@ class SemanticIdRanker(NextItemModel):
                 "semantic_ids_sha256": self.ids_sha256}
 
     # -- the model file --------------------------------------------------------------------------
+    def excluded_leaves(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """The leaves of the history ``rows`` (item rows, the padding row for none) when lists
+        leave the history out; None otherwise."""
+        if not self.excludes_history:
+            return None
+        return torch.from_numpy(self.item_leaf)[rows.cpu()]
+
     def state(self) -> dict[str, Any]:
-        return {"semantic_ids_sha256": self.ids_sha256,
+        return {"semantic_ids_sha256": self.ids_sha256, "exclusion": self.exclusion,
                 "state_dict": {k: v.detach().cpu() for k, v in self.net.state_dict().items()}}
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         if self.ids_sha256 != state["semantic_ids_sha256"]:
             raise RqfError(f"{self.ids_path}: the model was trained on other semantic IDs than "
                            "this file holds now")
+        self.exclusion = state.get("exclusion")
         self.net.load_state_dict(state["state_dict"])
         self.net.eval()
 

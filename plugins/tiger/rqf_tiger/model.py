@@ -12,7 +12,7 @@ from torch import nn
 
 from rqf import (ConfigError, Dataset, Param, RqfError, RunContext, TensorBatches, autocast,
                  require_memory)
-from rqf.ranking import (FLOORS, HISTORY, TOP_K, Examples, RankingTask, monitored_examples,
+from rqf.ranking import (EXCLUDE_HISTORY, FLOORS, HISTORY, TOP_K, Examples, RankingTask, monitored_examples,
                          sequence_table, train_examples)
 from rqf_tiger.decode import constrained_beam_search
 from rqf_tiger.ids import SemanticIdRanker
@@ -54,6 +54,7 @@ class TigerModel(SemanticIdRanker):
         HISTORY,
         TOP_K,
         FLOORS,
+        EXCLUDE_HISTORY,
         Param("user_tokens", int, 0, "hash each user id into one of this many tokens read "
               "before the history, as the paper does with 2,000 (0: no user token)", min=0),
         Param("dedup_history", bool, False, "keep each item of a history at its latest "
@@ -129,6 +130,7 @@ class TigerModel(SemanticIdRanker):
         trainer = ctx.require_trainer(self.name)
         device = self.device = trainer.device
         self.precision = ctx.train.precision
+        self.decide_exclusion(train)
         ex = train_examples(train, cfg["history"])
         table, _ = sequence_table(train)  # each user's token is hashed once, not once per example
         if not len(ex):
@@ -177,7 +179,8 @@ class TigerModel(SemanticIdRanker):
                 return logits.reshape(len(tokens), -1)
 
             leaves, _ = constrained_beam_search(step_logits, len(source), trie, self.offsets,
-                                                cfg["beam"], device)
+                                                cfg["beam"], device,
+                                                self.excluded_leaves(rows[b]))
             leaves = leaves[:, :k].cpu().numpy()
             found = leaves >= 0
             out[a:a + len(leaves), :leaves.shape[1]] = np.where(

@@ -15,7 +15,7 @@ from torch import nn
 
 from rqf import (DataError, Dataset, Param, RqfError, RunContext, TensorBatches, autocast,
                  require_memory)
-from rqf.ranking import (FLOORS, TOP_K, Examples, NextItemModel, RankingTask,
+from rqf.ranking import (EXCLUDE_HISTORY, FLOORS, TOP_K, mask_history, Examples, NextItemModel, RankingTask,
                          catalogue_positions, monitored_examples, right_align,
                          sequence_rows, sequence_table)
 
@@ -95,6 +95,7 @@ class SASRecModel(NextItemModel):
               min=1),
         TOP_K,
         FLOORS,
+        EXCLUDE_HISTORY,
         Param("d_model", int, 64, "embedding and attention width", min=8),
         Param("heads", int, 2, "attention heads (d_model must divide by it)", min=1),
         Param("layers", int, 2, "self-attention blocks", min=1),
@@ -155,6 +156,7 @@ class SASRecModel(NextItemModel):
         cfg = self.config
         trainer = ctx.require_trainer(self.name)
         table, _ = sequence_table(train)
+        self.decide_exclusion(train)
         self.set_catalogue(np.unique(table.item_ids))  # every item of the sequence file is ranked
         self.device, self.precision = trainer.device, ctx.train.precision
         seqs = sequence_rows(train, cfg["history"] + 1)
@@ -176,7 +178,8 @@ class SASRecModel(NextItemModel):
     @torch.no_grad()
     def item_scores(self, history: np.ndarray) -> torch.Tensor:
         """(n, n_items) scores of every catalogue item after each (n, H) history (left-aligned,
-        -1 padded; the last ``history`` items are read)."""
+        -1 padded; the last ``history`` items are read); -inf for the history's own items when
+        lists leave them out."""
         width = self.config["history"]
         history = right_align(_last_items(history, width))
         if history.shape[1] < width:
@@ -185,7 +188,8 @@ class SASRecModel(NextItemModel):
         seq = torch.from_numpy(self._rows(history, "histories")).to(self.device)
         with autocast(self.device, self.precision):
             hidden = self.net(seq)[:, -1]
-            return self.net.scores(hidden).float()
+            scores = self.net.scores(hidden).float()
+        return mask_history(scores, seq - 1) if self.excludes_history else scores
 
     def recommend(self, history: np.ndarray, k: int, users: np.ndarray | None = None
                   ) -> np.ndarray:
@@ -203,11 +207,12 @@ class SASRecModel(NextItemModel):
 
     # -- the model file --------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        return {"item_ids": torch.from_numpy(self.item_ids),
+        return {"item_ids": torch.from_numpy(self.item_ids), "exclusion": self.exclusion,
                 "state_dict": {k: v.detach().cpu() for k, v in self.net.state_dict().items()}}
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         self.set_catalogue(state["item_ids"].numpy())
+        self.exclusion = state.get("exclusion")
         self.net.load_state_dict(state["state_dict"])
         self.net.eval()
 

@@ -77,3 +77,19 @@ def test_beam_search_never_leaves_the_valid_ids_even_when_the_model_wants_to():
     found = nodes[nodes >= 0].numpy()
     assert sorted(trie.rows[found[:5]].tolist()) == [0, 1, 2, 3, 4]  # all five, once each
     assert (nodes[:, 5:] == -1).all() and torch.isinf(scores[:, 5:]).all()  # nothing invented
+
+
+def test_excluded_ids_are_never_completed_and_the_rest_keep_their_order():
+    rng = np.random.default_rng(3)
+    codes = np.array(list(itertools.product(range(4), range(3), range(2))))[:20]
+    trie = PrefixTrie(codes)
+    offsets = [2, 6, 9]
+    table = [torch.tensor(rng.normal(size=v), dtype=torch.float32) for v in trie.vocab]
+    step = fixed_logits(table, offsets, 20)
+    full, _ = constrained_beam_search(step, 2, trie, offsets, 20, torch.device("cpu"))
+    ranked = full[0].tolist()  # every ID, best first (the beam holds them all)
+    # row 0 excludes the three best IDs, row 1 two others (and -1 padding)
+    exclude = torch.tensor([ranked[:3], [ranked[5], ranked[9], -1]])
+    nodes, _ = constrained_beam_search(step, 2, trie, offsets, 6, torch.device("cpu"), exclude)
+    assert nodes[0].tolist() == ranked[3:9]
+    assert nodes[1].tolist() == [n for n in ranked if n not in (ranked[5], ranked[9])][:6]

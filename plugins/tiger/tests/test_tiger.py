@@ -72,13 +72,19 @@ def test_a_tiger_run_measures_the_floors_exactly_as_their_own_runs(tiger_run, re
     for floor in ("mostpop", "lastitem_nn"):
         alone = rqf.run(sequence_pipeline(recsys_files, tmp_path / floor, {"type": floor}))
         for role in ("valid", "test"):
-            own = {k: v for k, v in alone.metrics[role].items() if k != "users"}
+            own = {k: v for k, v in alone.metrics[role].items()
+                   if k not in ("users", "history_excluded", "exclude_history",
+                                "training_repeats")}
             assert result.metrics[role]["floors"][floor] == own
+            # the same protocol: no user of this data repeats an item, so both leave it out
+            assert alone.metrics[role]["history_excluded"] \
+                and result.metrics[role]["history_excluded"]
         assert alone.metrics["health"] == {"checked": False, "healthy": None, "warnings": []}
     assert result.metrics["health"]["checked"]
     lines = result.summary.splitlines()
-    assert [line.split()[:2] for line in lines[1:]] == [
+    assert [line.split()[:2] for line in lines[1:-1]] == [
         [role, name] for role in ("valid", "test") for name in ("tiger", "mostpop", "lastitem_nn")]
+    assert lines[-1].startswith("history items left out of every list (exclude_history: auto")
 
 
 def test_a_ranker_below_mostpop_is_unhealthy(tiger_run):
