@@ -28,24 +28,25 @@ def workspace(tmp_path_factory):
 def test_every_example_is_covered():
     assert {"quickstart.yaml", "swap_splitter.yaml", "movielens_temporal.yaml",
             "amazon_auto.yaml", "speech_tokens.yaml", "rqkmeans.yaml", "tiger.yaml",
-            "tiger_paper.yaml", "sasrec.yaml"} <= set(PIPELINES)
+            "tiger_paper.yaml", "sasrec.yaml", "retrieval.yaml"} <= set(PIPELINES)
 
 
-# in order: tiger reads the IDs the rqkmeans example wrote
-ORDERED = sorted(PIPELINES, key=lambda name: name.startswith("tiger"))
+# in order: tiger and genret read the IDs the rqkmeans example wrote
+READS_IDS = ("tiger", "retrieval")
+ORDERED = sorted(PIPELINES, key=lambda name: name.startswith(READS_IDS))
 
 
 @pytest.mark.parametrize("name", ORDERED)
 def test_example_runs(workspace, name):
     overrides = ["train.epochs=1", "train.progress=false"]
-    if name.startswith("tiger"):  # a few steps, on the CPU
+    if name.startswith(READS_IDS):  # a few steps, on the CPU
         overrides += ["train.max_steps=5", "train.device=cpu", "train.precision=fp32"]
     if name == "tiger_paper.yaml":  # the GPU size decodes 3,000 users for a minute on a CPU
         overrides += ["model.layers=1"]
     result = rqf.run(workspace / "examples" / name, overrides)
     assert result.run_dir.is_relative_to(workspace / "runs")
     assert (result.run_dir / "metrics.json").exists() and (result.run_dir / "report.md").exists()
-    if name.startswith(("tiger", "sasrec")):  # rankers
+    if name.startswith((*READS_IDS, "sasrec")):  # rankers
         assert result.metrics["test"]["users"] == 1500 and "recall@10" in result.metrics["test"]
         assert (result.run_dir / "recommendations.h5").exists()
     elif "codes" in result.artifacts:

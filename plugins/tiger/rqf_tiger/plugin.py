@@ -1,6 +1,7 @@
 """Hook implementations of the tiger plugin."""
 
 from rqf import hookimpl
+from rqf_tiger.genret import GenretModel
 from rqf_tiger.model import TigerModel
 from rqf_tiger.sasrec import SASRecModel
 
@@ -9,3 +10,4 @@ from rqf_tiger.sasrec import SASRecModel
 def register_models(register):
     register(TigerModel)
     register(SASRecModel)
+    register(GenretModel)
