@@ -13,7 +13,7 @@ from rqf.testing import one_line_error, pipeline_file, rqf_proc
 
 pytest.importorskip("rqf_h5_recsys", reason="the data is h5_recsys's")
 pytest.importorskip("rqf_rqkmeans", reason="the IDs are made by rqkmeans")
-pytest.importorskip("rqf_tiger", reason="the judge's retriever is tiger")
+pytest.importorskip("rqf_tiger", reason="the judge's retriever, genret, is in the tiger plugin")
 
 
 def ids_run(tmp_path, recsys_files, name, levels):
@@ -45,8 +45,11 @@ def test_the_judge_table_is_what_each_runs_recommendations_hold(tmp_path, recsys
     for name in ("two_levels", "three_levels", "mostpop", "lastitem_nn"):
         users, items, _ = read_recommendations(out / name / "recommendations.h5")
         again = ranking_metrics(items, np.array([last[u] for u in users]))
-        metrics = json.loads((out / name / "metrics.json").read_text())["test"]
+        everything = json.loads((out / name / "metrics.json").read_text())
+        metrics = everything["test"]
         row = rows[name if name.endswith("levels") else f"floor: {name}"]
+        valid = everything["valid"]  # the columns to choose on
+        assert row[-2:] == [f"{valid['recall@10']:.4f}", f"{valid['ndcg@10']:.4f}"]
         for i, key in enumerate(("recall@5", "recall@10", "ndcg@5", "ndcg@10")):
             shown = float(row[i].split(" ± ")[0])
             assert shown == pytest.approx(again[key], abs=6e-5)

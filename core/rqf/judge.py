@@ -1,13 +1,15 @@
 """``rqf ids judge``: sets of semantic IDs judged by the retrieval they enable, in one table.
 
-Every IDs file trains the same generative retriever (``tiger`` unless ``--model`` names another
-ranker that reads ``semantic_ids``) on the same data and split (leave-last-out over the data's
+Every IDs file trains the same generative retriever (``genret`` unless ``--model`` names another
+ranker that reads ``semantic_ids``, e.g. ``tiger``) on the same data and split (leave-last-out over the data's
 sequences, full ranking), one run after another under one folder; the floors (``mostpop``,
 ``last-item NN``) run once. Each figure is read from the run's ``recommendations.h5`` against
 each test user's held-out item, so the table carries per-user standard errors and a paired
 test of every set against the first (a paired t-test over the same users' hits). Beside them:
 the IDs' raw (nearest-code) collision rate, the share of items collision handling moved, and
-each run's wall seconds. A finished run is kept when the judge is started again.
+each run's wall seconds, and the validation R@10 and N@10 (what to choose between tokenizers
+on; the test columns are what to report). A finished run is kept when the judge is started
+again.
 """
 
 from __future__ import annotations
@@ -78,8 +80,8 @@ def _paired_p(a: np.ndarray, b: np.ndarray) -> float:
     return float(stats.ttest_rel(b, a).pvalue)
 
 
-def judge(ids_files: Sequence[Path], data: Path, out: Path, steps: int = 400,
-          model: str = "tiger", overrides: Sequence[str] = (), seed: int = 0,
+def judge(ids_files: Sequence[Path], data: Path, out: Path, steps: int = 1000,
+          model: str = "genret", overrides: Sequence[str] = (), seed: int = 0,
           echo: Callable[[str], None] = print) -> Path:
     """Run the judge (see the module docstring); returns ``OUT/judge.md``."""
     import rqf
@@ -127,8 +129,9 @@ def judge(ids_files: Sequence[Path], data: Path, out: Path, steps: int = 400,
             rqf.run(cfg, overrides if name not in FLOORS else (), force=run_dir.exists(),
                     echo=lambda _m: None)
             echo(f"judge: {name}: {time.perf_counter() - started:.0f} s")
-        wall = json.loads((run_dir / "metrics.json").read_text()).get("wall_seconds")
-        rows[name] = {**per_user(run_dir, targets), "wall": wall}
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        rows[name] = {**per_user(run_dir, targets), "wall": metrics.get("wall_seconds"),
+                      "valid": metrics.get("valid") or {}}
     report = _table(names, stats, rows, steps, model, data)
     path = out / "judge.md"
     write_text_atomic(path, report)
@@ -144,7 +147,7 @@ def _table(names: list[str], stats: list[dict[str, float]], rows: dict[str, dict
              f"{len(first['users'])} test users; mean ± standard error over users; p: paired "
              f"t-test of the same users against `{names[0]}`.", "",
              "| IDs | " + " | ".join(cols) + " | p (recall@10) | p (ndcg@10) | raw collisions "
-             "| moved | wall s |", "|" + "---|" * (len(cols) + 6)]
+             "| moved | wall s | valid R@10 | valid N@10 |", "|" + "---|" * (len(cols) + 8)]
     for name, st in zip(names, stats):
         r = rows[name]
         cells = [f"{m:.4f} ± {se:.4f}" for m, se in (_mean_se(r[c]) for c in cols)]
@@ -155,11 +158,17 @@ def _table(names: list[str], stats: list[dict[str, float]], rows: dict[str, dict
                      + " | ".join("-" if math.isnan(v) else f"{v:.3g}" for v in p)
                      + f" | {st['raw_collisions']:.2%} | "
                      + ("-" if math.isnan(st["moved"]) else f"{st['moved']:.1%}")
-                     + f" | {r['wall']:.0f} |")
+                     + f" | {r['wall']:.0f} | {_valid(r)} |")
     for floor in FLOORS:
         r = rows[floor]
         cells = [f"{m:.4f} ± {se:.4f}" for m, se in (_mean_se(r[c]) for c in cols)]
         lines.append(f"| floor: {floor} | " + " | ".join(cells) + " | - | - | - | - | "
-                     f"{r['wall']:.0f} |")
+                     f"{r['wall']:.0f} | {_valid(r)} |")
     return "\n".join(lines) + "\n"
 
+
+def _valid(row: dict[str, Any]) -> str:
+    """The run's validation R@10 and N@10 cells (its metrics.json, every validation user)."""
+    valid = row["valid"]
+    return " | ".join(f"{valid[k]:.4f}" if k in valid else "-"
+                      for k in ("recall@10", "ndcg@10"))

@@ -113,8 +113,8 @@ def lookup(semantic_ids: Path, item_id: str | None, code: str | None, debug: boo
               help="The folder holding item_data.h5 and sequence.h5 the IDs are for.")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default="runs/judge",
               show_default=True, help="Where the runs and judge.md go.")
-@click.option("--steps", default=400, show_default=True, help="Training steps of each run.")
-@click.option("--model", default="tiger", show_default=True,
+@click.option("--steps", default=1000, show_default=True, help="Training steps of each run.")
+@click.option("--model", default="genret", show_default=True,
               help="The generative retriever (any ranker that reads model.semantic_ids).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
               help="Override a value of every retriever's pipeline (repeatable).")
