@@ -19,7 +19,7 @@ import numpy as np
 from rqf.codes.collisions import COLLISION_MODES
 from rqf.codes.semantic_ids import write_semantic_ids
 from rqf.codes.statistics import code_health, code_statistics, plot_usage
-from rqf.errors import ConfigError, RqfError
+from rqf.errors import RqfError
 from rqf.interfaces import Dataset, ItemVectors, Model, RunContext
 from rqf.params import Param
 
@@ -82,23 +82,6 @@ class ItemTokenizer(Model):
     @property
     def makes_item_ids(self) -> bool:
         return self.data_info.get("unit") in (None, "item")
-
-    def check(self, dataset: Dataset, train: Any) -> None:
-        """A catalogue too small for the codebooks is refused before training: under two
-        items a code, k-means and the collision handling leave a level crowded onto a few
-        codes (300 items on 256 codes: IDs that say little about the items)."""
-        if not self.makes_item_ids:
-            return
-        source = dataset.export_source()
-        if not isinstance(source, ItemVectors):
-            return
-        items, size = len(source.ids), self.config["codebook_size"]
-        if items < 2 * size:
-            fit = 1 << max(1, (max(items, 8) // 4).bit_length() - 1)
-            raise ConfigError(
-                f"model.codebook_size: {size} codes a level for {items:,} items leaves under "
-                f"two items a code, and a level of such codes collapses; use at most {fit} "
-                f"(about four items a code) for this catalogue")
 
     @classmethod
     def run_outputs(cls, export: Mapping[str, Any]) -> tuple[str, ...]:

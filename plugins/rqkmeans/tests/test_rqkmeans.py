@@ -120,14 +120,3 @@ def test_kmeans_reads_only_the_sampled_rows(monkeypatch):
     expected = everything[torch.randperm(1500, generator=torch.Generator().manual_seed(0))[:300]
                           .numpy()]
     np.testing.assert_array_equal(x, expected)
-
-
-def test_codebooks_too_big_for_the_catalogue_are_refused_before_anything_is_written(tmp_path):
-    """The defaults (3 levels of 256 codes) on 300 items would crowd a level onto a few codes:
-    refused in one line that names the key and a size that fits, before the run folder."""
-    items = toy_items(300, 16)
-    with pytest.raises(rqf.ConfigError, match=r"model.codebook_size: 256 codes a level for 300 "
-                       r"items leaves under two items a code.*use at most 64"):
-        rqf.run(pipeline(tmp_path / "run", items))
-    assert not (tmp_path / "run").exists()
-    rqf.run(pipeline(tmp_path / "run", items, codebook_size=64))  # what it advises runs

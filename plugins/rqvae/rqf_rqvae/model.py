@@ -144,7 +144,6 @@ class RQVAEModel(ItemTokenizer):
                        f"{c['codebook_size']} codes) with its optimizer state")
 
     def check(self, dataset: Dataset, train: Any) -> None:
-        super().check(dataset, train)
         c = self.config
         widths = [self.input_dim, *c["hidden_dims"], c["latent_dim"]]
         batch = min(train.batch_size, max(len(dataset), 1))
