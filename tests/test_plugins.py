@@ -31,8 +31,8 @@ def test_installed_plugins_are_discovered():
     plugins = Plugins().load()
     assert {"h5_recsys", "rqvae"} <= set(plugins.info)
     assert "leave_last_out" in plugins.registry.names("splitter")
-    assert plugins.registry.names("model") == ["lastitem_nn", "mostpop", "rqkmeans", "rqvae",
-                                               "sasrec", "tiger"]
+    assert plugins.registry.names("model") == ["genret", "lastitem_nn", "mostpop", "rqkmeans",
+                                               "rqvae", "sasrec", "tiger"]
 
 
 def test_third_party_splitter_selected_from_yaml(tmp_path, monkeypatch, recsys_files):
