@@ -24,7 +24,8 @@ __all__ = [
     "Examples", "eval_examples", "train_examples", "sequence_rows", "sequence_table",
     "monitored_examples", "right_align", "dedup_history", "catalogue_positions", "parse_history",
     # judging a ranking
-    "ranking_metrics", "per_user_metrics", "coverage", "KS", "MostPopModel", "LastItemNNModel", "fit_floors",
+    "ranking_metrics", "per_user_metrics", "coverage", "KS", "MostPopModel", "LastItemNNModel",
+    "fit_floors",
     # the recommendations.h5 contract
     "write_recommendations", "read_recommendations", "FORMAT",
 ]

@@ -9,14 +9,13 @@ valid IDs as ``tiger``. Its ID-token embeddings start from the tokenizer's codeb
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
-from rqf import (ConfigError, Dataset, Param, RqfError, RunContext, TensorBatches, autocast,
+from rqf import (Dataset, Param, RqfError, RunContext, TensorBatches, autocast,
                  require_memory)
 from rqf.ranking import (EXCLUDE_HISTORY, FLOORS, HISTORY, TOP_K, Examples, RankingTask,
                          dedup_history, monitored_examples, right_align, sequence_table)
@@ -174,19 +173,8 @@ class GenretModel(SemanticIdRanker):
                       "eval_every": 500, "monitor": "valid_ndcg@10", "monitor_mode": "max"}
 
     def __init__(self, data_info: Mapping[str, Any], **params: Any) -> None:
-        super().__init__(data_info, **params)
+        super().__init__(data_info, **params)  # the IDs read, beam and heads checked
         cfg = self.config
-        if cfg["d_model"] % cfg["heads"]:
-            raise RqfError(f"model.heads: d_model {cfg['d_model']} does not divide by "
-                           f"{cfg['heads']} heads")
-        if cfg["beam"] < cfg["top_k"]:
-            raise RqfError(f"model.beam: {cfg['beam']} beams cannot give top_k {cfg['top_k']} items")
-        self._load_ids(Path(cfg["semantic_ids"]))
-        if cfg["beam"] > len(self.item_ids):
-            raise ConfigError(f"model.beam: {cfg['beam']} beams for {len(self.item_ids)} items; "
-                              f"a beam holds distinct items, so at most {len(self.item_ids)}")
-        self.user_base = self.n_tokens
-        self.user_width = 1 if cfg["user_tokens"] else 0
         d = cfg["d_model"]
         params = cfg["layers"] * (4 * d * d + 2 * d * cfg["ff"]) + \
             (self.n_tokens + cfg["user_tokens"] + cfg["history"] + 2) * d
@@ -198,8 +186,6 @@ class GenretModel(SemanticIdRanker):
             slots=cfg["history"] + 2, levels=self.levels, tied=cfg["tied"],
             **{k: cfg[k] for k in ("d_model", "heads", "layers", "ff", "dropout")})
         self.initialised_levels = self._init_from_codebooks() if cfg["codebook_init"] else []
-        self.device = torch.device("cpu")
-        self.precision = "fp32"
 
     def _init_from_codebooks(self) -> list[int]:
         """Copy the projected codebooks into the embeddings of the levels that have one; the
@@ -284,9 +270,7 @@ class GenretModel(SemanticIdRanker):
                   ) -> np.ndarray:
         """The top ``k`` items of each history: whole IDs from the constrained beam search."""
         net, device, cfg = self.net, self.device, self.config
-        if k > cfg["beam"]:
-            raise ConfigError(f"k: {k} items from {cfg['beam']} beams; at most {cfg['beam']} "
-                              "(model.beam decides how many whole IDs are decoded)")
+        self.require_beam_holds(k)
         was_training = net.training
         net.eval()
         trie = self.trie.to(device)

@@ -11,14 +11,38 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from rqf import DataError, Dataset, ItemSource, RqfError, missing_members
+from rqf import ConfigError, DataError, Dataset, ItemSource, RqfError, missing_members
 from rqf.codes import PrefixTrie, SemanticIds, sha256_of
 from rqf.ranking import NextItemModel, catalogue_positions, dedup_history
 from rqf_tiger.net import PAD
 
 
+def require_heads_divide(cfg: Mapping[str, Any]) -> None:
+    """``model.heads`` must divide ``model.d_model`` (every transformer ranker's check)."""
+    if cfg["d_model"] % cfg["heads"]:
+        raise RqfError(f"model.heads: d_model {cfg['d_model']} does not divide by "
+                       f"{cfg['heads']} heads")
+
+
 class SemanticIdRanker(NextItemModel):
-    """A ranker that reads and generates items as their semantic IDs (``semantic_ids``)."""
+    """A ranker that reads and generates items as their semantic IDs (``semantic_ids``), by a
+    transformer (``d_model``, ``heads``) and a beam search (``beam``) over them, with optional
+    hashed user tokens (``user_tokens``)."""
+
+    def __init__(self, data_info: Mapping[str, Any], **params: Any) -> None:
+        super().__init__(data_info, **params)
+        cfg = self.config
+        require_heads_divide(cfg)
+        if cfg["beam"] < cfg["top_k"]:
+            raise RqfError(f"model.beam: {cfg['beam']} beams cannot give top_k {cfg['top_k']} items")
+        self._load_ids(Path(cfg["semantic_ids"]))
+        if cfg["beam"] > len(self.item_ids):
+            raise ConfigError(f"model.beam: {cfg['beam']} beams for {len(self.item_ids)} items; "
+                              f"a beam holds distinct items, so at most {len(self.item_ids)}")
+        self.user_base = self.n_tokens  # user tokens, then one for a user not given
+        self.user_width = 1 if cfg["user_tokens"] else 0
+        self.device = torch.device("cpu")
+        self.precision = "fp32"
 
     # -- the vocabulary ---------------------------------------------------------------------
     def _load_ids(self, path: Path) -> None:
@@ -92,6 +116,13 @@ class SemanticIdRanker(NextItemModel):
     def _source(self, history_rows: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
         tokens = self.item_tokens.to(history_rows.device)[history_rows].flatten(1)
         return torch.cat([users.to(tokens.device), tokens], 1)
+
+    def require_beam_holds(self, k: int) -> None:
+        """A list of ``k`` items needs ``k`` beams: more is refused naming ``model.beam``."""
+        beam = self.config["beam"]
+        if k > beam:
+            raise ConfigError(f"k: {k} items from {beam} beams; at most {beam} "
+                              "(model.beam decides how many whole IDs are decoded)")
 
     def known_items(self) -> np.ndarray:
         return self.item_ids

@@ -3,17 +3,16 @@ tokens and generates the next item's full ID, decoded by beam search over valid 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
-from rqf import (ConfigError, Dataset, Param, RqfError, RunContext, TensorBatches, autocast,
+from rqf import (Dataset, Param, RqfError, RunContext, TensorBatches, autocast,
                  require_memory)
-from rqf.ranking import (EXCLUDE_HISTORY, FLOORS, HISTORY, TOP_K, Examples, RankingTask, monitored_examples,
-                         sequence_table, train_examples)
+from rqf.ranking import (EXCLUDE_HISTORY, FLOORS, HISTORY, TOP_K, Examples, RankingTask,
+                         monitored_examples, sequence_table, train_examples)
 from rqf_tiger.decode import constrained_beam_search
 from rqf_tiger.ids import SemanticIdRanker
 from rqf_tiger.net import BOS, TigerNet
@@ -77,26 +76,13 @@ class TigerModel(SemanticIdRanker):
                       "eval_every": 250, "monitor": "valid_ndcg@10", "monitor_mode": "max"}
 
     def __init__(self, data_info: Mapping[str, Any], **params: Any) -> None:
-        super().__init__(data_info, **params)
+        super().__init__(data_info, **params)  # the IDs read, beam and heads checked
         cfg = self.config
-        if cfg["d_model"] % cfg["heads"]:
-            raise RqfError(f"model.heads: d_model {cfg['d_model']} does not divide by "
-                           f"{cfg['heads']} heads")
-        if cfg["beam"] < cfg["top_k"]:
-            raise RqfError(f"model.beam: {cfg['beam']} beams cannot give top_k {cfg['top_k']} items")
-        self._load_ids(Path(cfg["semantic_ids"]))
-        if cfg["beam"] > len(self.item_ids):
-            raise ConfigError(f"model.beam: {cfg['beam']} beams for {len(self.item_ids)} items; "
-                              f"a beam holds distinct items, so at most {len(self.item_ids)}")
         self._require_network_memory()
-        self.user_base = self.n_tokens  # user tokens, then one for a user not given
-        self.user_width = 1 if cfg["user_tokens"] else 0
         self.net = TigerNet(n_tokens=self.n_tokens + cfg["user_tokens"] + self.user_width,
                             source_len=self.user_width + cfg["history"] * self.levels,
                             levels=self.levels,
                             **{k: cfg[k] for k in ("d_model", "heads", "layers", "ff", "dropout")})
-        self.device = torch.device("cpu")
-        self.precision = "fp32"
 
     def _require_network_memory(self) -> None:
         cfg = self.config
@@ -156,9 +142,7 @@ class TigerModel(SemanticIdRanker):
                   ) -> np.ndarray:
         """The top ``k`` items of each history: whole IDs from the constrained beam search."""
         net, device, cfg = self.net, self.device, self.config
-        if k > cfg["beam"]:
-            raise ConfigError(f"k: {k} items from {cfg['beam']} beams; at most {cfg['beam']} "
-                              "(model.beam decides how many whole IDs are decoded)")
+        self.require_beam_holds(k)
         was_training = net.training
         net.eval()
         trie = self.trie.to(device)

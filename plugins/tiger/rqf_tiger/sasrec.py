@@ -15,9 +15,10 @@ from torch import nn
 
 from rqf import (DataError, Dataset, Param, RqfError, RunContext, TensorBatches, autocast,
                  require_memory)
-from rqf.ranking import (EXCLUDE_HISTORY, FLOORS, TOP_K, mask_history, Examples, NextItemModel, RankingTask,
-                         catalogue_positions, monitored_examples, right_align,
+from rqf.ranking import (EXCLUDE_HISTORY, FLOORS, TOP_K, Examples, NextItemModel, RankingTask,
+                         catalogue_positions, mask_history, monitored_examples, right_align,
                          sequence_rows, sequence_table)
+from rqf_tiger.ids import require_heads_divide
 
 PAD = 0  # item index 0 is padding; item i of the catalogue is index i + 1
 
@@ -111,10 +112,7 @@ class SASRecModel(NextItemModel):
 
     def __init__(self, data_info: Mapping[str, Any], **params: Any) -> None:
         super().__init__(data_info, **params)
-        cfg = self.config
-        if cfg["d_model"] % cfg["heads"]:
-            raise RqfError(f"model.heads: d_model {cfg['d_model']} does not divide by "
-                           f"{cfg['heads']} heads")
+        require_heads_divide(self.config)
         self.item_ids = np.zeros(0, np.int64)  # the catalogue: from fit, or the model file
         self.net: SASRecNet | None = None
         self.device = torch.device("cpu")
