@@ -4,12 +4,35 @@ from __future__ import annotations
 
 import resource
 import sys
+import time
 from typing import Sequence
 
 
 def peak_rss_mb(children: bool = False) -> float:
     who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
     return resource.getrusage(who).ru_maxrss / 1024  # kB on Linux
+
+
+def rss_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def measure(fn, *args):
+    """Seconds and the peak memory ``fn(*args)`` added above what was resident before."""
+    try:  # reset the high-water mark (Linux); without it the peak is since the start
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    before = rss_mb("VmRSS")
+    start = time.perf_counter()
+    out = fn(*args)
+    seconds = time.perf_counter() - start
+    return out, seconds, max(rss_mb("VmHWM") - before, 0.0)
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]], title: str = "") -> None:

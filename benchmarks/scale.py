@@ -42,31 +42,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import print_table  # noqa: E402
+from common import measure, print_table, rss_mb  # noqa: E402
 
 K = 256
-
-
-def _rss_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _measure(fn, *args):
-    """Seconds and the peak memory ``fn(*args)`` added above what was resident before."""
-    try:  # reset the high-water mark (Linux); without it the peak is since the start
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-    before = _rss_mb("VmRSS")
-    start = time.perf_counter()
-    out = fn(*args)
-    seconds = time.perf_counter() - start
-    return out, seconds, max(_rss_mb("VmHWM") - before, 0.0)
 
 
 def collision_data(n: int, seed: int = 0):
@@ -96,7 +74,7 @@ def _collisions_case(n: int, mode: str, threads: int, queue) -> None:
         handled = handle_collisions(codes, None if mode == "suffix" else distances, mode)
         return unique_codes(handled)
 
-    out, seconds, added = _measure(path)
+    out, seconds, added = measure(path)
     moved = float((out[:, 2] != codes[:, 2]).mean())
     distance = float(distances[np.arange(n), out[:, 2]].mean())  # to the final last codes
     queue.put((seconds, added, shared, moved, distance))
@@ -126,7 +104,7 @@ def _balanced_case(n: int, which: str, threads: int, queue) -> None:
 
     _, distances = collision_data(n)
     fn = plain_sinkhorn if which == "plain" else (lambda d: BalancedScores(d).argmax())
-    out, seconds, added = _measure(fn, distances)
+    out, seconds, added = measure(fn, distances)
     sizes = np.bincount(out, minlength=K)
     queue.put((seconds, added, float(sizes.max() / max(sizes.mean(), 1)), 0.0))
 
@@ -212,7 +190,7 @@ def _reads_case(path: str, which: str, threads: int, queue) -> None:
 
     fn = {"rqf batches": rqf_batches, "plain batches": plain_batches, "rqf split": rqf_split,
           "plain split": plain_split}[which]
-    _, seconds, added = _measure(fn)
+    _, seconds, added = measure(fn)
     queue.put((seconds, added, 0.0, 0.0))
 
 
@@ -285,7 +263,7 @@ def _ids_case(n: int, which: str, threads: int, queue) -> None:
             def run():
                 code_statistics(codes, K)
         run()  # warm: the page cache and numpy's first calls
-        _, seconds, added = _measure(run)
+        _, seconds, added = measure(run)
     queue.put((seconds, added, 0.0, 0.0))
 
 
@@ -326,7 +304,7 @@ def _kmeans_case(n: int, which: str, threads: int, queue) -> None:
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((n, 32), dtype=np.float32))
     g = torch.Generator().manual_seed(0)
     fn = (lambda: plain_lloyd(x, K, 25, g)) if which == "plain" else (lambda: kmeans(x, K, 25, g))
-    c, seconds, added = _measure(fn)
+    c, seconds, added = measure(fn)
     queue.put((seconds, added, float(nearest(x, c)[0].mean()), 0.0))
 
 
@@ -460,21 +438,21 @@ def _speech_case(directory: str, which: str, threads: int, queue) -> None:
     torch.set_num_threads(threads)
     from rqf_h5_speech import ShardedCacheWriter, UtteranceLoader
 
-    anon = _rss_mb("RssAnon")
+    anon = rss_mb("RssAnon")
     held = []
     if which == "json.load":
         def run():
             with open(Path(directory) / "hdf5_index.json") as fh:
                 held.append(json.load(fh))
-        _, seconds, peak = _measure(run)
-        queue.put((seconds, peak, _rss_mb("RssAnon") - anon, 0.0))
+        _, seconds, peak = measure(run)
+        queue.put((seconds, peak, rss_mb("RssAnon") - anon, 0.0))
     elif which == "open":
         def run():
             loader = UtteranceLoader(directory, batch_size=32)
             held.append((loader, next(iter(loader))))
-        _, seconds, peak = _measure(run)
+        _, seconds, peak = measure(run)
         sent = len(pickle.dumps(held[0][0].dataset)) / 2**20  # what a spawned worker receives
-        queue.put((seconds, peak, _rss_mb("RssAnon") - anon, sent))
+        queue.put((seconds, peak, rss_mb("RssAnon") - anon, sent))
     else:  # commit: 5 commits of 20 samples each into a cache of this size, then close
         rng = np.random.default_rng(1)
         writer = ShardedCacheWriter(directory, num_workers=0, commit_every=10**9,
