@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -209,12 +209,40 @@ class PipelineConfig:
 
     data: dict[str, Any]
     source: Path | None
+    # the keys each component section spelled out (the rest are defaults); a section absent
+    # here counts as spelled out whole (a run folder's config.yaml)
+    written: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __getitem__(self, key: str) -> Any:
         return self.data[key]
 
     def section(self, name: str) -> dict[str, Any]:
         return dict(self.data.get(name) or {})
+
+    def fit_model_defaults(self, model_cls: Any, data_info: Mapping[str, Any]) -> list[str]:
+        """Let the model fit the defaults the pipeline left out to the data
+        (``Model.fit_defaults``): the changes go into the config (what config.yaml keeps) and
+        are decided once; returns a line per change. A config read back from a run folder
+        spells out every key, so nothing of it changes."""
+        if "model" not in self.written:
+            return []
+        params = {k: v for k, v in self.data["model"].items() if k != "type"}
+        params, notes = model_cls.fit_defaults(
+            data_info, params, frozenset(params) - set(self.written["model"]))
+        self.data["model"].update(params)
+        self.written["model"] = tuple(params)
+        return notes
+
+    def keep_decided_defaults(self, saved: Mapping[str, Any]) -> None:
+        """On --resume: the model keys this pipeline leaves to defaults take the values the
+        run's own config.yaml (``saved``) decided, so the same pipeline resumes its run."""
+        model = saved.get("model") or {}
+        if "model" not in self.written or model.get("type") != self.data["model"]["type"]:
+            return
+        for key in set(self.data["model"]) - set(self.written["model"]) - {"type"}:
+            if key in model:
+                self.data["model"][key] = model[key]
+        self.written["model"] = tuple(k for k in self.data["model"] if k != "type")
 
     def to_yaml(self, without: tuple[str, ...] = ()) -> str:
         """The resolved pipeline as YAML, less the top-level sections ``without`` names."""
@@ -236,6 +264,7 @@ def validate_config(raw: Mapping[str, Any], registry: Registry, base_dir: Path,
     top = validate_params(PIPELINE_PARAMS, {k: raw[k] for k in ("name", "output_dir", "seed")
                                             if k in raw}, "", base_dir, errors=errors)
     resolved: dict[str, Any] = dict(top)
+    written: dict[str, tuple[str, ...]] = {}
     classes = {}
     for kind in COMPONENT_SECTIONS:
         section = raw.get(kind)
@@ -257,6 +286,7 @@ def validate_config(raw: Mapping[str, Any], registry: Registry, base_dir: Path,
             values = validate_params(cls.params, section, kind, base_dir, ignore=("type",),
                                      errors=errors)
             resolved[kind] = {"type": cls.name, **values}
+            written[kind] = tuple(str(k) for k in section if k != "type")
     model = classes.get("model")
     try:
         train = train_section(raw, model) if model is not None else dict(_section(raw, "train"))
@@ -277,7 +307,7 @@ def validate_config(raw: Mapping[str, Any], registry: Registry, base_dir: Path,
         errors.append(str(exc))
     if errors:
         raise ConfigError("\n".join(errors))
-    return PipelineConfig(resolved, source)
+    return PipelineConfig(resolved, source, written)
 
 
 def pipeline_schema(registry: Registry) -> dict[str, Any]:

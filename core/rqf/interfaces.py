@@ -240,6 +240,14 @@ class Model(Component, ABC):
         self.data_info = dict(data_info)
         self.config = self.resolve(params, "model")
 
+    @classmethod
+    def fit_defaults(cls, data_info: Mapping[str, Any], params: Mapping[str, Any],
+                     unset: frozenset[str]) -> tuple[dict[str, Any], list[str]]:
+        """``params`` with the defaults among ``unset`` (keys the pipeline left out) that do
+        not fit this data changed, and one line per change saying why. The pipeline calls it
+        before building the model and keeps what it returns in the run's config.yaml."""
+        return dict(params), []
+
     def check(self, dataset: Dataset, train: "TrainConfig") -> None:
         """Refuse data this model cannot use (e.g. IDs made for another catalogue) or settings
         the data makes absurd (e.g. more memory than the machine has), before anything is

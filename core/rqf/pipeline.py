@@ -86,6 +86,7 @@ class Components:
     splitter: Splitter
     splits: dict[str, Dataset]
     model: Model
+    adapted: list[str] = field(default_factory=list)  # defaults changed to fit the data
 
 
 def run_outputs(cfg: PipelineConfig, plugins: Plugins | None = None) -> tuple[str, ...]:
@@ -169,13 +170,15 @@ def build(cfg: PipelineConfig, plugins: Plugins | None = None) -> Components:
         splits = splitter.split(dataset)
         if not splits.get("train") or len(splits["train"]) == 0:
             raise RqfError(f"splitter {splitter.name!r} left no training samples")
-        model = registry.get("model", cfg["model"]["type"])(dataset.describe(),
-                                                             **_params(cfg["model"]))
+        model_cls = registry.get("model", cfg["model"]["type"])
+        info = dataset.describe()
+        adapted = cfg.fit_model_defaults(model_cls, info)
+        model = model_cls(info, **_params(cfg["model"]))
         model.check(dataset, TrainConfig(**cfg["train"]))
     except BaseException:
         storage.close()
         raise
-    return Components(storage, dataset, splitter, splits, model)
+    return Components(storage, dataset, splitter, splits, model, adapted)
 
 
 def validate(config: str | Path | Mapping[str, Any], overrides: Iterable[str] = ()) -> dict[str, Any]:
@@ -189,7 +192,7 @@ def validate(config: str | Path | Mapping[str, Any], overrides: Iterable[str] = 
             if isinstance(source, ItemVectors) and len(source.ids):
                 source.read(0, 1)  # a storage checks the values it serves at their first read
         return {"config": cfg.data, "data": parts.dataset.describe(),
-                "split": parts.splitter.report}
+                "split": parts.splitter.report, "adapted": parts.adapted}
     finally:
         parts.storage.close()
 
@@ -212,12 +215,19 @@ def run(config: str | Path | Mapping[str, Any], overrides: Iterable[str] = (),
     info = init_distributed(train_cfg.device)
     out = Path(cfg["output_dir"])
     folder = RunFolder(out, run_outputs(cfg), known_outputs(), kept=tracker_outputs(cfg))
+    if resume and (out / "config.yaml").is_file():
+        try:  # the model keys the pipeline leaves to defaults take what the run decided
+            cfg.keep_decided_defaults(read_run_config(out / "config.yaml"))
+        except RqfError:
+            pass  # the folder's own check reports a broken config.yaml
     if info.is_main:
         folder.check(force, resume, cfg)  # before anything is read or written
     if train_cfg.threads is not None and not os.environ.get(THREADS_ENV):
         apply_threads(train_cfg.threads)  # rqf --threads N (or RQF_THREADS) outranks it
     seed_everything(cfg["seed"])
     parts = build(cfg)
+    for note in parts.adapted:
+        echo(note)
     trackers = build_trackers(train_cfg.trackers if info.is_main else [], out,
                               get_plugins().registry, echo)  # built before any change
     started = time.perf_counter()

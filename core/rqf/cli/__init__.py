@@ -96,6 +96,8 @@ def validate(pipeline: Path, overrides: tuple[str, ...], debug: bool) -> None:
                f"splitter {cfg['splitter']['type']}, model {cfg['model']['type']}")
     click.echo(f"  data: {json.dumps(result['data'], default=str)}")
     click.echo(f"  split: {json.dumps(result['split'].get('counts', {}))}")
+    for note in result["adapted"]:
+        click.echo(f"  {note}")
 
 
 @cli.command()

@@ -3,8 +3,9 @@
 What lives here: k-means on the device (the initialisation of residual codebooks), code
 statistics (usage, perplexity, collisions), collision handling (``suffix``, ``reassign``,
 ``balanced``), the ``semantic_ids.h5`` format with its reader, and ``ItemTokenizer``, the
-shell every item tokenizer (a ``Model``) shares. One idea a file: ``clustering``,
-``statistics``, ``collisions``, ``semantic_ids``, ``tokenizer``.
+shell every item tokenizer (a ``Model``) shares, with the collaborative view it codes beside
+the item vectors where the data holds user sequences. One idea a file: ``clustering``,
+``statistics``, ``collisions``, ``semantic_ids``, ``collaborative``, ``tokenizer``.
 
 A semantic ID is an item's code tuple ``codes`` (n, levels) plus one extra level that tells
 apart the items still sharing a tuple (``unique_codes`` (n, levels + 1)). Collision handling

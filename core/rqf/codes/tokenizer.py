@@ -16,6 +16,8 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 
+from rqf.codes.collaborative import DIM as VIEW_DIM
+from rqf.codes.collaborative import CollaborativeView, fit_view
 from rqf.codes.collisions import COLLISION_MODES
 from rqf.codes.semantic_ids import write_semantic_ids
 from rqf.codes.statistics import code_health, code_statistics, plot_usage
@@ -25,6 +27,7 @@ from rqf.params import Param
 
 Read = Callable[[int, int], np.ndarray]
 # code statistics about items sharing a tuple: meaningless for frame tokens
+MIN_ITEMS_PER_CODE = 4  # a default codebook the catalogue fills less than this is made smaller
 TOKENS_SKIP = ("unique_code_share", "collision_rate", "max_items_per_code", "distinct_codes")
 
 
@@ -59,6 +62,11 @@ class ItemTokenizer(Model):
         "within the prefix), balanced (Sinkhorn-balanced last level) or optimal (the last "
         "level of a prefix holding a shared tuple by a minimum-cost assignment)",
         choices=COLLISION_MODES)
+    COLLABORATIVE = Param(
+        "collaborative", float, 0.5, "weight of the collaborative view where the data holds "
+        "user sequences: each item is coded as its text vector joined with a vector of the "
+        "items it appears beside in the training sequences (no validation or test item "
+        "counts); 0 codes the text alone (see rqf.codes.collaborative)", min=0.0, max=0.95)
     # beside the core's export keys (``plots``: here, the code-usage plot per level)
     export_params = (Param("semantic_ids", bool, True, "write semantic_ids.h5"),)
     # what the health check advises when codes go unused
@@ -67,6 +75,7 @@ class ItemTokenizer(Model):
     spread_fix: ClassVar[str | None] = None
 
     input_dim: int
+    view: CollaborativeView | None = None
 
     # -- what a subclass gives ---------------------------------------------------------------
     def code_rows(self, read: Read, n: int, unique: bool = True) -> CodedItems:
@@ -84,6 +93,70 @@ class ItemTokenizer(Model):
         return self.data_info.get("unit") in (None, "item")
 
     @classmethod
+    def fit_defaults(cls, data_info: Mapping[str, Any], params: Mapping[str, Any],
+                     unset: frozenset[str]) -> tuple[dict[str, Any], list[str]]:
+        """A default ``codebook_size`` the catalogue cannot fill (under ``MIN_ITEMS_PER_CODE``
+        items a code: the deeper levels collapse) becomes the largest power of two it fills;
+        a size the pipeline sets is kept (the health check judges the result)."""
+        params = dict(params)
+        items = int(data_info.get("n_items") or data_info.get("n_samples") or 0)
+        size = params.get("codebook_size")
+        if "codebook_size" not in unset or not items or data_info.get("unit") not in (
+                None, "item") or not isinstance(size, int) or items >= MIN_ITEMS_PER_CODE * size:
+            return params, []
+        fits = max(2, 1 << max(1, (items // MIN_ITEMS_PER_CODE).bit_length() - 1))
+        params["codebook_size"] = fits
+        return params, [f"model.codebook_size: {fits}, not the default {size}: {items:,} items "
+                        f"give under {MIN_ITEMS_PER_CODE} items a code at {size} (set "
+                        f"model.codebook_size to keep {size})"]
+
+    # -- the collaborative view (rqf.codes.collaborative) ------------------------------------
+    def view_dim(self) -> int:
+        """Columns the collaborative view adds to every coded vector: ``VIEW_DIM`` where the
+        tokenizer takes ``collaborative``, sets it above 0 and its dataset is a view over user
+        sequences (its description says ``user_sequences``), else 0."""
+        weight = self.config.get("collaborative", 0.0)
+        return VIEW_DIM if weight and self.makes_item_ids and \
+            self.data_info.get("user_sequences") else 0
+
+    def fit_view(self, train: Dataset, seed: int) -> None:
+        """Learn the view from ``train``'s sequences (its training inputs only); a dataset
+        without sequences gives a view that adds zeros."""
+        if not self.view_dim():
+            return
+        weight = float(self.config["collaborative"])
+        self.view = fit_view(train, weight, seed) or CollaborativeView(
+            np.zeros(0, np.int64), np.zeros((0, VIEW_DIM), np.float32),
+            np.zeros((int(self.data_info["input_dim"]), VIEW_DIM), np.float32), weight)
+
+    def through_view(self, source: ItemVectors) -> ItemVectors:
+        """``source`` as the tokenizer codes it: read through the view where there is one."""
+        return source if self.view is None else self.view.wrap(source)
+
+    def vectors_of(self, data: Dataset) -> np.ndarray:
+        """The coded vectors of ``data``'s items (``data.vectors()`` through the view)."""
+        if self.view is None:
+            return np.asarray(data.vectors(), np.float32)
+        source = self.through_view(data.export_source())  # type: ignore[arg-type]
+        rows = data.export_rows()
+        if source.read_rows is not None:
+            return source.read_rows(rows)
+        return np.concatenate([source.read(int(r), int(r) + 1) for r in rows]) if len(rows) \
+            else np.zeros((0, self.input_dim), np.float32)
+
+    def view_state(self) -> dict[str, Any]:
+        return {} if self.view is None else self.view.state()
+
+    def load_view(self, state: Mapping[str, Any]) -> None:
+        if not self.view_dim():
+            return
+        if "collaborative_ids" not in state:
+            raise ValueError("no collaborative view in the model file, which the model's "
+                             "collaborative setting needs (a file from before the view: "
+                             "load it with collaborative: 0)")
+        self.view = CollaborativeView.from_state(state, float(self.config["collaborative"]))
+
+    @classmethod
     def run_outputs(cls, export: Mapping[str, Any]) -> tuple[str, ...]:
         return ("semantic_ids.h5", "code_usage.png")
 
@@ -92,6 +165,7 @@ class ItemTokenizer(Model):
         source = dataset.export_source()
         if not isinstance(source, ItemVectors):
             return None
+        source = self.through_view(source)
         coded = self.code_rows(source.read, len(source.ids))
         coded.ids, coded.keys = source.ids, source.keys
         return coded
@@ -149,6 +223,8 @@ class ItemTokenizer(Model):
         """(n, levels) nearest codes of raw input vectors, no collision handling: the same
         method on every tokenizer (``rqf.load(RUN).codes_of(x)``)."""
         vectors = np.asarray(vectors, np.float32)
+        if self.view is not None:  # no item ids: the collaborative part predicted from text
+            vectors = self.view.join(None, vectors)
         return self.code_rows(lambda a, b: vectors[a:b], len(vectors), unique=False).raw_codes
 
     def export(self, dataset: Dataset, ctx: RunContext,
@@ -178,6 +254,7 @@ class ItemTokenizer(Model):
 
     def export_items(self, source: ItemVectors, path: Path) -> Path:
         """Semantic IDs of every item of ``source`` (new data, e.g. ``rqf encode``)."""
+        source = self.through_view(source)
         coded = self.code_rows(source.read, len(source.ids))
         coded.ids, coded.keys = source.ids, source.keys
         return self.write_ids(coded, path)

@@ -107,8 +107,10 @@ class SequencesDataset(Dataset):
                 "max_seq_len": self.max_seq_len, **self.storage.describe()}
         if self._records is not None:
             lengths = self._records.end - self._records.start
-            info.update(n_samples=len(self), mean_input_length=float(lengths.mean())
-                        if len(lengths) else 0.0)
+            # user_sequences: the training view is a SequenceView (tokenizers learn their
+            # collaborative view from it)
+            info.update(n_samples=len(self), user_sequences=True,
+                        mean_input_length=float(lengths.mean()) if len(lengths) else 0.0)
         return info
 
     def input_positions(self) -> np.ndarray:

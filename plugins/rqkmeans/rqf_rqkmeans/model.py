@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rqf import ConfigError, Dataset, Param, RunContext, require_memory
+from rqf import ConfigError, Dataset, ItemVectors, Param, RunContext, require_memory
 from rqf.codes import (MOVER_ROWS_BUDGET, CodedItems, ItemTokenizer, balanced_kmeans,
                        handle_collisions_streamed, kmeans, nearest, squared_distances)
 
@@ -34,10 +34,12 @@ class RQKMeansModel(ItemTokenizer):
         Param("kmeans_samples", int, 262144, "at most this many training vectors are clustered",
               min=1),
         ItemTokenizer.COLLISION_HANDLING,
+        ItemTokenizer.COLLABORATIVE,
     )
     # no gradient loop: the pipeline builds no trainer, the train section's budget does not
     # apply, and --resume fits it again
     gradient_free = True
+    config_added = {"collaborative": 0.0}  # models saved before the view had none
     file_format = "rqf-rqkmeans-1"
     more_training = "more k-means iterations (model.kmeans_iters)"
 
@@ -53,7 +55,7 @@ class RQKMeansModel(ItemTokenizer):
             raise ConfigError(f"model.type: rqkmeans makes item IDs; the dataset's samples are "
                               f"{data_info.get('unit')}s (use rqvae for tokens)")
         config = self.config
-        self.input_dim = int(data_info["input_dim"])
+        self.input_dim = int(data_info["input_dim"]) + self.view_dim()
         items = int(data_info.get("n_items") or data_info.get("n_samples") or 0)
         size = config["codebook_size"]
         # the codebooks, one encoding chunk's distances, the rows of items that share a tuple
@@ -86,6 +88,7 @@ class RQKMeansModel(ItemTokenizer):
         cfg = self.config
         start = time.perf_counter()
         g = torch.Generator().manual_seed(ctx.seed)
+        self.fit_view(train, ctx.seed)
         x = torch.from_numpy(np.asarray(self._training_vectors(train, g), np.float32))
         if cfg["normalize"] == "standardize":
             self.mean, self.std = x.mean(0), x.std(0).clamp_min(1e-6)
@@ -114,9 +117,11 @@ class RQKMeansModel(ItemTokenizer):
         rows are read when the dataset says which item rows it trains on."""
         cap = self.config["kmeans_samples"]
         rows = train.export_rows()
-        read = train.export_source().read_rows if rows is not None else None
+        source = train.export_source()
+        read = self.through_view(source).read_rows \
+            if rows is not None and isinstance(source, ItemVectors) else None
         if rows is None or read is None:
-            x = np.asarray(train.vectors(), np.float32)
+            x = self.vectors_of(train)
             return x[torch.randperm(len(x), generator=g)[:cap].numpy()] if len(x) > cap else x
         if len(rows) > cap:
             rows = rows[torch.randperm(len(rows), generator=g)[:cap].numpy()]
@@ -184,7 +189,8 @@ class RQKMeansModel(ItemTokenizer):
 
     # -- the model file ------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        return {"codebooks": self.codebooks.cpu(), "mean": self.mean.cpu(), "std": self.std.cpu()}
+        return {"codebooks": self.codebooks.cpu(), "mean": self.mean.cpu(), "std": self.std.cpu(),
+                **self.view_state()}
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         for name in ("codebooks", "mean", "std"):
@@ -192,6 +198,7 @@ class RQKMeansModel(ItemTokenizer):
             if tuple(saved.shape) != tuple(mine.shape):
                 raise ValueError(f"{name} of shape {tuple(saved.shape)}, expected "
                                  f"{tuple(mine.shape)}")
+        self.load_view(state)
         self.codebooks, self.mean, self.std = state["codebooks"], state["mean"], state["std"]
 
     def place(self, device: torch.device) -> None:

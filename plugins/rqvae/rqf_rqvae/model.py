@@ -79,6 +79,7 @@ class RQVAEModel(ItemTokenizer):
               "the training data before k-means (keeps the first steps from collapsing the "
               "codebooks); default: torch's initialisation", choices=("data", "default")),
         ItemTokenizer.COLLISION_HANDLING,
+        ItemTokenizer.COLLABORATIVE,
         Param("kmeans_init", bool, True, "initialise each codebook by k-means on encoded data"),
         Param("kmeans_iters", int, 25, "k-means iterations per level", min=1, max=10_000),
         Param("kmeans_samples", int, 65536, "vectors used for the k-means initialisation", min=1),
@@ -100,7 +101,8 @@ class RQVAEModel(ItemTokenizer):
     )
     more_training = "train longer (train.max_steps)"
     file_format = "rqf-rqvae-1"
-    config_added = {"latent_norm": False}  # models saved before it existed had none
+    # models saved before these existed had none
+    config_added = {"latent_norm": False, "collaborative": 0.0}
 
     @classmethod
     def run_outputs(cls, export: Mapping[str, Any]) -> tuple[str, ...]:
@@ -125,7 +127,7 @@ class RQVAEModel(ItemTokenizer):
                               f"input ({input_dim}-d); a latent should compress the input")
         if any(h <= 0 for h in params["hidden_dims"]):
             raise ConfigError(f"model.hidden_dims: widths must be positive, got {params['hidden_dims']}")
-        self.input_dim = input_dim
+        self.input_dim = input_dim + self.view_dim()
         self._require_memory()
         self.net = self._build()
         self.device = torch.device("cpu")
@@ -165,7 +167,7 @@ class RQVAEModel(ItemTokenizer):
 
     # -- training -------------------------------------------------------------------------
     def _training_tensor(self, data: Dataset, device: torch.device) -> torch.Tensor:
-        vectors = np.asarray(data.vectors(), dtype=np.float32)
+        vectors = self.vectors_of(data)
         if vectors.ndim != 2 or vectors.shape[1] != self.input_dim:
             raise DataError(f"training vectors have shape {vectors.shape}, expected (n, {self.input_dim})")
         bad = ~np.isfinite(vectors).all(axis=1)
@@ -201,6 +203,7 @@ class RQVAEModel(ItemTokenizer):
         trainer = ctx.require_trainer(self.name)
         device = self.device = trainer.device
         self.precision = ctx.train.precision
+        self.fit_view(train, ctx.seed)
         data = self._training_tensor(train, device)
         self.net.to(device)
         t0 = time.perf_counter()
@@ -212,7 +215,7 @@ class RQVAEModel(ItemTokenizer):
         init_seconds = time.perf_counter() - t0
         valid_tensor = None
         if valid is not None and len(valid):
-            valid_tensor = torch.from_numpy(np.asarray(valid.vectors(), np.float32))[:65536]
+            valid_tensor = torch.from_numpy(self.vectors_of(valid))[:65536]
         task = RQVAETask(self.net, self.config, {"architecture": repr(self.architecture())},
                          valid_tensor, ctx.train.precision)
         result = trainer.fit(task, TensorBatches(data, ctx.train.batch_size, seed=ctx.seed,
@@ -242,6 +245,8 @@ class RQVAEModel(ItemTokenizer):
     @torch.no_grad()
     def codes_of(self, vectors: np.ndarray) -> np.ndarray:
         """(n, levels) nearest codes of raw input vectors (no collision handling)."""
+        if self.view is not None:  # no item ids: the collaborative part predicted from text
+            vectors = self.view.join(None, np.asarray(vectors, np.float32))
         self.net.eval().to(self.device)
         out = []
         for a, b in self._chunks(len(vectors)):
@@ -341,9 +346,11 @@ class RQVAEModel(ItemTokenizer):
 
     # -- the model file ------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        return {"state_dict": {k: v.detach().cpu() for k, v in self.net.state_dict().items()}}
+        return {"state_dict": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
+                **self.view_state()}
 
     def load_state(self, state: Mapping[str, Any]) -> None:
+        self.load_view(state)
         self.net.load_state_dict(state["state_dict"])
         self.net.eval()
 
