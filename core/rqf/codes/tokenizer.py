@@ -63,7 +63,7 @@ class ItemTokenizer(Model):
         "level of a prefix holding a shared tuple by a minimum-cost assignment)",
         choices=COLLISION_MODES)
     COLLABORATIVE = Param(
-        "collaborative", float, 0.5, "weight of the collaborative view where the data holds "
+        "collaborative", float, 0.8, "weight of the collaborative view where the data holds "
         "user sequences: each item is coded as its text vector joined with a vector of the "
         "items it appears beside in the training sequences (no validation or test item "
         "counts); 0 codes the text alone (see rqf.codes.collaborative)", min=0.0, max=0.95)
