@@ -139,3 +139,20 @@ def test_a_model_file_from_before_the_view_still_loads(tmp_path):
     assert model.view is None and model.config["collaborative"] == 0.0
     np.testing.assert_array_equal(SemanticIds(rqf.encode(tmp_path / "run", tmp_path / "e.h5"))
                                   .codes, ids.codes)
+
+
+def test_a_loaded_models_own_evaluation_codes_through_the_view(tmp_path):
+    from rqf.pipeline import build, resolve_config
+
+    files = tastes(tmp_path / "a")
+    out = tmp_path / "run"
+    run(files, out, {"type": "rqkmeans", "levels": 2, "codebook_size": 8})
+    saved = __import__("json").loads((out / "metrics.json").read_text())["all"]
+    model = rqf.load(out, device="cpu")
+    parts = build(resolve_config(out / "config.yaml"))
+    try:
+        again = model.evaluate(parts.dataset)  # no predictions: the dataset's vectors coded
+    finally:
+        parts.storage.close()
+    assert again["recon_mse"] == pytest.approx(saved["recon_mse"], rel=1e-5)
+    assert again["quantizer_collision_rate"] == saved["quantizer_collision_rate"]

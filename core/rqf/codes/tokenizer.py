@@ -174,8 +174,9 @@ class ItemTokenizer(Model):
         rows = data.export_rows()
         if predictions is not None and rows is not None:
             return self.metrics(predictions.rows(rows))
-        # frames and other units: their vectors are not rows of what is exported
-        vectors = np.asarray(data.vectors(), np.float32)
+        # no predictions, or frames and other units (their vectors are not rows of what is
+        # exported): coded here, through the view where there is one
+        vectors = self.vectors_of(data)
         started = time.perf_counter()
         coded = self.code_rows(lambda a, b: vectors[a:b], len(vectors),
                                unique=self.makes_item_ids)
