@@ -27,6 +27,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from rqf.data import input_positions
+from rqf.errors import RqfError
 from rqf.interfaces import Dataset, ItemVectors
 
 DIM = 64            # collaborative directions kept
@@ -39,11 +40,11 @@ def training_sequences(train: Dataset) -> tuple[np.ndarray, np.ndarray] | None:
     """(item ids of every training input, in order; record boundaries) of a view over user
     sequences, or None when ``train`` is no such view (an items dataset: no view is made)."""
     table = getattr(train, "table", None)
-    if table is None or getattr(train, "_records", True) is None:
+    if table is None:
         return None
     try:
         records = train.records  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001 - a view without sequences: no collaborative signal
+    except (AttributeError, RqfError):  # a view without sequences: nothing to learn from
         return None
     lengths = records.end - records.start
     bounds = np.zeros(len(lengths) + 1, np.int64)
