@@ -161,6 +161,14 @@ def test_item_export_killed_half_way_is_redone_on_resume(tmp_path, recsys_files)
     assert len(SemanticIds(run / "semantic_ids.h5").item_ids) == 300
 
 
+def _as_from_a_terminal() -> None:
+    """Ctrl-C reaches the child as it does a command typed in a terminal: whatever the test
+    process inherited or set (an ignored or blocked SIGINT is passed on to children), the
+    child starts with SIGINT at its default and unblocked."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_ctrl_c_says_how_to_continue_and_resume_finishes_the_run(tmp_path, recsys_files):
     run = tmp_path / "run"
     # a network wide enough that 3,000 steps take many seconds: Ctrl-C lands mid-training
@@ -171,7 +179,7 @@ def test_ctrl_c_says_how_to_continue_and_resume_finishes_the_run(tmp_path, recsy
     # the fault handler shows where a run that did not stop was stuck
     env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
     proc = subprocess.Popen([PYTHON, "-m", "rqf", "run", str(path)], stderr=subprocess.PIPE,
-                            text=True, env=env)
+                            text=True, env=env, preexec_fn=_as_from_a_terminal)
     deadline = time.monotonic() + 120
     while not list((run / "checkpoints").glob("step_*.pt")):
         assert time.monotonic() < deadline and proc.poll() is None
