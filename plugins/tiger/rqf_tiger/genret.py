@@ -20,7 +20,6 @@ from rqf import (Dataset, Param, RqfError, RunContext, TensorBatches, autocast,
 from rqf.ranking import (EXCLUDE_HISTORY, FLOORS, HISTORY, TOP_K, Examples, RankingTask,
                          dedup_history, monitored_examples, right_align, sequence_table)
 from rqf_tiger.causal_net import PAD, CausalIdNet, codebook_embeddings
-from rqf_tiger.decode import constrained_beam_search
 from rqf_tiger.ids import SemanticIdRanker
 
 
@@ -271,16 +270,12 @@ class GenretModel(SemanticIdRanker):
         """The top ``k`` items of each history: whole IDs from the constrained beam search."""
         net, device, cfg = self.net, self.device, self.config
         self.require_beam_holds(k)
-        was_training = net.training
-        net.eval()
-        trie = self.trie.to(device)
         rows = self._recent_rows(history)
         user_tokens = self._user_tokens(users, len(history))
         slots, levels = (t.to(device) for t in self.layout(cfg["history"]))
         new_slot = cfg["history"] + 1
-        out = np.full((len(history), k), -1, np.int64)
-        for a in range(0, len(history), cfg["eval_batch_size"]):
-            b = slice(a, a + cfg["eval_batch_size"])
+
+        def steps_for(b: slice):  # the history runs once; its keys and values are kept
             tokens = torch.cat([user_tokens[b].to(device),
                                 self.item_tokens.to(device)[rows[b].to(device)].flatten(1)], 1)
             with autocast(device, self.precision):
@@ -295,12 +290,6 @@ class GenretModel(SemanticIdRanker):
                         h = net.extend(beams.reshape(len(last), expand, -1), new_slot, cache,
                                        real).reshape(len(beams), -1)
                     return net.scores(h, 0, self.n_tokens)
+            return step_logits
 
-            leaves, _ = constrained_beam_search(step_logits, len(tokens), trie, self.offsets,
-                                                cfg["beam"], device,
-                                                self.excluded_leaves(rows[b]))
-            leaves = leaves[:, :k].cpu().numpy()
-            out[a:a + len(leaves), :leaves.shape[1]] = np.where(
-                leaves >= 0, self.leaf_item[np.maximum(leaves, 0)], -1)
-        net.train(was_training)
-        return out
+        return self.decode_items(rows, k, steps_for)

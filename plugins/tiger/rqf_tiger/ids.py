@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import zlib
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -14,7 +14,11 @@ import torch
 from rqf import ConfigError, DataError, Dataset, ItemSource, RqfError, missing_members
 from rqf.codes import PrefixTrie, SemanticIds, sha256_of
 from rqf.ranking import NextItemModel, catalogue_positions, dedup_history
+from rqf_tiger.decode import constrained_beam_search
 from rqf_tiger.net import PAD
+
+# for one slice of the users being ranked: the step function of their beam search
+StepsFor = Callable[[slice], Callable[[torch.Tensor, int], torch.Tensor]]
 
 
 def require_heads_divide(cfg: Mapping[str, Any]) -> None:
@@ -132,6 +136,31 @@ class SemanticIdRanker(NextItemModel):
                 "semantic_ids_sha256": self.ids_sha256}
 
     # -- the model file --------------------------------------------------------------------------
+    @torch.no_grad()
+    def decode_items(self, rows: torch.Tensor, k: int, steps_for: StepsFor) -> np.ndarray:
+        """(len(rows), k) items from the constrained beam search, ``eval_batch_size`` users at
+        a time: ``steps_for(batch)`` runs what the network reads once for those users and
+        returns the step function the search calls; ``rows`` are their history's item rows
+        (what history exclusion leaves out). The network is in eval mode meanwhile."""
+        net, device = self.net, self.device
+        was_training = net.training
+        net.eval()
+        trie = self.trie.to(device)
+        out = np.full((len(rows), k), -1, np.int64)
+        size = self.config["eval_batch_size"]
+        try:
+            for a in range(0, len(rows), size):
+                b = slice(a, a + size)
+                leaves, _ = constrained_beam_search(steps_for(b), len(rows[b]), trie,
+                                                    self.offsets, self.config["beam"], device,
+                                                    self.excluded_leaves(rows[b]))
+                leaves = leaves[:, :k].cpu().numpy()
+                out[a:a + len(leaves), :leaves.shape[1]] = np.where(
+                    leaves >= 0, self.leaf_item[np.maximum(leaves, 0)], -1)
+        finally:
+            net.train(was_training)
+        return out
+
     def excluded_leaves(self, rows: torch.Tensor) -> torch.Tensor | None:
         """The leaves of the history ``rows`` (item rows, the padding row for none) when lists
         leave the history out; None otherwise."""

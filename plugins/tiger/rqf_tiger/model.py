@@ -13,7 +13,6 @@ from rqf import (Dataset, Param, RqfError, RunContext, TensorBatches, autocast,
                  require_memory)
 from rqf.ranking import (EXCLUDE_HISTORY, FLOORS, HISTORY, TOP_K, Examples, RankingTask,
                          monitored_examples, sequence_table, train_examples)
-from rqf_tiger.decode import constrained_beam_search
 from rqf_tiger.ids import SemanticIdRanker
 from rqf_tiger.net import BOS, TigerNet
 
@@ -141,17 +140,13 @@ class TigerModel(SemanticIdRanker):
     def recommend(self, history: np.ndarray, k: int, users: np.ndarray | None = None
                   ) -> np.ndarray:
         """The top ``k`` items of each history: whole IDs from the constrained beam search."""
-        net, device, cfg = self.net, self.device, self.config
+        net, device = self.net, self.device
         self.require_beam_holds(k)
-        was_training = net.training
-        net.eval()
-        trie = self.trie.to(device)
         rows = self._history_rows(history, "histories")
         user_tokens = self._user_tokens(users, len(history))
-        out = np.full((len(history), k), -1, np.int64)
         bos = torch.full((1, 1), BOS, dtype=torch.long, device=device)
-        for a in range(0, len(history), cfg["eval_batch_size"]):
-            b = slice(a, a + cfg["eval_batch_size"])
+
+        def steps_for(b: slice):  # the encoder runs once for these users
             source = self._source(rows[b].to(device), user_tokens[b])
             with autocast(device, self.precision):
                 memory, pad = net.encode(source)
@@ -161,13 +156,6 @@ class TigerModel(SemanticIdRanker):
                 with autocast(device, self.precision):
                     logits = net.decode_beams(beams.reshape(len(memory), expand, -1), memory, pad)
                 return logits.reshape(len(tokens), -1)
+            return step_logits
 
-            leaves, _ = constrained_beam_search(step_logits, len(source), trie, self.offsets,
-                                                cfg["beam"], device,
-                                                self.excluded_leaves(rows[b]))
-            leaves = leaves[:, :k].cpu().numpy()
-            found = leaves >= 0
-            out[a:a + len(leaves), :leaves.shape[1]] = np.where(
-                found, self.leaf_item[np.maximum(leaves, 0)], -1)
-        net.train(was_training)
-        return out
+        return self.decode_items(rows, k, steps_for)
