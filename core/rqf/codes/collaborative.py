@@ -199,8 +199,9 @@ def fit_view(train: Dataset, weight: float, seed: int = 0, dim: int = DIM,
     fit_rows = learned
     if len(fit_rows) > RIDGE_ITEMS:
         fit_rows = np.sort(np.random.default_rng(seed).choice(fit_rows, RIDGE_ITEMS, False))
-    text = _unit(_read(source, fit_rows)) if len(fit_rows) else None
-    text_dim = int(_read(source, np.arange(min(1, len(catalogue)))).shape[1])
+    text = _unit(read_item_rows(source, fit_rows)) if len(fit_rows) else None
+    text_dim = int(text.shape[1]) if text is not None else \
+        int(read_item_rows(source, np.arange(min(1, len(catalogue)))).shape[1])
     if text is None:
         text_map = np.zeros((text_dim, dim), np.float32)
     else:
@@ -211,7 +212,8 @@ def fit_view(train: Dataset, weight: float, seed: int = 0, dim: int = DIM,
                              text_map.astype(np.float32), weight)
 
 
-def _read(source: ItemVectors, rows: np.ndarray) -> np.ndarray:
+def read_item_rows(source: ItemVectors, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` of ``source``: by ``read_rows``, or one slice a row where it has none."""
     if source.read_rows is not None:
         return np.asarray(source.read_rows(rows), np.float32)
     return np.concatenate([np.asarray(source.read(int(r), int(r) + 1), np.float32)

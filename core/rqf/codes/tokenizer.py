@@ -17,7 +17,7 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 import numpy as np
 
 from rqf.codes.collaborative import DIM as VIEW_DIM
-from rqf.codes.collaborative import CollaborativeView, fit_view
+from rqf.codes.collaborative import CollaborativeView, fit_view, read_item_rows
 from rqf.codes.collisions import COLLISION_MODES
 from rqf.codes.semantic_ids import write_semantic_ids
 from rqf.codes.statistics import code_health, code_statistics, plot_usage
@@ -139,10 +139,8 @@ class ItemTokenizer(Model):
             return np.asarray(data.vectors(), np.float32)
         source = self.through_view(data.export_source())  # type: ignore[arg-type]
         rows = data.export_rows()
-        if source.read_rows is not None:
-            return source.read_rows(rows)
-        return np.concatenate([source.read(int(r), int(r) + 1) for r in rows]) if len(rows) \
-            else np.zeros((0, self.input_dim), np.float32)
+        return read_item_rows(source, rows) if len(rows) else \
+            np.zeros((0, self.input_dim), np.float32)
 
     def view_state(self) -> dict[str, Any]:
         return {} if self.view is None else self.view.state()
